@@ -1,0 +1,5 @@
+import sys
+
+from llsim.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,153 @@
+"""The ``llsim`` command line.
+
+Every user error (:class:`llsim.errors.LLSimError`) is printed as one line on stderr with exit code 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from rich.console import Console
+from rich.table import Table
+
+from llsim.errors import LLSimError
+
+console = Console()
+
+
+def _fmt_int(x: float) -> str:
+    return f"{x:,.0f}"
+
+
+# ---- model ---------------------------------------------------------------------------------------
+def cmd_model_list(args) -> int:
+    from llsim.model.zoo import ZOO
+
+    t = Table(title="llsim model zoo (built locally, nothing downloaded)")
+    for c in ("name", "family", "layers", "hidden", "heads", "kv heads", "ffn", "vocab", "params"):
+        t.add_column(c, justify="right" if c not in ("name", "family") else "left")
+    from llsim.model.analytic import analytic_graph
+    for cfg in ZOO.values():
+        g = analytic_graph(cfg, 1)
+        t.add_row(cfg.name, cfg.family, str(cfg.layers), str(cfg.hidden), str(cfg.heads), str(cfg.n_kv_heads),
+                  str(cfg.ffn), str(cfg.vocab), f"{g.total_params / 1e6:,.1f}M")
+    console.print(t)
+    return 0
+
+
+def cmd_model_inspect(args) -> int:
+    from llsim.model.load import model_graph
+
+    g = model_graph(args.model, args.seq_len, args.batch)
+    if args.json:
+        print(json.dumps(g.to_summary(), indent=2))
+        return 0
+    t = Table(title=f"{g.name}  (seq_len={g.seq_len}, batch={g.batch}, source={g.source})")
+    for c in ("index", "name", "params MB", "GFLOPs", "output KB"):
+        t.add_column(c, justify="left" if c == "name" else "right")
+    for m in g.modules:
+        t.add_row(str(m.index), m.name, f"{m.param_bytes / 1e6:,.2f}", f"{m.flops / 1e9:,.3f}",
+                  f"{m.output_bytes / 1e3:,.1f}")
+    t.add_section()
+    t.add_row("", "total (unique)", f"{g.unique_param_bytes / 1e6:,.2f}", f"{g.total_flops / 1e9:,.3f}", "")
+    console.print(t)
+    console.print(f"unique parameters: {_fmt_int(g.total_params)}   modules: {g.n_modules}")
+    return 0
+
+
+def _parse_boundaries(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip() != ""]
+    except ValueError:
+        raise LLSimError(f"--boundaries '{text}' must be comma-separated module indices, e.g. 0,5,12") from None
+
+
+def cmd_model_split(args) -> int:
+    from llsim.model.load import onnx_bundle
+    from llsim.model.segment import split_model, verify
+
+    bundle = onnx_bundle(args.model, args.seq_len, args.batch)
+    g = bundle.graph
+    if args.boundaries:
+        b = _parse_boundaries(args.boundaries)
+        if b and b[0] != 0:
+            b = [0] + b
+        if b and b[-1] != g.n_modules:
+            b = b + [g.n_modules]
+        bad = [x for x in b if not 0 <= x <= g.n_modules]
+        if bad:
+            raise LLSimError(f"--boundaries {args.boundaries}: module index {bad[0]} is out of range 0..{g.n_modules} "
+                             f"({g.name} has {g.n_modules} modules)")
+    else:
+        b = g.even_boundaries(args.segments)
+    res = split_model(bundle.om, bundle.cuts, g, b, args.out, bundle.proto)
+    t = Table(title=f"{g.name} split into {len(b) - 1} segments -> {args.out}")
+    for c in ("segment", "modules", "file", "inputs (from)", "outputs"):
+        t.add_column(c)
+    for s in res.plan["segments"]:
+        ins = ", ".join(f"{i['name'].split('/')[-1]}<-{i['from']}" for i in s["inputs"])
+        t.add_row(str(s["index"]), f"{s['modules'][0]}..{s['modules'][1] - 1}", s["file"], ins,
+                  str(len(s["outputs"])))
+    console.print(t)
+    console.print(f"sequential routes: {len(res.plan['sequential'])}   residual routes: {len(res.plan['residual'])}")
+    if args.verify:
+        diff = verify(bundle.om, args.out, bundle.proto)
+        ok = diff <= 1e-5
+        console.print(f"verify: max abs difference full vs chained = {diff:.3e} ({'OK' if ok else 'FAIL'} at 1e-5)")
+        if not ok:
+            return 1
+    return 0
+
+
+# ---- parser --------------------------------------------------------------------------------------
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2, like every other user error
+        self.print_usage(sys.stderr)
+        print(f"llsim: error: {message}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="llsim", description="Distributed LLM inference on phone clusters: simulate, plan, verify.")
+    from llsim import __version__
+    p.add_argument("--version", action="version", version=f"llsim {__version__}")
+    sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
+
+    pm = sub.add_parser("model", help="model zoo, ONNX ingestion and segmentation")
+    msub = pm.add_subparsers(dest="sub", required=True, parser_class=_Parser)
+    m = msub.add_parser("list", help="list the zoo")
+    m.set_defaults(fn=cmd_model_list)
+    m = msub.add_parser("inspect", help="per-module params, FLOPs and output bytes")
+    m.add_argument("model", help="zoo name (llsim model list) or path to an .onnx file")
+    m.add_argument("--seq-len", type=int, default=128)
+    m.add_argument("--batch", type=int, default=1)
+    m.add_argument("--json", action="store_true")
+    m.set_defaults(fn=cmd_model_inspect)
+    m = msub.add_parser("split", help="write runnable ONNX segments and plan.json")
+    m.add_argument("model")
+    m.add_argument("--segments", type=int, default=2)
+    m.add_argument("--boundaries", help="explicit module boundaries, e.g. 0,5,12")
+    m.add_argument("--out", required=True)
+    m.add_argument("--verify", action="store_true", help="run full vs chained on random inputs (tolerance 1e-5)")
+    m.add_argument("--seq-len", type=int, default=16, help="sequence length used for shapes and --verify")
+    m.add_argument("--batch", type=int, default=1)
+    m.set_defaults(fn=cmd_model_split)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.fn(args) or 0)
+    except LLSimError as e:
+        print(f"llsim: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("llsim: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

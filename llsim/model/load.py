@@ -1,0 +1,61 @@
+"""Resolve a MODEL argument (zoo name or .onnx path) to graphs and ONNX files: one entry point."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+
+from llsim.errors import LLSimError
+from llsim.model.analytic import analytic_graph
+from llsim.model.cuts import CutAnalysis, analyse_cuts, model_graph_from_onnx
+from llsim.model.graph import ModelGraph
+from llsim.model.onnx_graph import OnnxModel, analyse, load_proto
+from llsim.model.zoo import ZOO, get_config
+
+
+def is_onnx_path(model: str) -> bool:
+    return model.lower().endswith(".onnx") or Path(model).exists() or "/" in model
+
+
+def model_graph(model: str, seq_len: int = 128, batch: int = 1, past_len: int = 0) -> ModelGraph:
+    """Module graph at a binding: analytical for zoo names (instant), ingested for ONNX files."""
+    if seq_len < 1 or batch < 1:
+        raise LLSimError(f"--seq-len ({seq_len}) and --batch ({batch}) must be >= 1")
+    if not is_onnx_path(model):
+        return analytic_graph(get_config(model), seq_len, batch, past_len)
+    om = analyse(load_proto(model), batch, seq_len, Path(model))
+    return model_graph_from_onnx(om)
+
+
+@dataclass
+class OnnxBundle:
+    proto: onnx.ModelProto  # with weights
+    om: OnnxModel
+    cuts: CutAnalysis
+    graph: ModelGraph
+
+
+def onnx_bundle(model: str, seq_len: int = 16, batch: int = 1, seed: int = 0) -> OnnxBundle:
+    """A runnable ONNX model with its analysis: zoo models are built (random weights, ``seed``)."""
+    if is_onnx_path(model):
+        path = Path(model)
+        proto = load_proto(path, load_weights=True)
+    else:
+        from llsim.model.builder import build_model
+        cfg = get_config(model)
+        if cfg.layers * cfg.hidden * cfg.hidden > 2e9 / 4 / 12:
+            raise LLSimError(f"{model} is too large to materialise as ONNX here (> ~2 GB of weights); "
+                             "use a tiny-* or small-* zoo model, or pass your own .onnx file")
+        path = None
+        proto = build_model(cfg, seed)
+    om = analyse(proto, batch, seq_len, path)
+    if path is None:
+        om.path = None
+        proto.graph.name = model
+    ca = analyse_cuts(om)
+    return OnnxBundle(proto, om, ca, model_graph_from_onnx(om, ca))
+
+
+def zoo_names() -> list[str]:
+    return list(ZOO)
