@@ -69,6 +69,10 @@ def cmd_model_split(args) -> int:
 
     bundle = onnx_bundle(args.model, args.seq_len, args.batch)
     g = bundle.graph
+    if g.n_modules < 2 and (args.boundaries or args.segments > 1):
+        raise LLSimError(f"{g.name} cannot be cut: no position in its graph where a single activation tensor "
+                         "crosses (every candidate cut carries several activation tensors or tensors of unknown "
+                         "shape), so it has one module")
     if args.boundaries:
         b = _parse_boundaries(args.boundaries)
         if b and b[0] != 0:

@@ -36,7 +36,7 @@ _WEIGHT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorPr
                  onnx.TensorProto.UINT4}
 _SHAPE_ONLY = {"Shape", "Size"}
 _RANDOM = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial"}
-_LAYER = re.compile(r"(?:^|[./_:])(?:layers?|h|blocks?|decoder_layers|encoder_layer)[._/](\d+)(?:[./_:]|$)", re.I)
+_LAYER = re.compile(r"(?:^|[^A-Za-z0-9])(?:layers?|h|blocks?|decoder_layers|encoder_layer)[._/](\d+)(?![0-9])", re.I)
 
 
 @dataclass
@@ -84,19 +84,53 @@ def node_inputs(n: onnx.NodeProto) -> list[str]:
 
 
 def _layer_of(om: OnnxModel, idx: int) -> int | None:
+    """Layer index of a node: exporter scope metadata first (the torch exporters record the module
+    path), then the node name, then its weights' names (least reliable: exporters deduplicate equal
+    initializers across layers)."""
     n = om.nodes[idx]
-    for name in list(n.input):
-        if name in om.initializers and om.initializers[name].shape is not None:
-            m = _LAYER.search(name)
-            if m:
-                return int(m.group(1))
     for prop in n.metadata_props:
         if "name_scopes" in prop.key or prop.key == "namespace":
             m = _LAYER.search(prop.value)
+            return int(m.group(1)) if m else None
+    m = _LAYER.search(n.name or "")
+    if m:
+        return int(m.group(1))
+    for name in list(n.input):
+        if name in om.initializers:
+            m = _LAYER.search(name)
             if m:
                 return int(m.group(1))
-    m = _LAYER.search(n.name or "")
-    return int(m.group(1)) if m else None
+    return None
+
+
+def _structural_layers(sigs: list[tuple | None]) -> list[int | None]:
+    """Blocks of a graph without layer names: the period k at which the signatures (sorted op types of
+    weight-reading nodes) of the weight-bearing runs repeat, at least twice, over the longest stretch;
+    runs in that stretch get block ids, the rest None (embedding before, head after)."""
+    heavy = [i for i, s in enumerate(sigs) if s is not None]
+    hs = [sigs[i] for i in heavy]
+    best = None
+    for k in range(1, len(hs) // 2 + 1):
+        i = 0
+        while i + k < len(hs):
+            if hs[i] != hs[i + k]:
+                i += 1
+                continue
+            j = i
+            while j + k < len(hs) and hs[j] == hs[j + k]:
+                j += 1
+            reps = (j - i + k) // k
+            if reps >= 2 and (best is None or reps * k > best[2] * best[1]):
+                best = (i, k, reps)  # most runs covered wins; ties keep the smaller period
+            i = j + 1
+    out: list[int | None] = [None] * len(sigs)
+    if best is None:
+        return out
+    start, k, reps = best
+    for b in range(reps):
+        for r in range(k):
+            out[heavy[start + b * k + r]] = b
+    return out
 
 
 def analyse_cuts(om: OnnxModel) -> CutAnalysis:
@@ -170,13 +204,24 @@ def analyse_cuts(om: OnnxModel) -> CutAnalysis:
     # runs between valid cuts, grouped by layer index
     bounds = [0] + valid + [n_exec]
     runs = [(a, b) for a, b in zip(bounds, bounds[1:]) if b > a]
-    run_keys: list[object] = []
+    run_layer: list[int | None] = []
+    run_heavy: list[bool] = []
+    run_sig: list[tuple | None] = []
     for a, b in runs:
         pos = range(a, b)
         layers = [lay for lay in (_layer_of(om, exec_nodes[p]) for p in pos) if lay is not None]
-        has_w = any(x in heavy_weights or x in inits for p in pos for x in nodes[exec_nodes[p]].input if x)
-        if layers:
-            run_keys.append(("L", max(set(layers), key=layers.count)))
+        run_layer.append(max(set(layers), key=layers.count) if layers else None)
+        heavy_ops = [nodes[exec_nodes[p]].op_type for p in pos
+                     if any(x in heavy_weights for x in nodes[exec_nodes[p]].input)]
+        run_heavy.append(bool(heavy_ops))
+        run_sig.append(tuple(sorted(heavy_ops)) if heavy_ops else None)
+    if not any(x is not None for x in run_layer):
+        run_layer = _structural_layers(run_sig)
+    run_keys: list[object] = []
+    for (a, b), lay, has_w in zip(runs, run_layer, run_heavy):
+        pos = range(a, b)
+        if lay is not None:
+            run_keys.append(("L", lay))
         elif has_w:
             run_keys.append(("X", len(run_keys)))
         else:  # weightless glue: on the activation path it belongs to what follows, else to what precedes
