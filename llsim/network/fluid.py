@@ -36,6 +36,7 @@ class Flow:
     airtime: float = 0.0  # integral of the flow's airtime share over time
     done: Optional[simpy.Event] = None
     tx_airtime: dict = field(default_factory=dict)  # transmitter id -> airtime
+    meta: object = None  # whatever the rate function needs (e.g. the hops' PHY rates)
 
     def __post_init__(self) -> None:
         self.remaining = float(self.size)

@@ -1,0 +1,462 @@
+"""The simulated network: :class:`Network` moves bytes between phones inside a simpy run.
+
+Model, per ``kind`` (see :mod:`llsim.network.config` for the defaults and their sources):
+
+``infrastructure``
+    One BSS. A transfer's bytes cross the air twice: src -> AP at src's PHY rate, AP -> dst at
+    dst's PHY rate (packet-level pipelining: both hops are active together, so a byte costs the
+    sum of the two hops' airtimes). All active transfers share the airtime as a fluid processor
+    sharing medium: with F active transfers each gets 1/F of the airtime (airtime fairness) and
+    moves ``(1/F) / sum_h 8 / (PHY_h x tcp_goodput_factor x c(n))`` bytes per second, where
+    ``c(n)`` is the Bianchi contention factor (:func:`llsim.network.mac.contention_factor`) for
+    the n distinct transmitters (phones with an active uplink hop, plus the AP) at that hop's
+    MCS. Rates are recomputed exactly whenever a transfer starts or ends
+    (:class:`llsim.network.fluid.FluidMedium`).
+``wifi_direct``
+    Phone ``ap_device`` is the hotspot / group owner: transfers to or from it are one hop,
+    between two other phones two hops through it; same shared airtime. The hotspot never dozes.
+``fixed``
+    Deterministic: ``relay x nbytes x 8 / goodput + rtt/2`` (relay = 2 with ``ap_relay``);
+    ``shared`` makes concurrent transfers split the goodput equally.
+``trace``
+    The throughput of a measured trace, integrated exactly over its breakpoints; latency = trace
+    RTT/2 at the transfer's start. Optional ``shared`` / ``ap_relay`` as for ``fixed``.
+
+Around the transmission (wireless kinds only):
+
+* **Power save**: if the receiving phone has had no transfer for more than ``idle_timeout`` it
+  dozes; the transfer first waits ``wake_delay`` (the AP buffers until the next beacon). Phones
+  start awake (idle clock at the network's creation).
+* **Latency**: after the last byte is sent, ``RTT/2`` with RTT drawn per transfer from
+  :class:`llsim.network.latency.RttDistribution` (one normal draw per transfer). One RTT per
+  transfer, whatever the number of hops (the measured RTTs are end to end).
+* **Loss**: ``k ~ Binomial(ceil(nbytes / packet_bytes), loss_rate)`` lost packets, each adding
+  ``retransmit_delay`` (a delay only: the resent bytes' airtime is neglected).
+
+Simulated time of one transfer = wake + transmission (shared) + RTT/2 + k x retransmit_delay.
+The analytic helpers (:meth:`Network.goodput_bps`, :meth:`Network.expected_transfer_s`,
+:meth:`Network.rtt_s`) use the same formulas without simpy. All randomness comes from the ``rng``
+passed in, drawn at each transfer's start in a fixed order, so a seed fixes every time.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import simpy
+
+from llsim.errors import LLSimError
+from llsim.network import mac, phy
+from llsim.network.config import FixedConfig, InfrastructureConfig, TraceConfig, WifiDirectConfig, parse_network_config
+from llsim.network.fluid import Flow, FluidMedium, RateInfo
+from llsim.network.latency import RttDistribution
+from llsim.network.trace import Trace, load_trace
+
+#: Transmitter id of the infrastructure access point (and of the relay in fixed/trace ``ap_relay``).
+AP = -1
+
+
+@dataclass(frozen=True)
+class StationSpec:
+    """A phone on the network; ``None`` fields take the network config's defaults."""
+
+    name: str
+    rssi_dbm: float | None = None
+    streams: int | None = None
+
+
+@dataclass(frozen=True)
+class TransferRecord:
+    """What happened to one transfer (times in seconds of simulated time)."""
+
+    src: int
+    dst: int
+    nbytes: int
+    start: float
+    end: float
+    tag: str = ""
+    hops: int = 1
+    wake_s: float = 0.0  # waiting for the receiver to leave power save
+    transmit_s: float = 0.0  # from entering the medium to the last byte sent
+    airtime_s: float = 0.0  # medium time used (share-weighted)
+    latency_s: float = 0.0  # one-way latency (RTT/2)
+    retransmits: int = 0
+    retransmit_s: float = 0.0
+
+    @property
+    def duration(self) -> float:
+        return self.end - self.start
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class _Hop:
+    tx: int  # transmitting node (station index or AP)
+    rate_bps: float  # PHY rate x TCP goodput factor
+    key: tuple  # (standard, mcs, width, streams, gi, rts_cts) for the contention factor
+
+
+@dataclass
+class _LinkStats:
+    transfers: int = 0
+    bytes: int = 0
+    total_time_s: float = 0.0
+    airtime_s: float = 0.0
+    wake_s: float = 0.0
+    retransmits: int = 0
+
+
+class Network:
+    """Wi-Fi (or fixed / trace) network among ``stations`` inside simpy environment ``env``.
+
+    ``cfg`` may be a parsed config or a plain mapping (validated with
+    :func:`llsim.network.config.parse_network_config`). ``base_dir`` resolves a relative trace
+    path. ``on_transfer(record)`` is called with each finished :class:`TransferRecord`.
+    """
+
+    def __init__(
+        self,
+        env: simpy.Environment,
+        cfg,
+        stations: Sequence[StationSpec],
+        rng: np.random.Generator | None = None,
+        base_dir: str | Path | None = None,
+        on_transfer: Callable[[TransferRecord], None] | None = None,
+    ):
+        if not isinstance(cfg, (InfrastructureConfig, WifiDirectConfig, FixedConfig, TraceConfig)):
+            cfg = parse_network_config(cfg)
+        if not stations:
+            raise LLSimError("the network needs at least one device")
+        self.env = env
+        self.cfg = cfg
+        self.kind: str = cfg.kind
+        self.stations = [s if isinstance(s, StationSpec) else StationSpec(**s) for s in stations]
+        self.rng = rng if rng is not None else np.random.default_rng(0)
+        self.on_transfer = on_transfer
+        n = len(self.stations)
+        self._wireless = self.kind in ("infrastructure", "wifi_direct")
+        self.trace: Trace | None = None
+        self._rtt: RttDistribution | None = None
+        self._mcs: list[int | None] = [None] * n
+        self._phy_mbps: list[float | None] = [None] * n
+        self._hop_cache: dict[tuple[int, int], tuple[_Hop, ...]] = {}
+        self._links: dict[tuple[int, int], _LinkStats] = {}
+        self._sent = [0] * n
+        self._received = [0] * n
+        self._n_sent = [0] * n
+        self._n_received = [0] * n
+        self._tx_airtime: dict[int, float] = {}
+        self._last_active = [env.now] * n
+        self._awake_at = [env.now] * n
+        self._busy = [0] * n
+
+        if self._wireless:
+            self._setup_wireless()
+            self._medium = FluidMedium(env, self._wireless_rates, on_airtime=self._add_airtime)
+        elif self.kind == "fixed":
+            self._medium = FluidMedium(env, self._capacity_rates, on_airtime=self._add_airtime)
+        else:
+            self.trace = load_trace(cfg.resolve_path(base_dir), on_end=cfg.on_end)
+            self._medium = FluidMedium(env, self._capacity_rates, breakpoint_fn=self.trace.next_breakpoint,
+                                       on_airtime=self._add_airtime)
+
+    # ------------------------------------------------------------------ set-up
+    def _setup_wireless(self) -> None:
+        cfg = self.cfg
+        n = len(self.stations)
+        self._rtt = RttDistribution.from_ms(cfg.rtt_ms.median, cfg.rtt_ms.p90, cfg.rtt_ms.p99)
+        if self.kind == "wifi_direct":
+            if cfg.ap_device >= n:
+                raise LLSimError(
+                    f"network.ap_device is {cfg.ap_device} but there are only {n} devices (indices 0..{n - 1})"
+                )
+            self.ap_index: int | None = cfg.ap_device
+            ap_streams = self._streams(cfg.ap_device)
+        else:
+            self.ap_index = None
+            ap_streams = cfg.ap_streams
+        for i, st in enumerate(self.stations):
+            if i == self.ap_index:
+                continue  # the hotspot phone's own link is not used
+            rssi = cfg.default_rssi_dbm if st.rssi_dbm is None else st.rssi_dbm
+            streams = min(self._streams(i), ap_streams)
+            try:
+                mcs = phy.select_mcs(rssi, cfg.standard, cfg.width_mhz, streams)
+            except LLSimError as exc:
+                raise LLSimError(f"device {st.name!r}: {exc}") from None
+            self._mcs[i] = mcs
+            self._phy_mbps[i] = phy.mcs_rate_mbps(cfg.standard, mcs, cfg.width_mhz, streams, cfg.guard_interval)
+
+    def _streams(self, i: int) -> int:
+        s = self.stations[i].streams
+        s = self.cfg.streams if s is None else s
+        if not 1 <= int(s) <= phy.MAX_STREAMS:
+            raise LLSimError(f"device {self.stations[i].name!r}: streams must be 1..{phy.MAX_STREAMS}, not {s}")
+        return int(s)
+
+    def _link_hop(self, tx: int, station: int) -> _Hop:
+        """The hop between ``station`` and the AP, transmitted by ``tx``."""
+        cfg = self.cfg
+        ap_streams = self._streams(self.ap_index) if self.ap_index is not None else cfg.ap_streams
+        streams = min(self._streams(station), ap_streams)
+        rate = self._phy_mbps[station] * 1e6 * cfg.tcp_goodput_factor
+        key = (cfg.standard, self._mcs[station], cfg.width_mhz, streams, cfg.guard_interval, cfg.rts_cts)
+        return _Hop(tx, rate, key)
+
+    def _hops(self, src: int, dst: int) -> tuple[_Hop, ...]:
+        """Wireless hops of a transfer (cached)."""
+        hops = self._hop_cache.get((src, dst))
+        if hops is None:
+            if self.kind == "infrastructure":
+                hops = (self._link_hop(src, src), self._link_hop(AP, dst))
+            else:
+                ap = self.ap_index
+                if src == ap:
+                    hops = (self._link_hop(ap, dst),)
+                elif dst == ap:
+                    hops = (self._link_hop(src, src),)
+                else:
+                    hops = (self._link_hop(src, src), self._link_hop(ap, dst))
+            self._hop_cache[(src, dst)] = hops
+        return hops
+
+    def _relay(self) -> int:
+        return 2 if getattr(self.cfg, "ap_relay", False) else 1
+
+    def _capacity_tx(self, src: int) -> tuple:
+        return (src, AP) if self._relay() == 2 else (src,)
+
+    # ------------------------------------------------------------------ rates
+    @staticmethod
+    def _per_byte_airtime(hops: Sequence[_Hop], n_tx: int) -> list[float]:
+        return [8.0 / (h.rate_bps * mac.contention_factor(n_tx, *h.key)) for h in hops]
+
+    def _wireless_rates(self, flows: Sequence[Flow], now: float) -> list[RateInfo]:
+        n_tx = len({tx for f in flows for tx in f.hops})
+        share = 1.0 / len(flows)
+        out = []
+        for f in flows:
+            per = self._per_byte_airtime(f.meta, n_tx)
+            total = sum(per)
+            out.append(RateInfo(share / total, share, tuple((h.tx, a / total) for h, a in zip(f.meta, per))))
+        return out
+
+    def _capacity_bps(self, now: float) -> float:
+        return self.cfg.goodput_mbps * 1e6 if self.kind == "fixed" else self.trace.throughput_at(now)
+
+    def _capacity_rates(self, flows: Sequence[Flow], now: float) -> list[RateInfo]:
+        share = 1.0 / len(flows) if self.cfg.shared else 1.0
+        relay = self._relay()
+        bps = self._capacity_bps(now)
+        return [RateInfo(bps / 8.0 * share / relay, share, tuple((tx, 1.0 / relay) for tx in f.hops)) for f in flows]
+
+    def _add_airtime(self, tx, seconds: float) -> None:
+        self._tx_airtime[tx] = self._tx_airtime.get(tx, 0.0) + seconds
+
+    # ------------------------------------------------------------------ simulation
+    def transfer(self, src: int, dst: int, nbytes: int, tag: str = "") -> simpy.Process:
+        """Send ``nbytes`` from device ``src`` to device ``dst``.
+
+        Returns a simpy process (yield it) that ends when the bytes have arrived; its value is the
+        :class:`TransferRecord`. ``src == dst`` completes at once and is not accounted.
+        """
+        n = len(self.stations)
+        if not (0 <= src < n and 0 <= dst < n):
+            raise ValueError(f"transfer {src}->{dst}: device indices must be in 0..{n - 1}")
+        if nbytes < 0:
+            raise ValueError(f"transfer {src}->{dst}: nbytes must be >= 0, not {nbytes}")
+        return self.env.process(self._transfer(src, dst, int(nbytes), tag))
+
+    def _transfer(self, src: int, dst: int, nbytes: int, tag: str):
+        env = self.env
+        start = env.now
+        if src == dst:
+            return TransferRecord(src, dst, nbytes, start, start, tag, hops=0)
+        # Random draws, always in this order: RTT, then losses.
+        wake = retx = 0.0
+        k = 0
+        if self._wireless:
+            cfg = self.cfg
+            latency = 0.5 * self._rtt.sample(self.rng)
+            if cfg.loss_rate > 0 and nbytes > 0:
+                k = int(self.rng.binomial(math.ceil(nbytes / cfg.packet_bytes), cfg.loss_rate))
+                retx = k * cfg.retransmit_delay_ms / 1e3
+            wake = self._wake_delay(dst, start)
+            hops = self._hops(src, dst)
+            flow = Flow(nbytes, tuple(h.tx for h in hops), meta=hops)
+        elif self.kind == "fixed":
+            latency = 0.5 * self.cfg.rtt_ms / 1e3
+            flow = Flow(nbytes, self._capacity_tx(src))
+        else:
+            latency = 0.5 * self.trace.rtt_at(start)
+            flow = Flow(nbytes, self._capacity_tx(src))
+        self._busy[src] += 1
+        self._busy[dst] += 1
+        try:
+            if wake > 0:
+                yield env.timeout(wake)
+            t_in = env.now
+            yield self._medium.submit(flow)
+            t_out = env.now
+            if latency + retx > 0:
+                yield env.timeout(latency + retx)
+        finally:
+            self._busy[src] -= 1
+            self._busy[dst] -= 1
+        end = env.now
+        self._last_active[src] = max(self._last_active[src], end)
+        self._last_active[dst] = max(self._last_active[dst], end)
+        rec = TransferRecord(src, dst, nbytes, start, end, tag, hops=len(flow.hops), wake_s=wake,
+                             transmit_s=t_out - t_in, airtime_s=flow.airtime, latency_s=latency,
+                             retransmits=k, retransmit_s=retx)
+        self._account(rec)
+        if self.on_transfer is not None:
+            self.on_transfer(rec)
+        return rec
+
+    def _sleeps(self, i: int) -> bool:
+        return self._wireless and self.cfg.power_save.enabled and i != self.ap_index
+
+    def _wake_delay(self, dst: int, now: float) -> float:
+        if not self._sleeps(dst):
+            return 0.0
+        ps = self.cfg.power_save
+        idle = now - self._last_active[dst]
+        if self._busy[dst] == 0 and now >= self._awake_at[dst] and idle > ps.idle_timeout_ms / 1e3:
+            self._awake_at[dst] = now + ps.wake_delay_ms / 1e3
+        return max(0.0, self._awake_at[dst] - now)
+
+    def _account(self, rec: TransferRecord) -> None:
+        link = self._links.setdefault((rec.src, rec.dst), _LinkStats())
+        link.transfers += 1
+        link.bytes += rec.nbytes
+        link.total_time_s += rec.duration
+        link.airtime_s += rec.airtime_s
+        link.wake_s += rec.wake_s
+        link.retransmits += rec.retransmits
+        self._sent[rec.src] += rec.nbytes
+        self._received[rec.dst] += rec.nbytes
+        self._n_sent[rec.src] += 1
+        self._n_received[rec.dst] += 1
+
+    # ------------------------------------------------------------------ statistics
+    def link_stats(self) -> list[dict]:
+        """One row per directed link that carried a transfer (plain values, CSV-ready)."""
+        rows = []
+        for (s, d), st in sorted(self._links.items()):
+            rows.append({
+                "src": s, "dst": d,
+                "src_name": self.stations[s].name, "dst_name": self.stations[d].name,
+                "transfers": st.transfers, "bytes": st.bytes,
+                "total_time_s": st.total_time_s, "airtime_s": st.airtime_s,
+                "mean_time_s": st.total_time_s / st.transfers,
+                "goodput_mbps": st.bytes * 8 / st.total_time_s / 1e6 if st.total_time_s > 0 else 0.0,
+                "wake_s": st.wake_s, "retransmits": st.retransmits,
+            })
+        return rows
+
+    def station_stats(self) -> list[dict]:
+        """One row per device, plus a row ``index = -1, name = "AP"`` when an external AP/relay transmitted.
+
+        ``airtime_s`` is the airtime the node spent transmitting.
+        """
+        rows = []
+        for i, st in enumerate(self.stations):
+            rows.append({
+                "index": i, "name": st.name,
+                "role": "ap" if self._wireless and i == self.ap_index else "station",
+                "mcs": self._mcs[i], "phy_rate_mbps": self._phy_mbps[i],
+                "bytes_sent": self._sent[i], "bytes_received": self._received[i],
+                "transfers_sent": self._n_sent[i], "transfers_received": self._n_received[i],
+                "airtime_s": self._tx_airtime.get(i, 0.0),
+            })
+        if self.kind == "infrastructure" or AP in self._tx_airtime:
+            rows.append({
+                "index": AP, "name": "AP", "role": "ap", "mcs": None, "phy_rate_mbps": None,
+                "bytes_sent": 0, "bytes_received": 0, "transfers_sent": 0, "transfers_received": 0,
+                "airtime_s": self._tx_airtime.get(AP, 0.0),
+            })
+        return rows
+
+    # ------------------------------------------------------------------ analytic helpers
+    def _check_pair(self, src: int, dst: int) -> None:
+        n = len(self.stations)
+        if not (0 <= src < n and 0 <= dst < n):
+            raise ValueError(f"device indices must be in 0..{n - 1}, got {src}->{dst}")
+
+    def contenders(self, src: int, dst: int, concurrent_flows: int = 1) -> int:
+        """Distinct transmitters assumed by the analytic helpers for ``concurrent_flows`` flows like src->dst.
+
+        The other flows are assumed to come from other phones (each adds its non-AP transmitters),
+        capped by the number of nodes that could transmit.
+        """
+        hops = self._hops(src, dst)
+        txs = {h.tx for h in hops}
+        phones = len(txs - {AP, self.ap_index})
+        limit = len(self.stations) + (1 if self.kind == "infrastructure" else 0)
+        return min(len(txs) + max(concurrent_flows - 1, 0) * phones, limit)
+
+    def goodput_bps(self, src: int, dst: int, concurrent_flows: int = 1, at: float = 0.0) -> float:
+        """Bits per second one of ``concurrent_flows`` equal concurrent transfers src->dst gets.
+
+        ``at``: time (trace kind only). ``inf`` when ``src == dst``.
+        """
+        self._check_pair(src, dst)
+        if concurrent_flows < 1:
+            raise ValueError("concurrent_flows must be >= 1")
+        if src == dst:
+            return math.inf
+        if self._wireless:
+            per = self._per_byte_airtime(self._hops(src, dst), self.contenders(src, dst, concurrent_flows))
+            return 8.0 / sum(per) / concurrent_flows
+        share = 1.0 / concurrent_flows if self.cfg.shared else 1.0
+        return self._capacity_bps(at) * share / self._relay()
+
+    def rtt_s(self, src: int, dst: int, at: float = 0.0) -> float:
+        """Median RTT (s) between two devices (fixed: the constant; trace: the RTT at ``at``)."""
+        self._check_pair(src, dst)
+        if src == dst:
+            return 0.0
+        if self._wireless:
+            return self._rtt.median
+        if self.kind == "fixed":
+            return self.cfg.rtt_ms / 1e3
+        return self.trace.rtt_at(at)
+
+    def mean_rtt_s(self, src: int, dst: int, at: float = 0.0) -> float:
+        """Mean RTT (s); the simulated one-way latency averages half of it."""
+        if self._wireless and src != dst:
+            self._check_pair(src, dst)
+            return self._rtt.mean()
+        return self.rtt_s(src, dst, at)
+
+    def expected_transfer_s(self, src: int, dst: int, nbytes: int, concurrent_flows: int = 1,
+                            at: float = 0.0, include_wake: bool = False) -> float:
+        """Expected duration of a transfer with ``concurrent_flows`` equal transfers running throughout.
+
+        ``8 nbytes / goodput + mean RTT / 2 + E[losses] x retransmit_delay`` (+ ``wake_delay`` if
+        ``include_wake``, for a receiver that has been idle past the power-save timeout). Trace:
+        the exact integral of the trace from ``at``.
+        """
+        self._check_pair(src, dst)
+        if src == dst:
+            return 0.0
+        if self.kind == "trace":
+            share = (1.0 / concurrent_flows if self.cfg.shared else 1.0) / self._relay()
+            return self.trace.finish_time(at, 8.0 * nbytes, share) - at + 0.5 * self.trace.rtt_at(at)
+        t = 8.0 * nbytes / self.goodput_bps(src, dst, concurrent_flows) + 0.5 * self.mean_rtt_s(src, dst)
+        if self._wireless:
+            cfg = self.cfg
+            t += math.ceil(nbytes / cfg.packet_bytes) * cfg.loss_rate * cfg.retransmit_delay_ms / 1e3
+            if include_wake and self._sleeps(dst):
+                t += cfg.power_save.wake_delay_ms / 1e3
+        return t
+
+    def phy_rate_mbps(self, station: int) -> float | None:
+        """PHY rate (Mb/s) of a phone's link to its AP (``None`` for the hotspot phone or non-Wi-Fi kinds)."""
+        return self._phy_mbps[station]
