@@ -193,6 +193,7 @@ def _head(cfg: ModelConfig, B: int, S: int, wb: int) -> _Ops:
     if cfg.tied_embeddings:
         # the head multiplies by the (shared) embedding table: held in memory here too
         o.add("lm_head_t", "Transpose", "gather", 0, 0, 0, params=V * H, dims=(V * H,))
+        o.ops[-1] = OpCost("lm_head_t", "Transpose", "gather", 0.0, 0, 0, V * H * wb, (V * H,), const=True)
         o.matmul("lm_head", 1, B * S, H, V, weight=False)
         o.ops[-1] = OpCost("lm_head", "MatMul", "matmul", 2.0 * B * S * H * V, B * S * H * ACT, B * S * V * ACT,
                            V * H * wb, (1, B * S, H, V))

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import onnx
 
@@ -285,6 +285,19 @@ def free_closure(ca: CutAnalysis, exec_positions: range) -> list[int]:
     return sorted(need)
 
 
+def _as_deployed(om: OnnxModel, ca: CutAnalysis, i: int):
+    """Node i's cost with constant-ness marked and inputs computed from weights (a transposed or
+    dequantized weight) counted as weight bytes, which is what they are once the runtime folds them."""
+    c = om.costs[i]
+    if i in ca.free_nodes:
+        return replace(c, const=True)
+    moved = sum(om.tensors[x].nbytes for x in om.nodes[i].input
+                if x and x in ca.free_tensors and x not in om.initializers and x in om.tensors)
+    if moved:
+        return replace(c, bytes_in=max(0, c.bytes_in - moved), param_bytes=c.param_bytes + moved)
+    return c
+
+
 def model_graph_from_onnx(om: OnnxModel, ca: CutAnalysis | None = None) -> ModelGraph:
     ca = ca or analyse_cuts(om)
     n_exec = len(ca.exec_nodes)
@@ -328,7 +341,7 @@ def model_graph_from_onnx(om: OnnxModel, ca: CutAnalysis | None = None) -> Model
             params.update(x for x in om.nodes[i].input if x in om.initializers)
         params = {x for x in params if _numel(om.initializers[x].shape) > 1}
         used_params_total |= params
-        ops = [om.costs[i] for i in node_idx if om.nodes[i].op_type != "Constant"]
+        ops = [_as_deployed(om, ca, i) for i in node_idx if om.nodes[i].op_type != "Constant"]
         modules.append(Module(mi, ca.module_names[mi], ca.module_kinds[mi],
                               sum(_numel(om.initializers[x].shape) for x in params),
                               sum(om.initializers[x].nbytes for x in params),

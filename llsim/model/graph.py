@@ -39,6 +39,7 @@ class OpCost:
     bytes_out: int  # bytes written
     param_bytes: int  # weight bytes read
     dims: tuple[int, ...] = ()
+    const: bool = False  # computed from weights alone: folded away by an optimising runtime
 
 
 @dataclass

@@ -91,6 +91,28 @@ def segment_io(om: OnnxModel, ca: CutAnalysis, mg: ModelGraph, boundaries: list[
     return segs, seg_of_pos
 
 
+def segment_protos(om: OnnxModel, ca: CutAnalysis, mg: ModelGraph, boundaries: list[int],
+                   full: onnx.ModelProto | None = None) -> list[tuple[onnx.ModelProto, list[str], list[str]]]:
+    """In-memory segment models with their input and output names (no files)."""
+    b = mg.check_boundaries(boundaries)
+    full = full if full is not None else om.proto
+    segs, _ = segment_io(om, ca, mg, b)
+    return [(_segment_proto(om, ca, full, a, e, ins, outs, f"{om.name}_seg{s}"), ins, outs)
+            for s, ((a, e), ins, outs) in enumerate(segs)]
+
+
+def segment_feeds(full: onnx.ModelProto, segs, feeds: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
+    """Inputs of every segment for one graph input, by running the segments in order."""
+    have = dict(feeds)
+    out = []
+    for proto, ins, outs in segs:
+        x = {k: have[k] for k in ins}
+        out.append(x)
+        vals = _session(proto.SerializeToString()).run(outs, x)
+        have.update(zip(outs, vals))
+    return out
+
+
 def split_model(om: OnnxModel, ca: CutAnalysis, mg: ModelGraph, boundaries: list[int], out_dir: str | Path,
                 full: onnx.ModelProto | None = None) -> SplitResult:
     b = mg.check_boundaries(boundaries)

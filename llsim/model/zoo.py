@@ -71,14 +71,21 @@ ZOO: dict[str, ModelConfig] = {
                     tied_embeddings=True, rope_theta=500000.0, published_params=3_212_749_824),
         ModelConfig("llama-2-7b", "llama", 4096, 32, 32, 32000, 11008, kv_heads=32, max_positions=4096,
                     tied_embeddings=False, published_params=6_738_415_616),
+        # Shapes of models with published phone tokens/s (used to calibrate and check phone profiles);
+        # Qwen2's q/k/v biases (57k params) are not modelled.
+        ModelConfig("qwen2-1.5b", "llama", 1536, 28, 12, 151936, 8960, kv_heads=2, max_positions=32768,
+                    tied_embeddings=True, rope_theta=1e6, norm_eps=1e-6, published_params=1_543_714_304),
+        ModelConfig("minicpm-2b", "llama", 2304, 40, 36, 122753, 5760, kv_heads=36, max_positions=4096,
+                    tied_embeddings=True, published_params=2_724_880_896),
         # Tiny variants for tests (same code paths, toy sizes)
         ModelConfig("tiny-bloom", "bloom", 64, 3, 4, 256, 256),
         ModelConfig("tiny-gpt2", "gpt2", 64, 3, 4, 256, 256, max_positions=128),
         ModelConfig("tiny-llama", "llama", 64, 3, 4, 256, 128, kv_heads=2, max_positions=128),
-        # Small variants: runnable ONNX of realistic shape for profiling and demos (tens of MB)
-        ModelConfig("small-bloom", "bloom", 256, 8, 8, 8192, 1024),
+        # Small variants: runnable ONNX of realistic shape (tens of MB). small-gpt2 is what the profiler
+        # fits on; small-bloom and small-llama have other widths so they can check the fit out of sample.
         ModelConfig("small-gpt2", "gpt2", 256, 8, 8, 8192, 1024, max_positions=1024),
-        ModelConfig("small-llama", "llama", 256, 8, 8, 8192, 704, kv_heads=4, max_positions=2048),
+        ModelConfig("small-bloom", "bloom", 384, 6, 6, 6000, 1536),
+        ModelConfig("small-llama", "llama", 320, 6, 5, 6000, 896, kv_heads=1, max_positions=4096),
     ]
 }
 

@@ -1,0 +1,135 @@
+"""Where ops run. The profiler talks to an :class:`Executor`; :class:`LocalExecutor` runs
+onnxruntime in this process, the HIL ADB worker provides the same methods for a phone."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from typing import Protocol
+
+import numpy as np
+
+
+class Executor(Protocol):
+    name: str
+
+    def describe(self) -> dict: ...
+
+    def profile_nodes(self, model: bytes, feeds: dict[str, np.ndarray], threads: int, runs: int,
+                      warmup: int) -> dict[str, float]:
+        """Median kernel time (seconds) per node name, graph optimisations off."""
+
+    def time_runs(self, model: bytes, feeds: dict[str, np.ndarray], threads: int, runs: int,
+                  warmup: int) -> float:
+        """Median wall time (seconds) of one session.run, default graph optimisations on."""
+
+
+def _host_cpu() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _host_ram_gb() -> tuple[float, float]:
+    total = avail = 0.0
+    try:
+        for line in open("/proc/meminfo"):
+            k, v = line.split(":", 1)
+            if k == "MemTotal":
+                total = int(v.split()[0]) / 1e6
+            elif k == "MemAvailable":
+                avail = int(v.split()[0]) / 1e6
+    except OSError:
+        pass
+    return total, avail
+
+
+def _cache_bytes() -> int:
+    """Largest CPU cache on this host (sysfs), for eviction between timed runs."""
+    best = 0
+    base = "/sys/devices/system/cpu/cpu0/cache"
+    try:
+        for d in os.listdir(base):
+            txt = open(os.path.join(base, d, "size")).read().strip()
+            mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(txt[-1], 1)
+            best = max(best, int(txt.rstrip("KMG")) * mult)
+    except (OSError, ValueError):
+        pass
+    return best or (32 << 20)
+
+
+class LocalExecutor:
+    """onnxruntime in this process. Between timed runs the CPU caches are evicted (a buffer of twice
+    the largest cache is rewritten), so weights are read cold, as on a phone running a segment of
+    hundreds of MB; activations stay warm within a run."""
+
+    name = "local"
+
+    def __init__(self, evict_cache: bool = True):
+        self._evict = np.zeros(2 * _cache_bytes() // 8, dtype=np.float64) if evict_cache else None
+
+    def _flush(self):
+        if self._evict is not None:
+            self._evict += 1.0
+
+    def describe(self) -> dict:
+        import onnxruntime as ort
+
+        total, avail = _host_ram_gb()
+        return {"host": platform.node(), "cpu": _host_cpu(), "cores": os.cpu_count(), "ram_total_gb": total,
+                "ram_available_gb": avail, "onnxruntime_version": ort.__version__, "machine": platform.machine()}
+
+    def _session(self, model: bytes, threads: int, optimized: bool, profile_dir: str | None = None):
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+        so.log_severity_level = 3
+        if not optimized:
+            so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        if profile_dir:
+            so.enable_profiling = True
+            so.profile_file_prefix = os.path.join(profile_dir, "ort")
+        return ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
+
+    def profile_nodes(self, model, feeds, threads, runs, warmup):
+        with tempfile.TemporaryDirectory() as d:
+            sess = self._session(model, threads, optimized=False, profile_dir=d)
+            for _ in range(warmup + runs):
+                self._flush()
+                sess.run(None, feeds)
+            path = sess.end_profiling()
+            events = json.load(open(path))
+        per: dict[str, list[float]] = {}
+        for ev in events:
+            if ev.get("cat") == "Node" and ev.get("name", "").endswith("_kernel_time"):
+                per.setdefault(ev["name"][: -len("_kernel_time")], []).append(ev["dur"] * 1e-6)
+        return {k: statistics.median(v[warmup:] if len(v) > warmup else v) for k, v in per.items()}
+
+    def time_runs(self, model, feeds, threads, runs, warmup, rounds: int = 3):
+        """Minimum over ``rounds`` of the median of ``runs`` timed runs: the median drops outliers within
+        a round, the minimum drops rounds disturbed by other load on the machine (2 shared vCPUs)."""
+        import gc
+
+        gc.collect()  # no idle session's thread pool may compete for the cores
+        sess = self._session(model, threads, optimized=True)
+        for _ in range(warmup):
+            sess.run(None, feeds)
+        meds = []
+        for _ in range(rounds):
+            ts = []
+            for _ in range(runs):
+                self._flush()
+                t0 = time.perf_counter()
+                sess.run(None, feeds)
+                ts.append(time.perf_counter() - t0)
+            meds.append(statistics.median(ts))
+        return min(meds)
