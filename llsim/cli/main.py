@@ -104,6 +104,101 @@ def cmd_model_split(args) -> int:
     return 0
 
 
+# ---- profile -------------------------------------------------------------------------------------
+def _parse_threads(text: str) -> list[int]:
+    try:
+        ts = sorted({int(x) for x in text.split(",") if x.strip()})
+    except ValueError:
+        raise LLSimError(f"--threads '{text}' must be comma-separated integers, e.g. 1,2,4") from None
+    if not ts or ts[0] < 1:
+        raise LLSimError(f"--threads '{text}': thread counts must be >= 1")
+    return ts
+
+
+def cmd_profile_host(args) -> int:
+    from pathlib import Path
+
+    from llsim.device.profiler import profile_host
+
+    threads = _parse_threads(args.threads)
+    prof, elapsed = profile_host(Path(args.out), threads, runs=args.runs, quick=args.quick,
+                                 log=lambda m: console.print(m, highlight=False))
+    console.print(f"wrote {args.out} (+ {Path(args.out).with_suffix('.samples.csv').name}) in {elapsed:.0f} s")
+    return 0
+
+
+def cmd_profile_list(args) -> int:
+    from llsim.device.profile import list_profiles, load_profile
+
+    t = Table(title="device profiles (device_profiles/)")
+    for c in ("name", "kind", "device", "SoC", "cores", "RAM avail GB", "threads", "provenance"):
+        t.add_column(c)
+    for name in list_profiles():
+        p = load_profile(name)
+        t.add_row(p.name, p.kind, p.device, p.soc, str(p.cores), f"{p.memory.ram_available_gb:g}",
+                  ",".join(map(str, sorted(p.compute.threads))), p.provenance.kind)
+    console.print(t)
+    return 0
+
+
+def cmd_profile_show(args) -> int:
+    from llsim.device.profile import load_profile
+
+    p = load_profile(args.profile)
+    console.print(f"[bold]{p.name}[/bold]: {p.device} ({p.soc}), {p.kind}, provenance: {p.provenance.kind}")
+    console.print("CPU: " + ", ".join(f"{c.cores}x {c.core or c.name} @ {c.freq_ghz:g} GHz" for c in p.cpu))
+    console.print(f"RAM: {p.memory.ram_total_gb:g} GB total, {p.memory.ram_available_gb:g} GB available, budget "
+                  f"{p.memory.budget_fraction:g} -> {p.memory.budget_bytes / 1e9:.2f} GB")
+    console.print(f"thermal: sustained {p.thermal.sustained_speed:g} x peak after {p.thermal.time_to_throttle_s:g} s;"
+                  f" Wi-Fi 802.11{p.network.wifi_standard}, {p.network.spatial_streams} streams")
+    for th in sorted(p.compute.threads):
+        tc = p.compute.threads[th]
+        t = Table(title=f"{th} thread(s): run overhead {tc.run_overhead_us:g} us, fused scale {tc.fused_scale}, "
+                        f"fused per-op overhead {tc.fused_op_overhead_us} us")
+        for c in ("class", "overhead us", "GFLOP/s", "act GB/s", "weight GB/s"):
+            t.add_column(c, justify="right")
+        for cls, c in tc.classes.items():
+            t.add_row(cls, f"{c.overhead_us:.2f}", f"{c.gflops:.1f}", f"{c.gbps:.1f}", f"{c.weight_gbps:.1f}")
+        console.print(t)
+    prov = p.provenance
+    if prov.kind == "measured":
+        console.print(f"measured by {prov.tool} on {prov.host}, {prov.date}, onnxruntime {prov.onnxruntime_version};"
+                      f" samples: {prov.samples}")
+    else:
+        console.print("calibrated from: " + "; ".join(prov.sources))
+        if prov.replace_with_measured:
+            console.print(f"replace with a measurement: {prov.replace_with_measured}")
+    return 0
+
+
+def cmd_profile_predict(args) -> int:
+    from llsim.device.costmodel import CostModel
+    from llsim.device.profile import load_profile
+    from llsim.model.load import model_graph
+
+    p = load_profile(args.profile)
+    g = model_graph(args.model, args.seq_len, 1)
+    cm = CostModel(p)
+    threads = args.threads or p.compute.default_threads
+    cm.coefs(threads)  # clear error for an unmeasured thread count
+    per = [(m, cm.module_seconds(m, threads) * 1e3) for m in g.modules]
+    total = cm.segment_seconds(g.modules, threads) * 1e3
+    if args.json:
+        print(json.dumps({"profile": p.name, "model": g.name, "seq_len": g.seq_len, "threads": threads,
+                          "total_ms": total,
+                          "modules": [{"index": m.index, "name": m.name, "ms": ms} for m, ms in per]}, indent=2))
+        return 0
+    t = Table(title=f"{g.name} on {p.name} ({threads} threads, seq_len {g.seq_len}): predicted latency")
+    for c in ("index", "name", "GFLOPs", "ms"):
+        t.add_column(c, justify="left" if c == "name" else "right")
+    for m, ms in per:
+        t.add_row(str(m.index), m.name, f"{m.flops / 1e9:,.3f}", f"{ms:,.3f}")
+    t.add_section()
+    t.add_row("", "total (one session.run)", f"{g.total_flops / 1e9:,.3f}", f"{total:,.3f}")
+    console.print(t)
+    return 0
+
+
 # ---- parser --------------------------------------------------------------------------------------
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, exit 2, like every other user error
@@ -137,6 +232,27 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--seq-len", type=int, default=16, help="sequence length used for shapes and --verify")
     m.add_argument("--batch", type=int, default=1)
     m.set_defaults(fn=cmd_model_split)
+
+    pp = sub.add_parser("profile", help="device profiles and the cost model")
+    psub = pp.add_subparsers(dest="sub", required=True, parser_class=_Parser)
+    m = psub.add_parser("host", help="measure this machine and write a profile")
+    m.add_argument("--out", required=True, help="e.g. device_profiles/host.yaml")
+    m.add_argument("--threads", default="1,2", help="thread counts to measure, e.g. 1,2,4")
+    m.add_argument("--runs", type=int, default=10, help="timed runs per graph (median kept)")
+    m.add_argument("--quick", action="store_true", help="smaller micro-graph sweep")
+    m.set_defaults(fn=cmd_profile_host)
+    m = psub.add_parser("list", help="profiles in device_profiles/")
+    m.set_defaults(fn=cmd_profile_list)
+    m = psub.add_parser("show", help="summary of a profile")
+    m.add_argument("profile", help="name in device_profiles/ or a path")
+    m.set_defaults(fn=cmd_profile_show)
+    m = psub.add_parser("predict", help="predicted per-module latency of one forward pass")
+    m.add_argument("profile")
+    m.add_argument("model")
+    m.add_argument("--seq-len", type=int, default=128)
+    m.add_argument("--threads", type=int)
+    m.add_argument("--json", action="store_true")
+    m.set_defaults(fn=cmd_profile_predict)
     return p
 
 

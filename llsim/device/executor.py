@@ -72,12 +72,14 @@ class LocalExecutor:
 
     name = "local"
 
-    def __init__(self, evict_cache: bool = True):
-        self._evict = np.zeros(2 * _cache_bytes() // 8, dtype=np.float64) if evict_cache else None
+    def __init__(self, evict_cache: bool | None = None):
+        if evict_cache is None:
+            evict_cache = os.environ.get("LLSIM_EVICT_CACHE", "1") != "0"
+        self._evict = np.ones(2 * _cache_bytes() // 8, dtype=np.float64) if evict_cache else None
 
     def _flush(self):
         if self._evict is not None:
-            self._evict += 1.0
+            self._evict.sum()  # read-only sweep: evicts without leaving dirty lines to write back
 
     def describe(self) -> dict:
         import onnxruntime as ort

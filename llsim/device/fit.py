@@ -17,6 +17,11 @@ def nnls_relative(X: np.ndarray, y: np.ndarray) -> np.ndarray:
     y = np.asarray(y, dtype=float)
     w = 1.0 / np.maximum(y, 1e-12)
     Xw, yw = X * w[:, None], y * w
+    # columns span 1 .. 1e9 (overhead, FLOPs, bytes): normalise them, or rank tests and lstsq lose the
+    # small ones; the solution is scaled back at the end
+    scale = np.linalg.norm(Xw, axis=0)
+    scale[scale == 0] = 1.0
+    Xw = Xw / scale
     n = X.shape[1]
     best, best_err = np.zeros(n), float(np.sum(yw**2))
     for k in range(1, n + 1):
@@ -30,9 +35,9 @@ def nnls_relative(X: np.ndarray, y: np.ndarray) -> np.ndarray:
             full = np.zeros(n)
             full[list(cols)] = b
             err = float(np.sum((Xw @ full - yw) ** 2))
-            if err < best_err - 1e-15:
+            if err < best_err * (1 - 1e-12):
                 best, best_err = full, err
-    return best
+    return best / scale
 
 
 def ape(pred, meas) -> np.ndarray:

@@ -32,7 +32,7 @@ from llsim.model.cuts import model_graph_from_onnx
 from llsim.model.onnx_graph import analyse
 
 FIT_MODEL = "small-gpt2"
-FIT_SEQS = (4, 16, 64, 128)
+FIT_SEQS = (2, 4, 16, 64, 128)
 
 
 @dataclass
@@ -102,6 +102,9 @@ def micro_graphs(quick: bool = False) -> list[tuple[str, bytes, dict]]:
     for m in (1, 16):
         for _ in range(3):
             g.op("MatMul", [g.inp([m, 2048]), g.w([2048, 2048])])
+    for m in (1, 4, 8):  # decode-shaped: mid-size weights streamed cold
+        for k, n in ((640, 640), (640, 2560), (2560, 640), (1024, 1024)):
+            g.op("MatMul", [g.inp([m, k]), g.w([k, n])])
     out.append(g)
     g = _MG("attention")
     for h, d in ((4, 64), (8, 32)):

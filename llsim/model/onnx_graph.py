@@ -176,7 +176,10 @@ def _const_node_values(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
 
 
 def analyse(proto: onnx.ModelProto, batch: int = 1, seq_len: int = 128, path: Path | None = None,
-            dim_overrides: dict[str, int] | None = None) -> OnnxModel:
+            dim_overrides: dict[str, int] | None = None,
+            input_shapes: dict[str, tuple[int, ...]] | None = None) -> OnnxModel:
+    """``input_shapes`` binds inputs to concrete shapes directly (e.g. a segment file whose inputs
+    declare no shape, analysed for the tensors it is actually fed)."""
     g = proto.graph
     if batch < 1 or seq_len < 1:
         raise LLSimError(f"batch ({batch}) and seq-len ({seq_len}) must be >= 1")
@@ -190,7 +193,14 @@ def analyse(proto: onnx.ModelProto, batch: int = 1, seq_len: int = 128, path: Pa
         t.ClearField("raw_data"); t.ClearField("float_data"); t.ClearField("int64_data")
         t.ClearField("int32_data"); t.ClearField("double_data"); t.ClearField("external_data")
         t.data_location = TensorProto.DEFAULT
+    input_shapes = dict(input_shapes or {})
     for inp in bound.graph.input:
+        if inp.name in input_shapes:
+            shp = inp.type.tensor_type.shape
+            shp.Clear()
+            for v in input_shapes[inp.name]:
+                shp.dim.add().dim_value = int(v)
+            continue
         for d in inp.type.tensor_type.shape.dim:
             if d.dim_param in dims:
                 v = dims[d.dim_param]
@@ -215,7 +225,11 @@ def analyse(proto: onnx.ModelProto, batch: int = 1, seq_len: int = 128, path: Pa
     missing = [o for n in g.node for o in n.output if o and (o not in tensors or tensors[o].shape is None)]
     weights_loaded = not _has_external(proto)
     if missing:
-        _fill_shapes_by_running(proto, path, tensors, missing, dims)
+        feeds = None
+        if input_shapes:
+            feeds = {i.name: np.zeros(input_shapes[i.name], dtype=helper.tensor_dtype_to_np_dtype(
+                i.type.tensor_type.elem_type)) for i in g.input if i.name in input_shapes}
+        _fill_shapes_by_running(proto, path, tensors, missing, dims, feeds)
     m = OnnxModel(path, proto, batch, seq_len, dims, tensors, inits, consts, weights_loaded=weights_loaded)
     m.costs = [node_cost(m, n) for n in g.node]
     return m
@@ -256,7 +270,7 @@ def random_inputs(proto: onnx.ModelProto, dims: dict[str, int], seed: int = 0) -
     return feeds
 
 
-def _fill_shapes_by_running(proto, path, tensors, missing, dims):
+def _fill_shapes_by_running(proto, path, tensors, missing, dims, feeds=None):
     import onnxruntime as ort
 
     if _has_external(proto) and path is None:
@@ -273,7 +287,7 @@ def _fill_shapes_by_running(proto, path, tensors, missing, dims):
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         so.log_severity_level = 3
         sess = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
-        outs = sess.run(None, random_inputs(full, dims))
+        outs = sess.run(None, feeds if feeds is not None else random_inputs(full, dims))
         for meta, val in zip(sess.get_outputs(), outs):
             if isinstance(val, np.ndarray):
                 tensors[meta.name] = TensorInfo(tuple(val.shape), helper.np_dtype_to_tensor_dtype(val.dtype))

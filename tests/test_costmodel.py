@@ -1,0 +1,214 @@
+"""Cost model, fit and profiler against independent expectations (hand arithmetic, synthetic truth)."""
+import math
+import textwrap
+import warnings
+
+import numpy as np
+import onnx
+import pytest
+import yaml
+
+from llsim.device.costmodel import CostModel
+from llsim.device.fit import nnls_relative
+from llsim.device.profile import DeviceProfile, load_profile
+from llsim.errors import LLSimError
+from llsim.model.graph import Module, OpCost
+
+from conftest import run_cli
+
+BASE = {
+    "name": "toy", "kind": "phone", "device": "Toy", "soc": "ToySoC",
+    "cpu": [{"name": "big", "cores": 4, "freq_ghz": 2.0}],
+    "memory": {"ram_total_gb": 8, "ram_available_gb": 4, "source": "assumed"},
+    "compute": {"default_threads": 1, "source": "synthetic", "threads": {1: {
+        "classes": {
+            "matmul": {"overhead_us": 10, "gflops": 10, "gbps": 0, "weight_gbps": 5},
+            "elementwise": {"overhead_us": 2, "gflops": 0, "gbps": 4},
+        },
+        "run_overhead_us": 100, "fused_scale": {"matmul": 1.0, "other": 0.5}, "fused_op_overhead_us": 1.0}}},
+    "thermal": {"sustained_speed": 0.6, "time_to_throttle_s": 120, "source": "assumed"},
+    "network": {"wifi_standard": "ax", "spatial_streams": 2, "source": "spec"},
+    "provenance": {"kind": "calibrated", "sources": ["synthetic"], "method": "by hand"},
+}
+
+
+def _profile(tmp_path, data=BASE, name="toy.yaml"):
+    p = tmp_path / name
+    p.write_text(yaml.safe_dump(data))
+    return load_profile(p)
+
+
+def _op(cls, flops=0.0, bytes_in=0, bytes_out=0, param=0, const=False, op_type="X"):
+    return OpCost("op", op_type, cls, flops, bytes_in, bytes_out, param, (), const)
+
+
+def test_op_latency_is_hand_arithmetic(tmp_path):
+    cm = CostModel(_profile(tmp_path))
+    # 1e9 flops at 10 GFLOP/s = 0.1 s; 5e8 weight bytes at 5 GB/s = 0.1 s; +10 us
+    assert cm.op_seconds(_op("matmul", flops=1e9, param=5e8), 1) == pytest.approx(0.2 + 10e-6)
+    # elementwise: 4e9 bytes at 4 GB/s = 1 s, +2 us
+    assert cm.op_seconds(_op("elementwise", bytes_in=2e9, bytes_out=2e9), 1) == pytest.approx(1 + 2e-6)
+
+
+def test_segment_uses_fused_calibration_and_skips_folded_ops(tmp_path):
+    cm = CostModel(_profile(tmp_path))
+    ops = [_op("matmul", flops=1e9), _op("elementwise", bytes_in=4e9), _op("matmul", flops=1e12, const=True)]
+    m = Module(0, "m", "block", 0, 0, 0.0, 0, 0, ops)
+    # run 100 us + matmul work 0.1 s x 1.0 + elementwise work 1 s x 0.5 + 2 ops x 1 us; the const op is folded
+    assert cm.segment_seconds([m], 1) == pytest.approx(100e-6 + 0.1 + 0.5 + 2e-6)
+
+
+def test_throttling_speed_scales_work_not_overheads(tmp_path):
+    cm = CostModel(_profile(tmp_path), speed=0.5)
+    assert cm.op_seconds(_op("elementwise", bytes_in=4e9), 1) == pytest.approx(2 + 2e-6)
+
+
+def test_unknown_class_falls_back_once_never_zero(tmp_path):
+    cm = CostModel(_profile(tmp_path))
+    with pytest.warns(UserWarning, match="no coefficients for op class 'softmax'") as rec:
+        a = cm.op_seconds(_op("softmax", bytes_in=4e9), 1)
+        b = cm.op_seconds(_op("softmax", bytes_in=4e9), 1)
+    assert len([r for r in rec if "softmax" in str(r.message)]) == 1
+    assert a == b == pytest.approx(1 + 2e-6)  # the documented fallback: elementwise
+    assert math.isfinite(a) and a > 0
+
+
+def test_unmeasured_thread_count_is_a_clear_error(tmp_path):
+    cm = CostModel(_profile(tmp_path))
+    with pytest.raises(LLSimError, match=r"toy.yaml.*no coefficients for 4 threads.*measured: \[1\]"):
+        cm.op_seconds(_op("matmul", flops=1), 4)
+
+
+def _set(d, path, value):
+    import copy
+    d = copy.deepcopy(d)
+    cur = d
+    keys = path.split(".")
+    for k in keys[:-1]:
+        cur = cur[int(k) if k.isdigit() and isinstance(cur, dict) and int(k) in cur else k]
+    if value is KeyError:
+        del cur[keys[-1]]
+    else:
+        cur[keys[-1]] = value
+    return d
+
+
+BAD = [  # (mutation, words the message must contain)
+    (("memory.source", KeyError), ["memory.source", "missing"]),
+    (("compute.threads.1.classes.matmul.gflops", -3), ["compute.threads.1.classes.matmul.gflops", "greater than or equal"]),
+    (("compute.threads.1.classes.tensorcore", {"overhead_us": 1}), ["unknown op class 'tensorcore'"]),
+    (("compute.default_threads", 8), ["default_threads 8 has no coefficients"]),
+    (("provenance.sources", []), ["calibrated profile needs"]),
+    (("memory.ram_availble_gb", 3), ["memory.ram_availble_gb", "unknown field"]),
+    (("memory.ram_available_gb", 99), ["exceeds ram_total_gb"]),
+    (("thermal.sustained_speed", 0), ["thermal.sustained_speed"]),
+]
+
+
+@pytest.mark.parametrize("mutation,words", BAD)
+def test_bad_profiles_name_file_and_field(tmp_path, mutation, words):
+    data = _set(BASE, *mutation)
+    p = tmp_path / "bad.yaml"
+    p.write_text(yaml.safe_dump(data))
+    with pytest.raises(LLSimError) as e:
+        load_profile(p)
+    msg = str(e.value)
+    assert "bad.yaml" in msg
+    for w in words:
+        assert w in msg
+
+
+def test_unknown_profile_name_and_bad_yaml(tmp_path):
+    with pytest.raises(LLSimError, match="unknown device profile 'nokia-3310'"):
+        load_profile("nokia-3310")
+    p = tmp_path / "broken.yaml"
+    p.write_text("name: [unclosed\n")
+    with pytest.raises(LLSimError, match="broken.yaml.*not valid YAML"):
+        load_profile(p)
+
+
+def test_nnls_recovers_known_coefficients_and_stays_nonnegative():
+    rng = np.random.default_rng(0)
+    # op sizes span decades, as real ones do (log-uniform), so the fixed overhead is identifiable
+    X = np.column_stack([np.ones(200), 10 ** rng.uniform(4, 9, 200), 10 ** rng.uniform(3, 8, 200)])
+    truth = np.array([5e-6, 1 / 50e9, 1 / 20e9])
+    y = X @ truth * rng.uniform(0.98, 1.02, 200)
+    b = nnls_relative(X, y)
+    np.testing.assert_allclose(b, truth, rtol=0.05)
+    # data that would want a negative coefficient gets 0 instead
+    y2 = X[:, 1] * 1e-10 - X[:, 2] * 1e-12 + 1e-3
+    assert (nnls_relative(X, y2) >= 0).all()
+
+
+class SyntheticExecutor:
+    """A faithful stand-in for a device: per-op kernel time from known coefficients, whole-graph time
+    = the fused formula. The profiler must recover the coefficients from its samples."""
+
+    name = "synthetic"
+
+    def __init__(self, truth: DeviceProfile):
+        self.cm = CostModel(truth)
+
+    def describe(self):
+        return {"host": "synthetic", "cpu": "synthetic", "cores": 2, "ram_total_gb": 8.0, "ram_available_gb": 6.0,
+                "onnxruntime_version": "n/a", "machine": "synthetic"}
+
+    @staticmethod
+    def _graph(model, feeds):
+        from llsim.model.cuts import model_graph_from_onnx
+        from llsim.model.onnx_graph import analyse
+
+        om = analyse(onnx.load_from_string(model), input_shapes={k: v.shape for k, v in feeds.items()})
+        return model_graph_from_onnx(om)
+
+    def profile_nodes(self, model, feeds, threads, runs, warmup):
+        ops = [op for m in self._graph(model, feeds).modules for op in m.ops]
+        return {c.name: self.cm.op_seconds(c, threads) for c in ops}
+
+    def time_runs(self, model, feeds, threads, runs, warmup):
+        return self.cm.segment_seconds(self._graph(model, feeds).modules, threads)
+
+
+def test_profiler_recovers_a_synthetic_device(tmp_path):
+    from llsim.device.profiler import profile_host
+
+    truth_data = _set(BASE, "compute.threads.1.classes", {
+        "matmul": {"overhead_us": 8, "gflops": 40, "gbps": 30, "weight_gbps": 12},
+        "elementwise": {"overhead_us": 3, "gflops": 0, "gbps": 6},
+        "gather": {"overhead_us": 4, "gflops": 0, "gbps": 10},
+        "norm": {"overhead_us": 5, "gflops": 20, "gbps": 0},
+        "softmax": {"overhead_us": 5, "gflops": 8, "gbps": 0},
+        "reduce": {"overhead_us": 3, "gflops": 0, "gbps": 6},
+        "shape": {"overhead_us": 2, "gflops": 0, "gbps": 50},
+    })
+    truth = _profile(tmp_path, truth_data, "truth.yaml")
+    prof, _ = profile_host(tmp_path / "synthetic.yaml", [1], executor=SyntheticExecutor(truth), runs=1, warmup=0,
+                           log=lambda m: None, quick=True)
+    got = prof.compute.threads[1].classes
+    want = truth.compute.threads[1].classes
+    for cls in ("matmul", "elementwise", "norm", "softmax"):
+        assert got[cls].overhead_us == pytest.approx(want[cls].overhead_us, rel=0.02), cls
+    assert got["matmul"].gflops == pytest.approx(40, rel=0.02)
+    assert got["matmul"].weight_gbps == pytest.approx(12, rel=0.02)
+    assert got["elementwise"].gbps == pytest.approx(6, rel=0.02)
+    tc = prof.compute.threads[1]
+    assert tc.fused_scale["matmul"] == pytest.approx(1.0, rel=0.02)
+    assert tc.fused_scale["other"] == pytest.approx(0.5, rel=0.02)
+    assert tc.run_overhead_us == pytest.approx(100, rel=0.05)
+    # the written profile reloads and names its samples file, which exists
+    again = load_profile(tmp_path / "synthetic.yaml")
+    assert (tmp_path / again.provenance.samples).exists()
+
+
+def test_cli_profile_predict_json(tmp_path, capsys):
+    p = tmp_path / "toy.yaml"
+    p.write_text(yaml.safe_dump(BASE))
+    code, out, err = run_cli(["profile", "predict", p, "tiny-llama", "--seq-len", "8", "--json"], capsys)
+    assert code == 0, err
+    import json
+    d = json.loads(out)
+    assert set(d) == {"profile", "model", "seq_len", "threads", "total_ms", "modules"}
+    assert d["threads"] == 1 and d["seq_len"] == 8 and len(d["modules"]) == 5
+    assert d["total_ms"] > 0
+    code, out, err = run_cli(["profile", "predict", p, "tiny-llama", "--threads", "4"], capsys)
+    assert code == 2 and "no coefficients for 4 threads" in err
