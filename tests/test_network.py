@@ -419,3 +419,4 @@ def test_accounting_and_callback():
     # One medium: the airtime shares of concurrent transfers never exceed the elapsed time.
     assert total_air <= max(r.end for r in recs) + 1e-9
     assert all(set(r.as_dict()) >= {"src", "dst", "nbytes", "start", "end", "tag"} for r in seen)
+

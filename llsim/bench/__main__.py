@@ -45,7 +45,28 @@ def bench_onnx_ingestion() -> None:
     console.print(t)
 
 
-BENCHES = [bench_model_analysis, bench_onnx_ingestion]
+def bench_costmodel_accuracy() -> None:
+    """Predicted vs measured optimised segment latency on this host, for models whose shapes the
+    host profile was not fitted on (device_profiles/host.yaml; re-measure with `llsim profile host`)."""
+    from llsim.device.accuracy import evaluate, summary
+    from llsim.device.profile import load_profile
+
+    prof = load_profile("host")
+    threads = [t for t in (1, 2) if t in prof.compute.threads]
+    rows = evaluate(prof, threads)
+    t = Table(title=f"cost-model accuracy on {prof.device} (profile measured {prof.provenance.date})")
+    for c in ("model", "seq", "threads", "segment", "predicted ms", "measured ms", "error %"):
+        t.add_column(c, justify="right")
+    for r in rows:
+        t.add_row(r.model, str(r.seq_len), str(r.threads), r.segment, f"{r.predicted_ms:.3f}", f"{r.measured_ms:.3f}",
+                  f"{r.ape * 100:.1f}")
+    console.print(t)
+    s = summary(rows)
+    console.print(f"held-out segments: {s['n']}   median APE {s['median_ape'] * 100:.1f}%   "
+                  f"p90 APE {s['p90_ape'] * 100:.1f}%   (targets: <= 10% and <= 20%)")
+
+
+BENCHES = [bench_model_analysis, bench_onnx_ingestion, bench_costmodel_accuracy]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -199,6 +199,50 @@ def cmd_profile_predict(args) -> int:
     return 0
 
 
+# ---- run -----------------------------------------------------------------------------------------
+def cmd_run(args) -> int:
+    from pathlib import Path
+
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from llsim.scenario import load_scenario
+    from llsim.sim.run import run_to_dir
+
+    sc = load_scenario(args.scenario, args.set, args.seed)
+    out = Path(args.out or f"runs/{sc.name}-seed{sc.seed}")
+    total = sc.workload.requests * sc.workload.new_tokens
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} tokens"),
+                  TimeElapsedColumn(), console=console, transient=True, disable=not console.is_terminal) as prog:
+        task = prog.add_task(f"simulating {sc.name}", total=total)
+        res, devices, plan = run_to_dir(sc, out, progress=lambda n: prog.advance(task, n))
+    m = res.metrics
+    t = Table(title=f"{sc.name}: {sc.model} on {len(plan.stages)} of {len(devices)} devices "
+                    f"({plan.strategy}: {plan.describe([d.name for d in devices])})")
+    t.add_column("metric")
+    t.add_column("value", justify="right")
+    tl = m["token_latency_ms"]
+    rows = [("TTFT ms (mean)", m["ttft_ms"]), ("token latency ms p50", tl["p50"]), ("token latency ms p90", tl["p90"]),
+            ("token latency ms p99", tl["p99"]), ("tokens/s", m["tokens_per_s"]),
+            ("requests completed / submitted", f"{m['requests_completed']} / {m['requests_submitted']}"),
+            ("simulated time s", m["sim_time_s"]), ("wall time s", m["wall_time_s"]), ("simpy events", m["events"])]
+    for k, v in rows:
+        t.add_row(k, f"{v:,.3f}" if isinstance(v, float) else str(v))
+    console.print(t)
+    dt = Table(title="devices")
+    for c in ("device", "modules", "utilisation", "peak memory GB", "budget GB", "MB sent", "MB received"):
+        dt.add_column(c, justify="left" if c == "device" else "right")
+    for r in res.device_rows:
+        dt.add_row(r["name"], r["modules"], f"{r['utilisation']:.2f}", f"{r['peak_memory_bytes'] / 1e9:.2f}",
+                   f"{r['memory_budget_bytes'] / 1e9:.2f}", f"{r['bytes_sent'] / 1e6:.2f}",
+                   f"{r['bytes_received'] / 1e6:.2f}")
+    console.print(dt)
+    console.print(f"results in {out}/ (timeline.json opens in https://ui.perfetto.dev)")
+    if res.error:
+        print(f"llsim: error: {res.error} (partial results kept in {out})", file=sys.stderr)
+        return 2
+    return 0
+
+
 # ---- parser --------------------------------------------------------------------------------------
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, exit 2, like every other user error
@@ -232,6 +276,14 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--seq-len", type=int, default=16, help="sequence length used for shapes and --verify")
     m.add_argument("--batch", type=int, default=1)
     m.set_defaults(fn=cmd_model_split)
+
+    m = sub.add_parser("run", help="simulate a scenario and write a results directory")
+    m.add_argument("scenario", help="path to a scenario YAML or a name from scenarios/")
+    m.add_argument("--out", help="results directory (default runs/<name>-seed<N>)")
+    m.add_argument("--seed", type=int)
+    m.add_argument("--set", action="append", default=[], metavar="path.to.field=value",
+                   help="override a scenario field (repeatable)")
+    m.set_defaults(fn=cmd_run)
 
     pp = sub.add_parser("profile", help="device profiles and the cost model")
     psub = pp.add_subparsers(dest="sub", required=True, parser_class=_Parser)

@@ -24,6 +24,10 @@ import simpy
 
 #: Relative tolerance on bytes left for deciding that a flow has finished.
 REL_TOL = 1e-9
+#: A flow whose remaining bytes take less than this many seconds is finished: float rounding can
+#: leave a residue whose completion time is below the resolution of ``env.now`` (a timeout that
+#: does not advance the clock), which would otherwise loop forever (Zeno).
+EPS_T = 1e-12
 
 
 @dataclass(eq=False)
@@ -100,7 +104,7 @@ class FluidMedium:
             self._wake = env.event()
             if math.isinf(dt):
                 yield self._wake
-            else:
+            elif dt > EPS_T:
                 yield env.any_of([env.timeout(dt), self._wake])
             elapsed = env.now - t0
             finished = []
@@ -113,7 +117,8 @@ class FluidMedium:
                         flow.tx_airtime[tx] = flow.tx_airtime.get(tx, 0.0) + busy * frac
                         if self.on_airtime is not None:
                             self.on_airtime(tx, busy * frac)
-                if flow.remaining <= REL_TOL * flow.size:
+                if flow.remaining <= REL_TOL * flow.size or (
+                        info.bytes_per_s > 0 and flow.remaining / info.bytes_per_s <= EPS_T):
                     finished.append(flow)
             if finished:
                 self.flows = [f for f in self.flows if f not in finished]

@@ -1,0 +1,1 @@
+"""The discrete-event simulator (simpy): phones, Wi-Fi, the LinguaLinked ring pipeline."""

@@ -1,0 +1,37 @@
+"""A scenario's cluster: devices expanded from the YAML, their profiles, cost models and budgets."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from llsim.device.costmodel import CostModel
+from llsim.device.profile import DeviceProfile, load_profile
+from llsim.scenario import Scenario
+
+
+@dataclass
+class DeviceInstance:
+    index: int
+    name: str
+    profile: DeviceProfile
+    threads: int
+    budget_bytes: int
+    cost: CostModel
+    rssi_dbm: float | None
+    streams: int | None
+    worker: str | None
+
+
+def expand_devices(sc: Scenario) -> list[DeviceInstance]:
+    out: list[DeviceInstance] = []
+    for spec in sc.devices:
+        prof = load_profile(spec.profile)
+        for k in range(spec.count):
+            i = len(out)
+            name = spec.name if (spec.name and spec.count == 1) else f"{spec.name or prof.name}-{k}"
+            avail = spec.ram_available_gb if spec.ram_available_gb is not None else prof.memory.ram_available_gb
+            threads = spec.threads or prof.compute.default_threads
+            cm = CostModel(prof, speed=spec.speed)
+            cm.coefs(threads)  # clear error for an unmeasured thread count
+            out.append(DeviceInstance(i, name, prof, threads, int(avail * prof.memory.budget_fraction * 1e9), cm,
+                                      spec.rssi_dbm, spec.streams, spec.worker))
+    return out

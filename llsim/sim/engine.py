@@ -1,0 +1,340 @@
+"""The ring pipeline in simpy.
+
+Each request is a simpy process. Per generation step (prefill, then one decode step per new token;
+or, in LinguaLinked's ``recompute`` mode, a full pass over the growing sequence each step), the
+request visits the stages in ring order: a stage waits until every tensor routed to it has arrived
+(sequential ones from the previous stage, residual/mask ones directly from their producer), queues
+for its phone (one segment execution at a time), computes for the cost model's time, then sends
+each of its outgoing routes over the network as one message per destination. The tail samples the
+token and sends its 4-byte id back to the header. Several requests in flight pipeline across phones
+(closed loop with N concurrent, or open loop with Poisson arrivals).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import simpy
+
+from llsim.alloc.plan import Plan
+from llsim.errors import LLSimError
+from llsim.model.graph import ModelGraph
+from llsim.network import Network, StationSpec
+from llsim.scenario import Scenario
+from llsim.sim.cluster import DeviceInstance
+
+ACT = 4
+
+
+@dataclass
+class StepCost:
+    stage_seconds: list[float]
+    routes: list[list[tuple[int, int]]]  # per src stage: (dst stage, bytes)
+
+
+class StepModel:
+    """Costs of one generation step of shape (new tokens S, cached tokens P), cached per shape."""
+
+    def __init__(self, sc: Scenario, devices: list[DeviceInstance], plan: Plan):
+        self.sc, self.devices, self.plan = sc, devices, plan
+        self._cache: dict[tuple[int, int], StepCost] = {}
+        self._graphs: dict[tuple[int, int], ModelGraph] = {}
+
+    def graph(self, S: int, P: int) -> ModelGraph:
+        key = (S, P)
+        if key not in self._graphs:
+            from llsim.model.load import is_onnx_path, model_graph
+            from llsim.model.analytic import analytic_graph
+            from llsim.model.zoo import get_config
+
+            B = self.sc.workload.batch
+            if is_onnx_path(self.sc.model):
+                if P:
+                    raise LLSimError("workload.mode: kv_cache needs a zoo model (an ONNX file without KV-cache "
+                                     "inputs is simulated in recompute mode); set workload.mode: recompute")
+                self._graphs[key] = model_graph(self.sc.model, S, B)
+            else:
+                self._graphs[key] = analytic_graph(get_config(self.sc.model), S, B, P, self.sc.weight_dtype)
+        return self._graphs[key]
+
+    def get(self, S: int, P: int) -> StepCost:
+        key = (S, P)
+        c = self._cache.get(key)
+        if c is None:
+            g = self.graph(S, P)
+            secs = []
+            for st in self.plan.stages:
+                d = self.devices[st.device]
+                secs.append(d.cost.segment_seconds(g.modules[st.start_module:st.end_module + 1], d.threads))
+            maps = g.dependency_maps(self.plan.boundaries)
+            agg: dict[tuple[int, int], int] = {}
+            for r in maps.sequential + maps.residual:
+                agg[(r.src_segment, r.dst_segment)] = agg.get((r.src_segment, r.dst_segment), 0) + r.nbytes
+            routes: list[list[tuple[int, int]]] = [[] for _ in self.plan.stages]
+            for (s, dst), nb in sorted(agg.items()):
+                routes[s].append((dst, nb))
+            c = self._cache[key] = StepCost(secs, routes)
+        return c
+
+    def step_shape(self, step: int) -> tuple[int, int]:
+        w = self.sc.workload
+        if w.mode == "kv_cache":
+            return (w.prompt_tokens, 0) if step == 0 else (1, w.prompt_tokens + step - 1)
+        return (w.prompt_tokens + step, 0)
+
+
+@dataclass
+class Node:
+    """A simulated phone: one segment execution at a time; memory accounted."""
+
+    dev: DeviceInstance
+    resource: simpy.Resource
+    static_bytes: int  # weights + activation buffers
+    kv_per_token: int  # KV-cache bytes per cached token of one request (0 in recompute mode)
+    kv_tokens: int = 0
+    busy_s: float = 0.0
+    peak_bytes: int = 0
+    speed: float = 1.0  # run-time multiplier (throttling, background load)
+
+    @property
+    def used_bytes(self) -> int:
+        return self.static_bytes + self.kv_tokens * self.kv_per_token
+
+
+class MemoryOverflow(Exception):
+    pass
+
+
+@dataclass
+class SimResult:
+    tokens: list[dict] = field(default_factory=list)
+    device_rows: list[dict] = field(default_factory=list)
+    link_rows: list[dict] = field(default_factory=list)
+    timeline: list[dict] = field(default_factory=list)
+    metrics: dict = field(default_factory=dict)
+    error: str | None = None
+
+
+class Simulation:
+    def __init__(self, sc: Scenario, devices: list[DeviceInstance], plan: Plan, progress=None,
+                 timeline: bool = True):
+        self.sc, self.devices, self.plan = sc, devices, plan
+        self.progress = progress
+        self.env = simpy.Environment()
+        ss = np.random.SeedSequence(sc.seed)
+        net_seed, wl_seed = ss.spawn(2)
+        self.rng = np.random.default_rng(wl_seed)
+        self.want_timeline = timeline
+        self.timeline: list[dict] = []
+        self.net = Network(self.env, sc.network,
+                           [StationSpec(d.name, d.rssi_dbm, d.streams) for d in devices],
+                           rng=np.random.default_rng(net_seed),
+                           base_dir=sc.path.parent if sc.path else None,
+                           on_transfer=self._on_transfer if timeline else None)
+        self.steps = StepModel(sc, devices, plan)
+        self.nodes = self._make_nodes()
+        self.tokens: list[dict] = []
+        self.submitted = 0
+        self.completed = 0
+        self.done = self.env.event()
+        self.error: str | None = None
+
+    # ---- set-up ------------------------------------------------------------------------------
+    def _make_nodes(self) -> dict[int, Node]:
+        w = self.sc.workload
+        max_ctx = w.prompt_tokens + w.new_tokens
+        g_prefill = self.steps.graph(*self.steps.step_shape(0))
+        g_last = self.steps.graph(*self.steps.step_shape(w.new_tokens - 1))
+        nodes = {}
+        problems = []
+        for st in self.plan.stages:
+            d = self.devices[st.device]
+            mods = g_prefill.modules[st.start_module:st.end_module + 1]
+            weights = sum(m.param_bytes for m in mods)
+            act = max([m.activation_bytes for m in mods] +
+                      [m.activation_bytes for m in g_last.modules[st.start_module:st.end_module + 1]])
+            kv_tok = sum(m.kv_bytes_per_token for m in mods) if w.mode == "kv_cache" else 0
+            node = Node(d, simpy.Resource(self.env, capacity=1), weights + act, kv_tok)
+            need = node.static_bytes + kv_tok * max_ctx
+            if need > d.budget_bytes:
+                problems.append(f"{d.name} needs {need / 1e9:.2f} GB for modules {st.start_module}-{st.end_module} "
+                                f"(weights {weights / 1e9:.2f} + activations {act / 1e9:.2f} + KV "
+                                f"{kv_tok * max_ctx / 1e9:.2f}) but its budget is {d.budget_bytes / 1e9:.2f} GB")
+            node.peak_bytes = node.static_bytes
+            nodes[st.device] = node
+        if problems:
+            raise LLSimError("the model does not fit this allocation: " + "; ".join(problems) +
+                             " (add devices, choose an allocation strategy that respects memory, or lower the context)")
+        return nodes
+
+    # ---- timeline ----------------------------------------------------------------------------
+    def _on_transfer(self, rec) -> None:
+        if len(self.timeline) < 400_000:
+            self.timeline.append({"kind": "link", "src": rec.src, "dst": rec.dst, "start": rec.start, "end": rec.end,
+                                  "bytes": rec.nbytes, "tag": rec.tag})
+
+    # ---- processes -----------------------------------------------------------------------------
+    def _kv(self, node: Node, tokens: int) -> None:
+        node.kv_tokens += tokens
+        used = node.used_bytes
+        if used > node.peak_bytes:
+            node.peak_bytes = used
+        if used > node.dev.budget_bytes:
+            self.error = (f"memory overflow at t={self.env.now:.3f}s on {node.dev.name}: {used / 1e9:.2f} GB used "
+                          f"> budget {node.dev.budget_bytes / 1e9:.2f} GB ({node.kv_tokens} cached tokens); "
+                          "lower concurrency or context, or give that phone fewer modules")
+            raise MemoryOverflow(self.error)
+
+    def request(self, rid: int):
+        env, w = self.env, self.sc.workload
+        stages = self.plan.stages
+        n_st = len(stages)
+        submit = env.now
+        self.submitted += 1
+        if w.tokenize_ms:
+            yield env.timeout(w.tokenize_ms / 1e3)
+        last = submit
+        cached = 0
+        try:
+            for step in range(w.new_tokens):
+                S, P = self.steps.step_shape(step)
+                cost = self.steps.get(S, P)
+                pending: list[list] = [[] for _ in range(n_st)]
+                for s in range(n_st):
+                    if pending[s]:
+                        yield env.all_of(pending[s])
+                    node = self.nodes[stages[s].device]
+                    with node.resource.request() as req:
+                        yield req
+                        if w.mode == "kv_cache":
+                            self._kv(node, S)
+                        t0 = env.now
+                        yield env.timeout(cost.stage_seconds[s] / node.speed)
+                        node.busy_s += env.now - t0
+                        if self.want_timeline and len(self.timeline) < 400_000:
+                            self.timeline.append({"kind": "compute", "device": stages[s].device, "start": t0,
+                                                  "end": env.now, "request": rid, "step": step, "stage": s})
+                    for dst, nb in cost.routes[s]:
+                        pending[dst].append(self.net.transfer(stages[s].device, stages[dst].device, nb,
+                                                              f"r{rid}s{step}:{s}->{dst}"))
+                cached += S
+                if w.sample_ms:
+                    yield env.timeout(w.sample_ms / 1e3)
+                if stages[-1].device != stages[0].device:
+                    yield self.net.transfer(stages[-1].device, stages[0].device, 4 * w.batch, f"r{rid}s{step}:token")
+                now = env.now
+                self.tokens.append({"request": rid, "token": step, "kind": "prefill" if step == 0 else "decode",
+                                    "time_s": now, "latency_ms": (now - last) * 1e3,
+                                    "since_submit_ms": (now - submit) * 1e3})
+                last = now
+                if self.progress:
+                    self.progress(1)
+        except MemoryOverflow:
+            if not self.done.triggered:
+                self.done.succeed()
+            return
+        finally:
+            if w.mode == "kv_cache":
+                for st in stages:
+                    nd = self.nodes[st.device]
+                    nd.kv_tokens = max(0, nd.kv_tokens - cached)
+        self.completed += 1
+        if self.completed == w.requests and not self.done.triggered:
+            self.done.succeed()
+
+    def _closed_loop(self, counter):
+        w = self.sc.workload
+        while counter[0] < w.requests:
+            rid = counter[0]
+            counter[0] += 1
+            yield self.env.process(self.request(rid))
+
+    def _open_loop(self):
+        w = self.sc.workload
+        for rid in range(w.requests):
+            if rid:
+                yield self.env.timeout(float(self.rng.exponential(1.0 / w.arrival_rate)))
+            self.env.process(self.request(rid))
+
+    # ---- run -----------------------------------------------------------------------------------
+    def run(self) -> SimResult:
+        w, dur = self.sc.workload, self.sc.duration
+        if w.arrival_rate:
+            self.env.process(self._open_loop())
+        else:
+            counter = [0]
+            for _ in range(min(w.concurrency or 1, w.requests)):
+                self.env.process(self._closed_loop(counter))
+        wall0 = time.perf_counter()
+        events = 0
+        stop_reason = "completed"
+        env = self.env
+        while not self.done.triggered:
+            if env.peek() > dur.max_sim_s:
+                stop_reason = "max_sim_s"
+                break
+            try:
+                env.step()
+            except simpy.core.EmptySchedule:
+                stop_reason = "deadlock"
+                break
+            events += 1
+            if events % 20000 == 0 and time.perf_counter() - wall0 > dur.max_wall_s:
+                stop_reason = "max_wall_s"
+                break
+        if self.error:
+            stop_reason = "memory_overflow"
+        wall = time.perf_counter() - wall0
+        return self._result(events, wall, stop_reason)
+
+    def _result(self, events: int, wall: float, stop_reason: str) -> SimResult:
+        env, w = self.env, self.sc.workload
+        sim_t = env.now
+        toks = self.tokens
+        first = [t["since_submit_ms"] for t in toks if t["token"] == 0]
+        inter = [t["latency_ms"] for t in toks if t["token"] > 0]
+        makespan = max((t["time_s"] for t in toks), default=0.0)
+
+        def stats(v):
+            if not v:
+                return {"mean": None, "p50": None, "p90": None, "p99": None}
+            a = np.asarray(v)
+            return {"mean": float(a.mean()), "p50": float(np.percentile(a, 50)), "p90": float(np.percentile(a, 90)),
+                    "p99": float(np.percentile(a, 99))}
+
+        metrics = {
+            "ttft_ms": float(np.mean(first)) if first else None,
+            "ttft_p90_ms": float(np.percentile(first, 90)) if first else None,
+            "token_latency_ms": stats(inter),
+            "tokens_per_s": len(toks) * w.batch / makespan if makespan > 0 else 0.0,
+            "tokens_generated": len(toks),
+            "requests_submitted": self.submitted,
+            "requests_completed": self.completed,
+            "sim_time_s": sim_t,
+            "wall_time_s": wall,
+            "events": events,
+            "events_per_wall_s": events / wall if wall > 0 else None,
+            "stop_reason": stop_reason,
+            "plan": self.plan.to_json(),
+            "plan_strategy": self.plan.strategy,
+        }
+        if self.error:
+            metrics["error"] = self.error
+        sent = {r["index"]: r for r in self.net.station_stats()}
+        dev_rows = []
+        stage_of = {st.device: st for st in self.plan.stages}
+        for d in self.devices:
+            node = self.nodes.get(d.index)
+            st = stage_of.get(d.index)
+            s = sent.get(d.index, {})
+            dev_rows.append({
+                "index": d.index, "name": d.name, "profile": d.profile.name, "threads": d.threads,
+                "modules": f"{st.start_module}-{st.end_module}" if st else "",
+                "busy_s": node.busy_s if node else 0.0,
+                "utilisation": (node.busy_s / sim_t) if node and sim_t > 0 else 0.0,
+                "peak_memory_bytes": node.peak_bytes if node else 0,
+                "memory_budget_bytes": d.budget_bytes,
+                "bytes_sent": s.get("bytes_sent", 0), "bytes_received": s.get("bytes_received", 0),
+            })
+        return SimResult(toks, dev_rows, self.net.link_stats(), self.timeline, metrics, self.error)
