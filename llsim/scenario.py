@@ -127,6 +127,8 @@ def _loc(err: dict) -> str:
         if str(x) in _KINDS or str(x).startswith("function-"):
             continue
         parts.append(f"[{x}]" if isinstance(x, int) else f".{x}")
+    if err["type"] == "invalid_network_kind":
+        parts.append(".kind")
     return "".join(parts).lstrip(".")
 
 
