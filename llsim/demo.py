@@ -1,29 +1,28 @@
 """`make demo`: the main job on the built-in default scenario.
 
-For now (model graphs and segmentation): build the tiny BLOOM zoo model, inspect it, split it into
-3 runnable ONNX segments and verify the chain against the full model. Outputs go to ``out/demo``.
+Simulates ``scenarios/demo.yaml`` (BLOOM-560m on three phones over Wi-Fi) into ``out/demo/run``,
+then shows the real-artifact side: the tiny BLOOM zoo model cut into 3 runnable ONNX segments,
+verified against the full model.
 """
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 from llsim.cli.main import main as cli
 
 
 def main() -> int:
-    out = Path("out/demo")
     steps = [
-        ["model", "inspect", "tiny-bloom", "--seq-len", "16"],
-        ["model", "inspect", "bloom-7b1", "--seq-len", "128"],
-        ["model", "split", "tiny-bloom", "--segments", "3", "--out", str(out / "tiny-bloom-segments"), "--verify"],
+        ["run", "demo", "--out", "out/demo/run"],
+        ["model", "split", "tiny-bloom", "--segments", "3", "--out", "out/demo/tiny-bloom-segments", "--verify"],
     ]
     for argv in steps:
         print(f"\n$ llsim {' '.join(argv)}", flush=True)
         code = cli(argv)
         if code:
             return code
-    print(f"\ndemo done: segments and plan.json in {out / 'tiny-bloom-segments'}")
+    print("\ndemo done: simulation results in out/demo/run (open timeline.json in https://ui.perfetto.dev), "
+          "segments + plan.json in out/demo/tiny-bloom-segments")
     return 0
 
 

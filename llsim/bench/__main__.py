@@ -66,7 +66,47 @@ def bench_costmodel_accuracy() -> None:
                   f"p90 APE {s['p90_ape'] * 100:.1f}%   (targets: <= 10% and <= 20%)")
 
 
-BENCHES = [bench_model_analysis, bench_onnx_ingestion, bench_costmodel_accuracy]
+def bench_simulator_speed() -> None:
+    """simpy events per wall second of llsim vs an empty simpy timeout loop, and the 32-phone wall time."""
+    import simpy
+
+    from llsim.scenario import load_scenario
+    from llsim.sim.run import simulate
+
+    def raw_rate(n=300_000):
+        env = simpy.Environment()
+
+        def loop():
+            for _ in range(n):
+                yield env.timeout(1)
+        env.process(loop())
+        t0 = time.perf_counter()
+        env.run()
+        return n / (time.perf_counter() - t0)
+
+    raw = raw_rate()
+    sc = load_scenario("lingualinked-bloom-1b1", ["workload.requests=64", "workload.concurrency=64",
+                                                  "workload.new_tokens=128", "workload.mode=kv_cache",
+                                                  "workload.prompt_tokens=32", "duration.max_wall_s=1200"])
+    res = simulate(sc, timeline=False)[0]
+    m = res.metrics
+    rate = m["events"] / m["wall_time_s"]
+    t = Table(title="simulator speed")
+    for c in ("case", "events", "wall s", "events / wall s", "ratio to empty simpy loop"):
+        t.add_column(c, justify="right")
+    t.add_row("empty simpy timeout loop", "300,000", f"{300_000 / raw:.2f}", f"{raw:,.0f}", "1.00")
+    t.add_row("BLOOM-1b1, 4 phones, 64 x 128 tokens", f"{m['events']:,}", f"{m['wall_time_s']:.2f}", f"{rate:,.0f}",
+              f"{rate / raw:.2f}")
+    sc32 = load_scenario("cluster-32")
+    r32 = simulate(sc32, timeline=False)[0].metrics
+    t.add_row("cluster-32 (Llama-2-7B, 32 phones)", f"{r32['events']:,}", f"{r32['wall_time_s']:.2f}",
+              f"{r32['events'] / r32['wall_time_s']:,.0f}", f"{r32['events'] / r32['wall_time_s'] / raw:.2f}")
+    console.print(t)
+    console.print(f"ratio llsim / empty loop: {rate / raw:.2f} (target >= 0.25); 32-phone wall time "
+                  f"{r32['wall_time_s']:.2f} s")
+
+
+BENCHES = [bench_model_analysis, bench_onnx_ingestion, bench_simulator_speed, bench_costmodel_accuracy]
 
 
 def main(argv: list[str] | None = None) -> int:

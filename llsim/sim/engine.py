@@ -61,6 +61,18 @@ class StepModel:
     def get(self, S: int, P: int) -> StepCost:
         key = (S, P)
         c = self._cache.get(key)
+        if c is None and S == 1 and self.sc.workload.mode == "kv_cache":
+            # a decode step's ops have FLOPs and bytes affine in the cache length P and the cost model
+            # is linear in them, so step costs are exactly affine in P: interpolate from two anchors
+            p0 = self.sc.workload.prompt_tokens
+            if P not in (p0, p0 + 1):
+                a, b = self.get(1, p0), self.get(1, p0 + 1)
+                k = P - p0
+                secs = [x + k * (y - x) for x, y in zip(a.stage_seconds, b.stage_seconds)]
+                routes = [[(d, na + k * (nb - na)) for (d, na), (_, nb) in zip(ra, rb)]
+                          for ra, rb in zip(a.routes, b.routes)]
+                c = self._cache[key] = StepCost(secs, routes)
+                return c
         if c is None:
             g = self.graph(S, P)
             secs = []
