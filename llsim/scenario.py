@@ -13,7 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from llsim.errors import LLSimError
-from llsim.network.config import NetworkConfig, format_validation_error
+from llsim.network.config import NetworkConfig
 
 SCENARIO_DIR = Path(__file__).resolve().parents[1] / "scenarios"
 

@@ -1,7 +1,5 @@
 """Cost model, fit and profiler against independent expectations (hand arithmetic, synthetic truth)."""
 import math
-import textwrap
-import warnings
 
 import numpy as np
 import onnx

@@ -1,5 +1,4 @@
 """Zoo configs and the analytical graph against published numbers and closed-form expectations."""
-import math
 
 import pytest
 

@@ -17,7 +17,6 @@ Bad scenarios tried (each exits 2 naming file, field and fix):
 import csv
 import json
 
-import numpy as np
 import pytest
 import yaml
 
@@ -25,7 +24,7 @@ from llsim.device.costmodel import CostModel
 from llsim.device.profile import load_profile
 from llsim.model.analytic import analytic_graph
 from llsim.model.zoo import get_config
-from llsim.scenario import load_scenario, validate_scenario
+from llsim.scenario import load_scenario
 from llsim.sim.run import run_to_dir, simulate
 
 from conftest import run_cli

@@ -13,7 +13,6 @@ import numpy as np
 
 from llsim.device.costmodel import CostModel
 from llsim.device.executor import Executor, LocalExecutor
-from llsim.device.fit import ape
 from llsim.device.profile import DeviceProfile
 from llsim.model.zoo import ModelConfig, get_config
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper, numpy_helper
 
 from llsim.device.costmodel import MATMUL_GROUP, CostModel
 from llsim.device.executor import Executor, LocalExecutor
@@ -174,7 +174,7 @@ def collect_samples(executor: Executor, threads: list[int], runs: int = 10, warm
             seg_runs.append((f"{FIT_MODEL}@{seq}:seg{j}", proto.SerializeToString(), f,
                              [op for m in b.graph.modules[bounds[j]:bounds[j + 1]] for op in m.ops]))
     for t in threads:
-        for src, model, feeds, om, mg in graphs:
+        for src, model, feeds, _, mg in graphs:
             t0 = time.perf_counter()
             med = executor.profile_nodes(model, feeds, t, runs, warmup)
             # the ops a deployment runs: constant-folded ones are left out of the fit

@@ -25,16 +25,18 @@ class _Ops:
         self.params = 0
         self.wb = wbytes
 
-    def add(self, name, op_type, cls, flops, numel_in, numel_out, params=0, dims=None):
+    def add(self, name, op_type, cls, flops, numel_in, numel_out, params=0, dims=None, reads=None, const=False):
+        """``params``: weights this op owns (counted in the module); ``reads``: weight elements it reads
+        (default ``params``; a tied head reads a table owned by another op); ``const``: folded by the runtime."""
         self.params += params
+        wread = params if reads is None else reads
         self.ops.append(OpCost(name, op_type, cls, float(flops), int(numel_in * ACT), int(numel_out * ACT),
-                               int(params * self.wb), dims if dims is not None else (int(numel_out),)))
+                               int(wread * self.wb), dims if dims is not None else (int(numel_out),), const))
 
-    def matmul(self, name, batch, m, k, n, weight=True, bias=False):
-        """MatMul [batch, m, k] x [k, n] (a weight when ``weight``), plus an optional bias Add."""
-        a_in = batch * m * k + (0 if weight else batch * k * n)
-        self.add(name, "MatMul", "matmul", 2 * batch * m * k * n, a_in, batch * m * n,
-                 params=k * n if weight else 0, dims=(batch, m, k, n))
+    def matmul(self, name, batch, m, k, n, bias=False):
+        """MatMul [batch, m, k] x weight [k, n], plus an optional bias Add."""
+        self.add(name, "MatMul", "matmul", 2 * batch * m * k * n, batch * m * k, batch * m * n,
+                 params=k * n, dims=(batch, m, k, n))
         if bias:
             self.add(name + "_bias", "Add", "elementwise", batch * m * n, batch * m * n, batch * m * n, params=n)
 
@@ -192,11 +194,9 @@ def _head(cfg: ModelConfig, B: int, S: int, wb: int) -> _Ops:
         o.layernorm("ln_f", B * S, H)
     if cfg.tied_embeddings:
         # the head multiplies by the (shared) embedding table: held in memory here too
-        o.add("lm_head_t", "Transpose", "gather", 0, 0, 0, params=V * H, dims=(V * H,))
-        o.ops[-1] = OpCost("lm_head_t", "Transpose", "gather", 0.0, 0, 0, V * H * wb, (V * H,), const=True)
-        o.matmul("lm_head", 1, B * S, H, V, weight=False)
-        o.ops[-1] = OpCost("lm_head", "MatMul", "matmul", 2.0 * B * S * H * V, B * S * H * ACT, B * S * V * ACT,
-                           V * H * wb, (1, B * S, H, V))
+        o.add("lm_head_t", "Transpose", "gather", 0, 0, 0, params=V * H, dims=(V * H,), const=True)
+        o.add("lm_head", "MatMul", "matmul", 2 * B * S * H * V, B * S * H, B * S * V, reads=V * H,
+              dims=(1, B * S, H, V))
     else:
         o.matmul("lm_head", 1, B * S, H, V)
     return o

@@ -26,7 +26,6 @@ from dataclasses import dataclass, replace
 
 import onnx
 
-from llsim.errors import LLSimError
 from llsim.model.graph import BoundaryTensor, ModelGraph, Module, module_output_bytes
 from llsim.model.onnx_graph import OnnxModel
 
@@ -154,7 +153,6 @@ def analyse_cuts(om: OnnxModel) -> CutAnalysis:
         and _numel(om.tensors[name].shape) >= HEAVY_NUMEL
     }
     exec_nodes = [i for i in range(len(nodes)) if i not in free_n]
-    pos_of = {idx: p for p, idx in enumerate(exec_nodes)}
     producer: dict[str, int] = {}
     for name in om.input_names:
         producer[name] = -1
@@ -175,7 +173,6 @@ def analyse_cuts(om: OnnxModel) -> CutAnalysis:
                 if is_main:
                     main.add(o)
     n_exec = len(exec_nodes)
-    graph_outputs = set(om.output_names)
     # sweep: how many (main, any) tensors cross each cut p (1..n_exec-1), and whether all are passable
     d_main = [0] * (n_exec + 2)
     d_bad = [0] * (n_exec + 2)
@@ -309,7 +306,6 @@ def model_graph_from_onnx(om: OnnxModel, ca: CutAnalysis | None = None) -> Model
             mod_of_pos[p] = mi
     n_mod = len(starts)
     tensors: list[BoundaryTensor] = []
-    outputs = set(om.output_names)
     for t, cons in sorted(ca.consumer_pos.items(), key=lambda kv: (ca.producer_pos.get(kv[0], -1), kv[0])):
         if t not in ca.producer_pos:
             continue

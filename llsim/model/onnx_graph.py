@@ -8,7 +8,6 @@ random inputs to read the missing shapes.
 """
 from __future__ import annotations
 
-import copy
 import re
 from dataclasses import dataclass, field
 from pathlib import Path

@@ -54,7 +54,7 @@ def _segment_proto(om: OnnxModel, ca: CutAnalysis, full: onnx.ModelProto, a: int
     return m
 
 
-def segment_io(om: OnnxModel, ca: CutAnalysis, mg: ModelGraph, boundaries: list[int]):
+def segment_io(om: OnnxModel, ca: CutAnalysis, boundaries: list[int]):
     """Per segment: (exec range, input names, output names)."""
     starts = ca.module_starts
     n_exec = len(ca.exec_nodes)
@@ -96,7 +96,7 @@ def segment_protos(om: OnnxModel, ca: CutAnalysis, mg: ModelGraph, boundaries: l
     """In-memory segment models with their input and output names (no files)."""
     b = mg.check_boundaries(boundaries)
     full = full if full is not None else om.proto
-    segs, _ = segment_io(om, ca, mg, b)
+    segs, _ = segment_io(om, ca, b)
     return [(_segment_proto(om, ca, full, a, e, ins, outs, f"{om.name}_seg{s}"), ins, outs)
             for s, ((a, e), ins, outs) in enumerate(segs)]
 
@@ -122,7 +122,7 @@ def split_model(om: OnnxModel, ca: CutAnalysis, mg: ModelGraph, boundaries: list
     full = full if full is not None else om.proto
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    segs, seg_of_pos = segment_io(om, ca, mg, b)
+    segs, seg_of_pos = segment_io(om, ca, b)
     maps = mg.dependency_maps(b)
     graph_inputs = om.input_names
     files, seg_meta = [], []
