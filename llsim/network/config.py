@@ -90,6 +90,9 @@ class _WirelessConfig(_Strict):
     default_rssi_dbm: float = Field(-55.0, le=0, description="RSSI of a phone at its AP unless its device entry overrides it")
     tcp_goodput_factor: float = Field(0.65, gt=0, le=1)
     rtt_ms: RttQuantiles = Field(default_factory=RttQuantiles)
+    rtt_sampling: Literal["random", "expected"] = Field(
+        "random", description="random: one RTT draw per transfer; expected: every transfer gets the mean RTT and "
+        "the expected retransmission delay (no randomness; what the allocator bench judges plans with)")
     loss_rate: float = Field(0.0, ge=0, lt=1)
     retransmit_delay_ms: float = Field(200.0, ge=0)
     packet_bytes: int = Field(1448, ge=1)
