@@ -74,6 +74,17 @@ class Workload(_Strict):
     sample_ms: float = Field(0.0, ge=0)  # tail: sampling the next token
     tokenize_ms: float = Field(0.0, ge=0)  # header: tokenizing the prompt
 
+    def step_shape(self, step: int) -> tuple[int, int]:
+        """(new tokens S, cached tokens P) of generation step ``step`` (0 = prefill)."""
+        if self.mode == "kv_cache":
+            return (self.prompt_tokens, 0) if step == 0 else (1, self.prompt_tokens + step - 1)
+        return (self.prompt_tokens + step, 0)
+
+    @property
+    def in_flight(self) -> int:
+        """Requests the planner assumes in flight (closed loop: ``concurrency``; open loop: 1)."""
+        return self.concurrency or 1
+
     @model_validator(mode="after")
     def _loop(self):
         if self.concurrency is not None and self.arrival_rate is not None:

@@ -1,0 +1,389 @@
+"""The allocation problem: what every strategy optimises and how a plan is priced.
+
+An :class:`AllocProblem` is built once from a scenario (:func:`build_problem`) and is pure data:
+
+* the modules: per device, the cost model's seconds for each module, averaged over the steps the
+  objective is about (``lat``: the decode steps, what ``token_latency_ms`` measures; ``thr``: all
+  steps including prefill, what ``tokens_per_s`` measures). kv_cache decode costs are affine in
+  the cache length, so the mean over steps is exactly the cost at the mean length; recompute
+  steps are evaluated one by one. A stage also pays its device's ``run_overhead`` once per step;
+* the tensors crossing module boundaries (the sequential hidden state and the residual/mask
+  tensors of LinguaLinked's residual map), with their mean bytes per step, grouped by
+  (producer, consumers);
+* per-device memory: weights, activation buffer (largest module in the stage), and in kv_cache
+  mode the KV cache of the maximum context for every request in flight, within
+  ``budget_fraction x available RAM``;
+* the network as separable per-byte costs (:mod:`llsim.network.planning`).
+
+The two objectives (:meth:`AllocProblem.evaluate`):
+
+``latency``
+    One request's time per token around the ring: every stage's compute, every tensor's
+    transmission (residual ones included; a tensor reaches each later stage that uses it), half a
+    mean RTT per sequential hop and for the token's return to the header, expected retransmission
+    delay, and the tail's sampling time. Residual messages travel in parallel with the stages
+    they skip, so their latency is off the critical path; their bytes are not (they share the
+    medium with the sequential transfer sent at the same moment).
+``throughput``
+    The steady-state time per token with N requests in flight (closed loop): the largest of the
+    busiest phone's compute per token, the shared medium's airtime per token (all transfers, at
+    the contention of ``min(N, devices)`` flows), and one request's latency / N (a request cannot
+    go faster than its own ring). Sends run beside compute in the simulator (as in LinguaLinked,
+    where tensors are sent by separate threads), so a stage's transfers do not block its phone.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from llsim.alloc.plan import Plan
+from llsim.network.planning import LinkCosts, link_costs, make_network
+from llsim.network.wifi import StationSpec
+from llsim.scenario import Scenario
+
+TOKEN_BYTES = 4
+
+
+@dataclass(frozen=True)
+class TensorGroup:
+    producer: int  # module index (-1: a graph input, held by module 0's device)
+    consumers: tuple[int, ...]  # module indices > producer (graph outputs dropped)
+    nbytes: float  # mean bytes per step, for this view's steps
+    names: tuple[str, ...] = ()
+
+    @property
+    def source(self) -> int:
+        return max(self.producer, 0)
+
+    def intervals(self) -> list[tuple[int, int]]:
+        """(a, b]: a transfer reaches consumer b's stage iff some stage starts in a+1..b."""
+        out, lo = [], self.source
+        for c in self.consumers:
+            if c > lo:
+                out.append((lo, c))
+                lo = c
+        return out
+
+
+@dataclass
+class View:
+    """Costs averaged over the steps one objective is about."""
+
+    compute: np.ndarray  # (devices, modules) seconds
+    tensors: list[TensorGroup]
+    links: LinkCosts
+    steps: int
+
+
+@dataclass
+class AllocProblem:
+    name: str
+    n_modules: int
+    module_names: list[str]
+    device_names: list[str]
+    device_keys: list[tuple]  # devices with equal keys are interchangeable
+    overhead: np.ndarray  # (devices,) seconds per stage execution (session.run overhead)
+    lat: View
+    thr: View
+    weight_bytes: np.ndarray  # (modules,)
+    act_bytes: np.ndarray  # (modules,)
+    kv_bytes: np.ndarray  # (modules,) KV bytes for the max context of all requests in flight
+    budget: np.ndarray  # (devices,) bytes
+    ram_available: np.ndarray  # (devices,) bytes (baselines that split by memory use it)
+    in_flight: int
+    objective: str = "latency"
+    header: int | None = None
+    sample_s: float = 0.0
+    batch: int = 1
+    tokenize_s: float = 0.0
+    step_costs: list[tuple[np.ndarray, list[TensorGroup]]] | None = None  # per step (power-save replay)
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def n_devices(self) -> int:
+        return len(self.device_names)
+
+    # ---- memory -----------------------------------------------------------------------------
+    def stage_bytes(self, a: int, b: int) -> float:
+        """Memory a stage of modules a..b needs (weights + KV + activation buffer)."""
+        return float(self.weight_bytes[a:b + 1].sum() + self.kv_bytes[a:b + 1].sum() + self.act_bytes[a:b + 1].max())
+
+    def fits(self, d: int, a: int, b: int) -> bool:
+        return self.stage_bytes(a, b) <= self.budget[d]
+
+    def memory_need(self) -> float:
+        return float(self.weight_bytes.sum() + self.kv_bytes.sum() + self.act_bytes.max())
+
+    # ---- pricing -----------------------------------------------------------------------------
+    def stage_compute(self, view: View, d: int, a: int, b: int) -> float:
+        return float(self.overhead[d] + view.compute[d, a:b + 1].sum())
+
+    def _transfers(self, view: View, plan: Plan, links: LinkCosts) -> tuple[float, float]:
+        """(transmission seconds, expected retransmission seconds) of one step's tensors."""
+        dev = plan.devices
+        per = loss = 0.0
+        for (src, dst), nb in self.routes(view, plan).items():
+            per += nb * links.per_byte(dev[src], dev[dst])
+            loss += nb * links.loss_per_byte_s
+        return per, loss
+
+    def ring_latency(self, view: View, plan: Plan, links: LinkCosts | None = None,
+                     wake: dict[int, float] | None = None) -> float:
+        """One request's time per token; ``wake``: power-save delay charged on the hop into a device."""
+        links = links or view.links
+        K = len(plan.stages)
+        comp = sum(self.stage_compute(view, s.device, s.start_module, s.end_module) for s in plan.stages)
+        per, loss = self._transfers(view, plan, links)
+        hops = links.one_way_s * (K - 1)
+        tok = 0.0
+        if K > 1:
+            tok = links.one_way_s + TOKEN_BYTES * self.batch * (links.per_byte(plan.devices[-1], plan.devices[0])
+                                                                 + links.loss_per_byte_s)
+            if wake:
+                tok += sum(wake.get(d, 0.0) for d in plan.devices)
+        return comp + per + loss + hops + tok + self.sample_s
+
+    def routes(self, view: View | list[TensorGroup], plan: Plan) -> dict[tuple[int, int], float]:
+        """Bytes per step from stage to stage (sequential and residual), as the simulator sends them."""
+        tensors = view.tensors if isinstance(view, View) else view
+        seg_of = np.empty(self.n_modules, dtype=int)
+        for k, st in enumerate(plan.stages):
+            seg_of[st.start_module:st.end_module + 1] = k
+        out: dict[tuple[int, int], float] = {}
+        for g in tensors:
+            src = int(seg_of[g.source])
+            for dst in sorted({int(seg_of[c]) for c in g.consumers} - {src}):
+                out[(src, dst)] = out.get((src, dst), 0.0) + g.nbytes
+        return out
+
+    def doze(self, plan: Plan) -> dict[int, float]:
+        """Power save with one request in flight: mean wake delay on each device's input hop.
+
+        Replays two requests' steps (prefill and every decode step, each at its own cost) with the
+        simulator's rule: a phone with no transfer for longer than the idle timeout dozes, and the
+        next transfer to it first waits the wake delay. Returns, per device, the mean over the
+        second request's decode steps of the delay its sequential input (the header: the token's
+        return) pays. Empty when power save is off, with several requests in flight (phones stay
+        busy), or for a single-phone ring. Whether a phone dozes is a threshold on the cycle time,
+        so this is evaluated per step, not on mean costs.
+        """
+        links = self.lat.links
+        K = len(plan.stages)
+        if links.wake_s <= 0 or K < 2 or self.in_flight > 1 or not self.step_costs:
+            return {}
+        dev = plan.devices
+        acts: dict[int, list[tuple[float, float]]] = {d: [(0.0, 0.0)] for d in dev}
+        awake_at = {d: 0.0 for d in dev}
+
+        def wake_at(d: int, t: float) -> float:
+            if links.never_dozes and links.never_dozes[d]:
+                return 0.0
+            if any(a <= t < b for a, b in acts[d][-8:]):
+                return max(0.0, awake_at[d] - t)
+            idle = t - max(b for a, b in acts[d][-8:] if b <= t)
+            if t >= awake_at[d] and idle > links.idle_timeout_s:
+                awake_at[d] = t + links.wake_s
+            return max(0.0, awake_at[d] - t)
+
+        def send(s: int, d: int, t: float, nbytes: float) -> tuple[float, float]:
+            w = wake_at(d, t)
+            end = t + w + nbytes * (links.per_byte(s, d) + links.loss_per_byte_s) + links.one_way_s
+            acts[s].append((t, end))
+            acts[d].append((t, end))
+            return end, w
+
+        t = 0.0
+        total: dict[int, float] = {}
+        n_dec = len(self.step_costs) - 1
+        for req in range(2):
+            t += self.tokenize_s
+            for step, (comp_m, tensors) in enumerate(self.step_costs):
+                comp = [float(self.overhead[st.device] + comp_m[st.device, st.start_module:st.end_module + 1].sum())
+                        for st in plan.stages]
+                routes = sorted(self.routes(tensors, plan).items())
+                arrive: dict[int, list[float]] = {k: [] for k in range(K)}
+                for k in range(K):
+                    end_k = (max(arrive[k]) if k else t) + comp[k]
+                    for (src, dst), nb in routes:
+                        if src == k:
+                            e, w = send(dev[k], dev[dst], end_k, nb)
+                            arrive[dst].append(e)
+                            if dst == k + 1 and req and step:
+                                total[dev[dst]] = total.get(dev[dst], 0.0) + w
+                    if k == K - 1:
+                        t, w = send(dev[k], dev[0], end_k + self.sample_s, TOKEN_BYTES * self.batch)
+                        if req and step + 1 < len(self.step_costs):
+                            total[dev[0]] = total.get(dev[0], 0.0) + w
+        return {d: w / max(n_dec, 1) for d, w in total.items() if w > 0}
+
+    def evaluate(self, plan: Plan) -> "Prediction":
+        wake_lat = self.doze(plan)
+        lat = self.ring_latency(self.lat, plan, wake=wake_lat)
+        comps = [self.stage_compute(self.thr, s.device, s.start_module, s.end_module) for s in plan.stages]
+        thr_links = self.thr.links
+        air = 0.0
+        if thr_links.shared:
+            per, _ = self._transfers(self.thr, plan, thr_links)
+            air = per + (TOKEN_BYTES * self.batch * thr_links.per_byte(plan.devices[-1], plan.devices[0])
+                         if len(plan.stages) > 1 else 0.0)
+        ring = self.ring_latency(self.thr, plan, wake=wake_lat)
+        cycle = max(max(comps), air, ring / self.in_flight)
+        mem = [self.stage_bytes(s.start_module, s.end_module) for s in plan.stages]
+        over = [(self.device_names[s.device], m - self.budget[s.device]) for s, m in zip(plan.stages, mem)
+                if m > self.budget[s.device]]
+        return Prediction(lat, cycle, max(comps), air, ring, mem, over,
+                          lat if self.objective == "latency" else cycle, wake_lat)
+
+
+@dataclass
+class Prediction:
+    latency_s: float  # one request's mean decode time per token (latency objective)
+    cycle_s: float  # steady-state time per token with in_flight requests (throughput objective)
+    bottleneck_compute_s: float
+    airtime_s: float
+    ring_s: float  # one request's time per token averaged over all steps
+    stage_bytes: list[float]
+    overflow: list[tuple[str, float]]  # (device, bytes over budget)
+    objective_s: float
+    wake: dict[int, float] = field(default_factory=dict)  # power-save delay on each device's input hop
+
+    @property
+    def feasible(self) -> bool:
+        return not self.overflow
+
+    @property
+    def tokens_per_s(self) -> float:
+        return 1.0 / self.cycle_s if self.cycle_s > 0 else float("inf")
+
+
+# ---- building from a scenario ------------------------------------------------------------------
+def _graphs(sc: Scenario):
+    from llsim.model.analytic import analytic_graph
+    from llsim.model.load import is_onnx_path, model_graph
+    from llsim.model.zoo import get_config
+
+    B = sc.workload.batch
+    cache = {}
+
+    def graph(S: int, P: int):
+        if (S, P) not in cache:
+            if is_onnx_path(sc.model):
+                cache[(S, P)] = model_graph(sc.model, S + P, B)
+            else:
+                cache[(S, P)] = analytic_graph(get_config(sc.model), S, B, P, sc.weight_dtype)
+        return cache[(S, P)]
+
+    return graph
+
+
+def _device_costs(graph, devices) -> np.ndarray:
+    """(devices, modules) seconds, computed once per distinct (profile, threads, speed)."""
+    rows, memo = [], {}
+    for d in devices:
+        key = (id(d.profile), d.threads, d.cost.speed)
+        if key not in memo:
+            memo[key] = np.array([d.cost.module_seconds(m, d.threads) for m in graph.modules])
+        rows.append(memo[key])
+    return np.vstack(rows)
+
+
+def _tensor_bytes(graph) -> dict[tuple[int, tuple[int, ...]], tuple[float, tuple[str, ...]]]:
+    n = graph.n_modules
+    out: dict = {}
+    for t in graph.tensors:
+        cons = tuple(c for c in t.consumers if c < n)
+        if not cons:
+            continue
+        key = (t.producer, cons)
+        b, names = out.get(key, (0.0, ()))
+        out[key] = (b + t.nbytes, names + (t.name,))
+    return out
+
+
+def _mean_over(samples: list[tuple[float, object]], devices):
+    """Weighted mean of (compute matrix, tensor bytes) over (weight, graph) samples."""
+    comp = None
+    tb: dict = {}
+    for w, g in samples:
+        c = _device_costs(g, devices) * w
+        comp = c if comp is None else comp + c
+        for k, (b, names) in _tensor_bytes(g).items():
+            ob, _ = tb.get(k, (0.0, names))
+            tb[k] = (ob + w * b, names)
+    tensors = [TensorGroup(p, cons, b, names) for (p, cons), (b, names) in sorted(tb.items())]
+    return comp, tensors
+
+
+def _decode_samples(sc: Scenario, graph) -> list[tuple[float, object]]:
+    """Weights and graphs whose weighted sum is the mean over decode steps 1..new-1."""
+    w = sc.workload
+    steps = list(range(1, w.new_tokens)) or [0]
+    if w.mode == "kv_cache" and steps != [0]:
+        # exact: costs and bytes are affine in the cache length P
+        p0 = w.prompt_tokens
+        k = (len(steps) - 1) / 2.0
+        return [(1.0 - k, graph(1, p0)), (k, graph(1, p0 + 1))]
+    return [(1.0 / len(steps), graph(*w.step_shape(s))) for s in steps]
+
+
+def _step_costs(sc: Scenario, graph, devices) -> list[tuple[np.ndarray, list[TensorGroup]]]:
+    """Compute matrix and tensors of every step (kv_cache decode: interpolated, exact)."""
+    w = sc.workload
+    out = [_mean_over([(1.0, graph(*w.step_shape(0)))], devices)]
+    if w.mode == "kv_cache" and w.new_tokens > 1:
+        p0 = w.prompt_tokens
+        (c0, t0), (c1, t1) = (_mean_over([(1.0, graph(1, p))], devices) for p in (p0, p0 + 1))
+        for k in range(w.new_tokens - 1):
+            out.append((c0 + k * (c1 - c0), [TensorGroup(a.producer, a.consumers, a.nbytes + k * (b.nbytes - a.nbytes),
+                                                         a.names) for a, b in zip(t0, t1)]))
+    else:
+        out += [_mean_over([(1.0, graph(*w.step_shape(s)))], devices) for s in range(1, w.new_tokens)]
+    return out
+
+
+def build_problem(sc: Scenario, devices, objective: str | None = None) -> AllocProblem:
+    w = sc.workload
+    graph = _graphs(sc)
+    dec = _decode_samples(sc, graph)
+    pre = graph(*w.step_shape(0))
+    lat_comp, lat_t = _mean_over(dec, devices)
+    n_dec = max(w.new_tokens - 1, 0)
+    thr_samples = [(1.0 / w.new_tokens, pre)] + [(x * n_dec / w.new_tokens, g) for x, g in dec if n_dec]
+    thr_comp, thr_t = _mean_over(thr_samples, devices)
+
+    last = graph(*w.step_shape(w.new_tokens - 1))
+    mods = pre.modules
+    n = len(mods)
+    weight = np.array([m.param_bytes for m in mods], dtype=float)
+    act = np.array([max(a.activation_bytes, b.activation_bytes) for a, b in zip(mods, last.modules)], dtype=float)
+    ctx = w.prompt_tokens + w.new_tokens
+    kv = np.array([m.kv_bytes_per_token * ctx * w.in_flight if w.mode == "kv_cache" else 0 for m in mods],
+                  dtype=float)
+
+    net = make_network(sc.network, [StationSpec(d.name, d.rssi_dbm, d.streams) for d in devices],
+                       base_dir=sc.path.parent if sc.path else None)
+    lat_links = link_costs(net, 1)
+    thr_links = link_costs(net, max(1, min(w.in_flight, len(devices))))
+
+    steps = None
+    if lat_links.wake_s > 0 and w.in_flight == 1 and len(devices) > 1:
+        steps = _step_costs(sc, graph, devices)
+
+    def key(d):
+        return (d.profile.name, d.threads, d.cost.speed, d.budget_bytes, lat_links.out[d.index],
+                lat_links.inb[d.index], thr_links.out[d.index], thr_links.inb[d.index])
+
+    return AllocProblem(
+        name=sc.name, n_modules=n, module_names=[m.name for m in mods],
+        device_names=[d.name for d in devices], device_keys=[key(d) for d in devices],
+        overhead=np.array([d.cost.coefs(d.threads).run_overhead_us * 1e-6 for d in devices]),
+        lat=View(lat_comp, lat_t, lat_links, len(dec)), thr=View(thr_comp, thr_t, thr_links, w.new_tokens),
+        weight_bytes=weight, act_bytes=act, kv_bytes=kv,
+        budget=np.array([d.budget_bytes for d in devices], dtype=float),
+        ram_available=np.array([d.budget_bytes / d.profile.memory.budget_fraction for d in devices]),
+        in_flight=w.in_flight, objective=objective or sc.allocation.objective, header=sc.allocation.header,
+        sample_s=w.sample_ms / 1e3, batch=w.batch, tokenize_s=w.tokenize_ms / 1e3, step_costs=steps,
+        meta={"model": sc.model, "mode": w.mode, "separable_error": max(lat_links.separable_error,
+                                                                          thr_links.separable_error)},
+    )
