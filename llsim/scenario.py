@@ -47,7 +47,7 @@ class Stage(_Strict):
 
 
 class Allocation(_Strict):
-    strategy: str = "uniform"  # uniform | explicit | (allocator strategies)
+    strategy: str = "milp"  # milp | oracle | uniform | memory | lingualinked | halda | pipeedge | greedy | explicit
     stages: list[Stage] | None = None
     objective: Literal["latency", "throughput"] = "latency"
     time_limit_s: float = Field(30.0, gt=0)

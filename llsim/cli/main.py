@@ -243,6 +243,58 @@ def cmd_run(args) -> int:
     return 0
 
 
+# ---- allocate ------------------------------------------------------------------------------------
+def cmd_allocate(args) -> int:
+    from llsim.alloc.compare import compare
+    from llsim.alloc.strategies import STRATEGIES
+    from llsim.scenario import load_scenario
+
+    sc = load_scenario(args.scenario, args.set, args.seed)
+    objective = args.objective or sc.allocation.objective
+    strategies = list(STRATEGIES) if args.strategy == "all" else [x.strip() for x in args.strategy.split(",")]
+    judged, names, pb = compare(sc, strategies, objective, expected_rtt=args.expected_rtt,
+                                simulate_plans=not args.no_simulate)
+    if args.json:
+        print(json.dumps({j.result.strategy: j.to_json(names) for j in judged}, indent=2))
+        return 0
+    t = Table(title=f"{sc.name}: {sc.model}, objective {objective}, {len(names)} devices, "
+                    f"{sc.workload.mode}, {pb.in_flight} in flight")
+    for c in ("strategy", "stages (device: modules)", "pred ms/tok", "sim ms/tok", "pred tok/s", "sim tok/s",
+              "solve s", "feasible"):
+        t.add_column(c, justify="left" if c.startswith(("strategy", "stages")) else "right")
+
+    def f(x, fmt="{:,.2f}"):
+        return "-" if x is None else fmt.format(x)
+
+    for j in judged:
+        r, p = j.result, j.result.prediction
+        stages = " | ".join(f"{names[s.device]}: {s.start_module}-{s.end_module}" for s in r.plan.stages) \
+            if r.plan else (r.error or "")
+        t.add_row(r.strategy, stages, f(p.latency_s * 1e3 if p else None), f(j.simulated_token_latency_ms),
+                  f(p.tokens_per_s if p else None), f(j.simulated_tokens_per_s), f(r.solve_time_s, "{:.3f}"),
+                  "yes" if j.feasible else ("no: " + (r.error or j.sim_error or "not simulated"))[:60])
+    wide = console if console.is_terminal else Console(width=200)
+    wide.print(t)
+    m = next((j for j in judged if j.result.strategy == "milp"), None)
+    if m and m.result.info:
+        i = m.result.info
+        wide.print(f"milp: {i['solver']} {i['status']}, objective {f(i['objective_ms'])} ms, bound "
+                      f"{f(i['bound_ms'])} ms, gap {f(i['gap'], '{:.2e}')}, {i['variables']} variables, "
+                      f"{i['constraints']} constraints, {i['rounds']} round(s)")
+    return 0
+
+
+# ---- bench ---------------------------------------------------------------------------------------
+def cmd_bench(args) -> int:
+    if args.name == "allocator":
+        from llsim.bench.allocator import main as bench_allocator
+
+        return bench_allocator(check=args.check, write=args.write, only=args.only)
+    from llsim.bench.__main__ import main as bench_main
+
+    return bench_main([args.name])
+
+
 # ---- parser --------------------------------------------------------------------------------------
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, exit 2, like every other user error
@@ -284,6 +336,27 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--set", action="append", default=[], metavar="path.to.field=value",
                    help="override a scenario field (repeatable)")
     m.set_defaults(fn=cmd_run)
+
+    m = sub.add_parser("allocate", help="plan a scenario with every strategy and judge the plans by simulation")
+    m.add_argument("scenario", help="path to a scenario YAML or a name from scenarios/")
+    m.add_argument("--strategy", default="all", help="milp, oracle, uniform, memory, lingualinked, halda, "
+                   "pipeedge, greedy (comma-separated) or all")
+    m.add_argument("--objective", choices=["latency", "throughput"])
+    m.add_argument("--json", action="store_true")
+    m.add_argument("--seed", type=int)
+    m.add_argument("--set", action="append", default=[], metavar="path.to.field=value")
+    m.add_argument("--expected-rtt", action="store_true",
+                   help="judge with every RTT at its mean (no sampling noise; what the bench does)")
+    m.add_argument("--no-simulate", action="store_true", help="plan and predict only")
+    m.set_defaults(fn=cmd_allocate)
+
+    m = sub.add_parser("bench", help="benchmarks (allocator quality regression, simulator speed, ...)")
+    m.add_argument("name", help="allocator | model_analysis | onnx_ingestion | simulator_speed | "
+                   "costmodel_accuracy | solve_time")
+    m.add_argument("--check", action="store_true", help="allocator: fail on a quality regression (CI)")
+    m.add_argument("--write", action="store_true", help="allocator: rewrite the committed reference CSV")
+    m.add_argument("--only", help="allocator: comma-separated instance names")
+    m.set_defaults(fn=cmd_bench)
 
     pp = sub.add_parser("profile", help="device profiles and the cost model")
     psub = pp.add_subparsers(dest="sub", required=True, parser_class=_Parser)

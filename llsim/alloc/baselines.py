@@ -1,0 +1,245 @@
+"""The peers' allocation strategies, implemented as their sources describe them.
+
+Each takes an :class:`llsim.alloc.problem.AllocProblem` and returns a :class:`Plan` built only
+from what that system looks at (sources: ``../shared/reference/peers.md`` and
+``lingualinked.md``). They are then priced by llsim's model and judged by the simulator like
+every other strategy; a plan that overflows a phone's memory is reported infeasible.
+
+``uniform``
+    Even split of the modules in device order (header first when pinned).
+``memory`` (exo's ring memory-weighted partitioning; llama.cpp RPC splits the same way)
+    Devices sorted by memory (descending, ties by index); each takes a contiguous share of the
+    modules proportional to its available RAM (largest remainder, at least one each). Compute
+    and links are ignored.
+``lingualinked``
+    LinguaLinked's optimiser: minimise sum_j F_j / S_i x_ij (FLOPs of the module at the prompt
+    length over the device's FLOP/s, measured on its largest module) plus, for every pair of
+    devices that exchange tensors, ping latency + bytes / bandwidth; each module on one device,
+    the header holds module 0, contiguous ranges, weights within 0.7 x available RAM (no KV
+    cache), device order fixed. With order and contiguity fixed their binary quadratic program
+    is solved exactly here by dynamic programming over the boundaries (devices may be skipped).
+``halda`` (prima.cpp)
+    Minimise k x sum_m (a_m w_m + c_m) with sum_m w_m = W layers per cycle and RAM bounds; the
+    communication term is zero in their code. llsim rings are single-cycle (k = 1), so this is
+    the total per-layer compute time: layers go to the fastest devices up to their memory
+    (optimal for this integer program); devices given one layer are dropped and it is re-solved.
+    Device order is the given order (header first).
+``pipeedge``
+    Dynamic programming over (module boundary, position in the ordered device list) minimising
+    the bottleneck stage, max(compute, bytes out / min(bandwidth of the two devices)), within
+    memory; devices may be skipped. Order: the given one (header first).
+``greedy``
+    Devices ordered fastest first (header first when pinned); each gets a contiguous share of
+    the modules proportional to its speed, capped by its memory, the excess passed on.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from llsim.alloc.plan import Plan, StagePlan
+from llsim.alloc.problem import AllocProblem
+
+LINGUALINKED_RAM_FRACTION = 0.7
+
+
+def _order(pb: AllocProblem, order: list[int]) -> list[int]:
+    if pb.header is not None and pb.header in order:
+        order = [pb.header] + [d for d in order if d != pb.header]
+    return order
+
+
+def _plan(order: list[int], counts: list[int], name: str) -> Plan:
+    stages, a = [], 0
+    for d, c in zip(order, counts):
+        if c > 0:
+            stages.append(StagePlan(d, a, a + c - 1))
+            a += c
+    return Plan(tuple(stages), name)
+
+
+def _largest_remainder(weights: list[float], total: int, minimum: int = 1) -> list[int]:
+    k = len(weights)
+    if total < k * minimum:
+        weights, k = weights[:total], total
+    W = sum(weights)
+    raw = [minimum + (total - k * minimum) * w / W for w in weights]
+    counts = [math.floor(r) for r in raw]
+    rest = total - sum(counts)
+    for i in sorted(range(k), key=lambda i: (-(raw[i] - counts[i]), i))[:rest]:
+        counts[i] += 1
+    return counts
+
+
+def uniform(pb: AllocProblem) -> Plan:
+    order = _order(pb, list(range(pb.n_devices)))
+    k = min(len(order), pb.n_modules)
+    b = [round(i * pb.n_modules / k) for i in range(k + 1)]
+    return Plan(tuple(StagePlan(order[i], b[i], b[i + 1] - 1) for i in range(k)), "uniform")
+
+
+def memory(pb: AllocProblem) -> Plan:
+    order = sorted(range(pb.n_devices), key=lambda d: (-pb.ram_available[d], d))
+    order = _order(pb, order)
+    counts = _largest_remainder([float(pb.ram_available[d]) for d in order], pb.n_modules)
+    return _plan(order, counts, "memory")
+
+
+def _speed(pb: AllocProblem) -> np.ndarray:
+    """Device FLOP/s as LinguaLinked measures it: the largest module's FLOPs over its time."""
+    flops = pb.meta["prefill_flops"]
+    j = int(np.argmax(flops))
+    return np.array([flops[j] / pb.meta["prefill_seconds"][d][j] for d in range(pb.n_devices)])
+
+
+def lingualinked(pb: AllocProblem) -> Plan:
+    n, D = pb.n_modules, pb.n_devices
+    order = _order(pb, list(range(D)))
+    S = _speed(pb)
+    F = pb.meta["prefill_flops"]
+    Fpre = np.concatenate([[0.0], np.cumsum(F)])
+    wpre = np.concatenate([[0.0], np.cumsum(pb.weight_bytes)])
+    out_bytes = pb.meta["mean_output_bytes"]  # per module boundary, averaged over 8-128 token inputs
+    head_bytes = pb.meta["mean_head_bytes"]  # header -> each later device (mask tensors)
+    links = pb.lat.links
+    ram = pb.ram_available * LINGUALINKED_RAM_FRACTION
+    ping = 2 * links.one_way_s
+
+    def comm(src, dst, nbytes):
+        return ping + nbytes * links.per_byte(src, dst)
+
+    # state: (position in order of the last used device, next module) -> (cost, back)
+    best: dict[tuple[int, int], tuple[float, tuple | None, tuple]] = {}
+    h = order[0]
+    for b in range(n):
+        if wpre[b + 1] <= ram[h]:
+            best[(0, b + 1)] = ((Fpre[b + 1]) / S[h], None, (h, 0, b))
+    for a in range(1, n):
+        for i in range(len(order)):
+            if (i, a) not in best:
+                continue
+            cost, _, _ = best[(i, a)]
+            prev = order[i]
+            for j in range(i + 1, len(order)):
+                d = order[j]
+                for b in range(a, n):
+                    if wpre[b + 1] - wpre[a] > ram[d]:
+                        break
+                    c = cost + (Fpre[b + 1] - Fpre[a]) / S[d] + comm(prev, d, out_bytes[a - 1])
+                    if head_bytes and prev != h:
+                        c += comm(h, d, head_bytes)
+                    key = (j, b + 1)
+                    if key not in best or c < best[key][0] - 1e-15:
+                        best[key] = (c, (i, a), (d, a, b))
+    ends = [(v[0], k) for k, v in best.items() if k[1] == n]
+    if not ends:
+        return Plan(uniform(pb).stages, "lingualinked")
+    _, key = min(ends)
+    stages = []
+    while key is not None:
+        _, back, st = best[key]
+        stages.append(StagePlan(*st))
+        key = back
+    return Plan(tuple(reversed(stages)), "lingualinked")
+
+
+def halda(pb: AllocProblem) -> Plan:
+    n = pb.n_modules
+    devices = _order(pb, list(range(pb.n_devices)))
+    per_layer = pb.meta["layer_seconds"]  # a_m: one block's time on each device (decode step)
+    layer_bytes = pb.meta["layer_bytes"]
+    while True:
+        cap = {d: int(pb.budget[d] // layer_bytes) for d in devices}
+        counts = {d: 0 for d in devices}
+        left = n
+        for d in sorted(devices, key=lambda d: (per_layer[d], d)):
+            take = min(cap[d], left)
+            counts[d] = take
+            left -= take
+        if left > 0:  # does not fit: hand out the rest evenly (the plan will be infeasible)
+            for i in range(left):
+                counts[devices[i % len(devices)]] += 1
+        ones = [d for d in devices if counts[d] == 1]
+        if not ones or len(devices) == 1:
+            break
+        devices = [d for d in devices if d not in ones]
+    return _plan(devices, [counts[d] for d in devices], "halda")
+
+
+def pipeedge(pb: AllocProblem) -> Plan:
+    n = pb.n_modules
+    order = _order(pb, list(range(pb.n_devices)))
+    comp = pb.thr.compute
+    pre = np.concatenate([np.zeros((pb.n_devices, 1)), np.cumsum(comp, axis=1)], axis=1)
+    out_bytes = pb.meta["mean_output_bytes"]
+    links = pb.lat.links
+    h = order[0]
+    best: dict[tuple[int, int], tuple[float, tuple | None, tuple]] = {}
+    for b in range(n):
+        if pb.fits(h, 0, b):
+            best[(0, b + 1)] = (pb.overhead[h] + pre[h, b + 1], None, (h, 0, b))
+    for a in range(1, n):
+        for i in range(len(order)):
+            if (i, a) not in best:
+                continue
+            cost, _, _ = best[(i, a)]
+            prev = order[i]
+            for j in range(i + 1, len(order)):
+                d = order[j]
+                comm = out_bytes[a - 1] * links.per_byte(prev, d)
+                for b in range(a, n):
+                    if not pb.fits(d, a, b):
+                        break
+                    c = max(cost, comm, pb.overhead[d] + pre[d, b + 1] - pre[d, a])
+                    key = (j, b + 1)
+                    if key not in best or c < best[key][0] - 1e-15:
+                        best[key] = (c, (i, a), (d, a, b))
+    ends = [(v[0], k) for k, v in best.items() if k[1] == n]
+    if not ends:
+        return Plan(uniform(pb).stages, "pipeedge")
+    _, key = min(ends)
+    stages = []
+    while key is not None:
+        _, back, st = best[key]
+        stages.append(StagePlan(*st))
+        key = back
+    return Plan(tuple(reversed(stages)), "pipeedge")
+
+
+def greedy(pb: AllocProblem) -> Plan:
+    n = pb.n_modules
+    speed = 1.0 / pb.lat.compute.sum(axis=1)
+    order = _order(pb, sorted(range(pb.n_devices), key=lambda d: (-speed[d], d)))
+    stages, a = [], 0
+    remaining_speed = sum(speed[d] for d in order)
+    for i, d in enumerate(order):
+        if a >= n:
+            break
+        share = round((n - a) * speed[d] / remaining_speed) if i < len(order) - 1 else n - a
+        remaining_speed -= speed[d]
+        share = max(1, min(share, n - a))
+        b = a + share - 1
+        while b > a and not pb.fits(d, a, b):
+            b -= 1
+        if not pb.fits(d, a, b):
+            continue
+        stages.append(StagePlan(d, a, b))
+        a = b + 1
+    if a < n:  # memory left modules over: the last device takes them (infeasible if it cannot)
+        if stages:
+            last = stages.pop()
+            stages.append(StagePlan(last.device, last.start_module, n - 1))
+        else:
+            stages.append(StagePlan(order[0], 0, n - 1))
+    return Plan(tuple(stages), "greedy")
+
+
+BASELINES = {
+    "uniform": uniform,
+    "memory": memory,
+    "lingualinked": lingualinked,
+    "halda": halda,
+    "pipeedge": pipeedge,
+    "greedy": greedy,
+}

@@ -1,0 +1,127 @@
+"""Allocation strategies by name: the exact allocator, the oracle and the peers' baselines.
+
+:func:`allocate` is the one entry point the simulator (``llsim run``), ``llsim allocate``, the
+bench and (later) the runtime balancer call: (scenario, devices) -> plan + prediction.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+from llsim.alloc import baselines, milp, oracle
+from llsim.alloc.plan import Plan
+from llsim.alloc.problem import AllocProblem, Prediction, build_problem
+from llsim.errors import LLSimError
+
+STRATEGIES = ("milp", "oracle", *baselines.BASELINES)
+
+
+@dataclass
+class AllocResult:
+    strategy: str
+    plan: Plan | None
+    prediction: Prediction | None
+    solve_time_s: float
+    info: dict = field(default_factory=dict)
+    error: str | None = None
+
+    @property
+    def feasible(self) -> bool:
+        return self.plan is not None and self.prediction is not None and self.prediction.feasible
+
+
+def memory_diagnosis(pb: AllocProblem, devices) -> str:
+    """Why the model cannot fit, how much is missing, and what to add."""
+    need = pb.memory_need()
+    have = float(pb.budget.sum())
+    w, kv, act = pb.weight_bytes.sum(), pb.kv_bytes.sum(), pb.act_bytes.max()
+    parts = f"weights {w / 1e9:.2f} GB + KV {kv / 1e9:.2f} GB + activations {act / 1e9:.2f} GB"
+    biggest = max(range(pb.n_modules), key=lambda m: pb.weight_bytes[m] + pb.kv_bytes[m] + pb.act_bytes[m])
+    big = pb.weight_bytes[biggest] + pb.kv_bytes[biggest] + pb.act_bytes[biggest]
+    if need <= have and big <= pb.budget.max():
+        return (f"the model needs {need / 1e9:.2f} GB ({parts}) and the budgets total {have / 1e9:.2f} GB, but no "
+                "contiguous split fits every phone's budget; add a device or lower the context/concurrency")
+    missing = max(need - have, 0.0)
+    msg = f"the model needs {need / 1e9:.2f} GB ({parts}) but the devices' budgets total {have / 1e9:.2f} GB"
+    if missing > 0:
+        msg += f": {missing / 1e9:.2f} GB missing"
+    if big > pb.budget.max():
+        msg += (f"; module {biggest} ({pb.module_names[biggest]}) alone needs {big / 1e9:.2f} GB, more than any "
+                f"device's budget ({pb.budget.max() / 1e9:.2f} GB)")
+    opts = []
+    seen = set()
+    for d in devices:
+        key = d.profile.name
+        if key in seen:
+            continue
+        seen.add(key)
+        if d.budget_bytes >= big:
+            k = max(1, math.ceil(missing / d.budget_bytes)) if missing > 0 else 1
+            opts.append(f"{k} more {key} ({d.budget_bytes / 1e9:.2f} GB budget each)")
+    if opts:
+        msg += "; it would fit with " + " or ".join(opts)
+    else:
+        msg += "; no device of this cluster can hold that module: add a phone with more RAM, or use int8 weights"
+    return msg + " (or lower workload.concurrency / the context in kv_cache mode)"
+
+
+def _milp(pb: AllocProblem, sc) -> AllocResult:
+    a = sc.allocation if sc is not None else None
+    r = milp.solve(pb, time_limit=a.time_limit_s if a else 30.0, mip_gap=a.mip_gap if a else 1e-6)
+    info = {"solver": r.solver, "status": r.status, "objective_ms": r.objective_ms, "bound_ms": r.bound_ms,
+            "gap": r.gap, "variables": r.n_vars, "constraints": r.n_constraints, "rounds": r.iterations,
+            "power_save_consistent": r.wake_consistent, "build_time_s": r.build_time_s}
+    return AllocResult("milp", r.plan, None, r.info.get("total_time_s", r.solve_time_s), info)
+
+
+def _oracle(pb: AllocProblem, sc) -> AllocResult:
+    why = oracle.supported(pb)
+    if why:
+        return AllocResult("oracle", None, None, 0.0, {"skipped": why}, error=why)
+    t0 = time.perf_counter()
+    out: list = []
+
+    def once(wake):
+        r = oracle.solve(pb, wake=wake)
+        out.append(r)
+        return r.plan
+
+    plan, rounds, ok = pb.power_save_fixed_point(once)
+    return AllocResult("oracle", plan, None, time.perf_counter() - t0,
+                       {"states": sum(r.states for r in out), "rounds": rounds, "power_save_consistent": ok})
+
+
+def allocate_problem(pb: AllocProblem, strategy: str, sc=None, devices=None) -> AllocResult:
+    if strategy not in STRATEGIES:
+        raise LLSimError(f"allocation.strategy: unknown strategy '{strategy}'; use one of "
+                         f"{', '.join(STRATEGIES)}, uniform or explicit")
+    if strategy == "milp":
+        res = _milp(pb, sc)
+    elif strategy == "oracle":
+        res = _oracle(pb, sc)
+    else:
+        t0 = time.perf_counter()
+        plan = baselines.BASELINES[strategy](pb)
+        res = AllocResult(strategy, plan, None, time.perf_counter() - t0)
+    if res.plan is not None:
+        res.prediction = pb.evaluate(res.plan)
+        if not res.prediction.feasible and res.error is None:
+            res.error = "over memory budget on " + ", ".join(f"{n} by {b / 1e9:.2f} GB"
+                                                              for n, b in res.prediction.overflow)
+    elif res.error is None:
+        res.error = memory_diagnosis(pb, devices) if devices is not None else "no feasible plan"
+    return res
+
+
+def allocate(sc, devices, strategy: str | None = None, objective: str | None = None,
+             problem: AllocProblem | None = None) -> AllocResult:
+    """Plan a scenario with one strategy; raises :class:`LLSimError` when the model cannot fit."""
+    strategy = strategy or sc.allocation.strategy
+    pb = problem or build_problem(sc, devices, objective)
+    if pb.memory_need() > pb.budget.sum():
+        raise LLSimError(memory_diagnosis(pb, devices))
+    res = allocate_problem(pb, strategy, sc, devices)
+    if strategy == "milp" and res.plan is None:
+        raise LLSimError(res.error or "the allocator found no plan")
+    return res
