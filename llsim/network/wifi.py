@@ -52,12 +52,13 @@ from typing import Callable, Sequence
 
 import numpy as np
 import simpy
+from simpy.events import NORMAL, Event
 
 from llsim.errors import LLSimError
 from llsim.network import mac, phy
 from llsim.network.config import FixedConfig, InfrastructureConfig, TraceConfig, WifiDirectConfig, parse_network_config
-from llsim.network.fluid import Flow, FluidMedium, RateInfo
-from llsim.network.latency import RttDistribution
+from llsim.network.fluid import Flow, FluidMedium
+from llsim.network.latency import Z90, RttDistribution
 from llsim.network.trace import Trace, load_trace
 
 #: Transmitter id of the infrastructure access point (and of the relay in fixed/trace ``ap_relay``).
@@ -116,6 +117,26 @@ class _LinkStats:
     retransmits: int = 0
 
 
+_np_exp = np.exp
+
+
+class _Transfer(Event):
+    """The event :meth:`Network.transfer` returns: scheduled for the arrival of the last byte (its
+    first callback, :meth:`Network._arrived`, accounts and sets the value to the record)."""
+
+    def _enter(self, _timer: Event) -> None:
+        """The receiver is awake: enter the medium."""
+        self.t_in = self.env.now
+        self.net._medium.submit(self.flow)
+
+    def _sent(self, flow: Flow) -> None:
+        """Medium callback at the last byte sent: arrive RTT/2 (+ retransmission delays) later."""
+        env = self.env
+        self.t_out = env.now
+        self._ok = True
+        env.schedule(self, NORMAL, self.latency + self.retx)
+
+
 class Network:
     """Wi-Fi (or fixed / trace) network among ``stations`` inside simpy environment ``env``.
 
@@ -159,6 +180,10 @@ class Network:
         self._last_active = [env.now] * n
         self._awake_at = [env.now] * n
         self._busy = [0] * n
+        # per-run constants of the transfer hot path (same expressions as the formulas they replace)
+        self._route_cache: dict[tuple[int, int], tuple[tuple, tuple]] = {}  # (src, dst) -> (hops, tx ids)
+        self._rate_cache: dict[tuple[int, int], tuple[float, tuple]] = {}  # (id(hops), n_tx) -> (s/B, split)
+        self._split_cache: dict[tuple, tuple] = {}  # capacity kinds: tx ids -> split
 
         if self._wireless:
             self._setup_wireless()
@@ -169,6 +194,17 @@ class Network:
             self.trace = load_trace(cfg.resolve_path(base_dir), on_end=cfg.on_end)
             self._medium = FluidMedium(env, self._capacity_rates, breakpoint_fn=self.trace.next_breakpoint,
                                        on_airtime=self._add_airtime)
+        self._sleeper = [self._sleeps(i) for i in range(n)]
+        if self._wireless:
+            ps = cfg.power_save
+            self._idle_timeout_s = ps.idle_timeout_ms / 1e3
+            self._wake_delay_s = ps.wake_delay_ms / 1e3
+            self._expected = cfg.rtt_sampling == "expected"
+            self._half_rtt_mean = 0.5 * self._rtt_mean
+            r = self._rtt  # RttDistribution.from_z for one draw, without the numpy array round trip
+            self._rtt_consts = (r.median, r.s1, r.p90, r.s2)
+        elif self.kind == "fixed":
+            self._half_rtt_fixed = 0.5 * cfg.rtt_ms / 1e3
 
     # ------------------------------------------------------------------ set-up
     def _setup_wireless(self) -> None:
@@ -242,110 +278,164 @@ class Network:
     def _per_byte_airtime(hops: Sequence[_Hop], n_tx: int) -> list[float]:
         return [8.0 / (h.rate_bps * mac.contention_factor(n_tx, *h.key)) for h in hops]
 
-    def _wireless_rates(self, flows: Sequence[Flow], now: float) -> list[RateInfo]:
-        n_tx = len({tx for f in flows for tx in f.hops})
+    def _wireless_rates(self, flows: Sequence[Flow], now: float) -> list[tuple]:
+        if len(flows) == 1:
+            n_tx = len(set(flows[0].hops))
+        else:
+            txs = set()
+            for f in flows:
+                txs.update(f.hops)
+            n_tx = len(txs)
         share = 1.0 / len(flows)
+        cache = self._rate_cache
         out = []
         for f in flows:
-            per = self._per_byte_airtime(f.meta, n_tx)
-            total = sum(per)
-            out.append(RateInfo(share / total, share, tuple((h.tx, a / total) for h, a in zip(f.meta, per))))
+            key = (id(f.meta), n_tx)  # f.meta: the hops tuple, one object per (src, dst) for the run
+            c = cache.get(key)
+            if c is None:
+                per = self._per_byte_airtime(f.meta, n_tx)
+                total = sum(per)
+                c = cache[key] = (total, tuple((h.tx, a / total) for h, a in zip(f.meta, per)))
+            out.append((share / c[0], share, c[1]))
         return out
 
     def _capacity_bps(self, now: float) -> float:
         return self.cfg.goodput_mbps * 1e6 if self.kind == "fixed" else self.trace.throughput_at(now)
 
-    def _capacity_rates(self, flows: Sequence[Flow], now: float) -> list[RateInfo]:
+    def _capacity_rates(self, flows: Sequence[Flow], now: float) -> list[tuple]:
         share = 1.0 / len(flows) if self.cfg.shared else 1.0
         relay = self._relay()
-        bps = self._capacity_bps(now)
-        return [RateInfo(bps / 8.0 * share / relay, share, tuple((tx, 1.0 / relay) for tx in f.hops)) for f in flows]
+        rate = self._capacity_bps(now) / 8.0 * share / relay
+        splits = self._split_cache
+        out = []
+        for f in flows:
+            split = splits.get(f.hops)
+            if split is None:
+                split = splits[f.hops] = tuple((tx, 1.0 / relay) for tx in f.hops)
+            out.append((rate, share, split))
+        return out
 
     def _add_airtime(self, tx, seconds: float) -> None:
-        self._tx_airtime[tx] = self._tx_airtime.get(tx, 0.0) + seconds
+        air = self._tx_airtime
+        air[tx] = air.get(tx, 0.0) + seconds
 
     # ------------------------------------------------------------------ simulation
-    def transfer(self, src: int, dst: int, nbytes: int, tag: str = "") -> simpy.Process:
+    def transfer(self, src: int, dst: int, nbytes: int, tag: str = "") -> simpy.Event:
         """Send ``nbytes`` from device ``src`` to device ``dst``.
 
-        Returns a simpy process (yield it) that ends when the bytes have arrived; its value is the
-        :class:`TransferRecord`. ``src == dst`` completes at once and is not accounted.
+        Returns a simpy event (yield it) that is processed when the bytes have arrived; its value
+        is the :class:`TransferRecord`. ``src == dst`` completes at once and is not accounted.
+
+        The transfer's random draws happen in this call, in call order: the RTT, then the losses.
+        It then waits for the receiver to wake (power save), shares the medium until its last
+        byte is sent, and arrives ``RTT/2`` (+ retransmission delays) later. No simpy process is
+        involved: the medium calls back at the last byte, and the returned event itself is
+        scheduled for the arrival time, with the accounting as its first callback.
         """
         n = len(self.stations)
         if not (0 <= src < n and 0 <= dst < n):
             raise ValueError(f"transfer {src}->{dst}: device indices must be in 0..{n - 1}")
         if nbytes < 0:
             raise ValueError(f"transfer {src}->{dst}: nbytes must be >= 0, not {nbytes}")
-        return self.env.process(self._transfer(src, dst, int(nbytes), tag))
-
-    def _transfer(self, src: int, dst: int, nbytes: int, tag: str):
+        nbytes = int(nbytes)
         env = self.env
+        ev = _Transfer(env)
         start = env.now
         if src == dst:
-            return TransferRecord(src, dst, nbytes, start, start, tag, hops=0)
+            ev._ok = True
+            ev._value = TransferRecord(src, dst, nbytes, start, start, tag, hops=0)
+            env.schedule(ev)
+            return ev
         # Random draws, always in this order: RTT, then losses.
         wake = retx = 0.0
         k = 0
         if self._wireless:
             cfg = self.cfg
-            if cfg.rtt_sampling == "expected":
-                latency = 0.5 * self._rtt_mean
+            if self._expected:
+                latency = self._half_rtt_mean
                 retx = math.ceil(nbytes / cfg.packet_bytes) * cfg.loss_rate * cfg.retransmit_delay_ms / 1e3
             else:
-                latency = 0.5 * self._rtt.sample(self.rng)
+                # == 0.5 * self._rtt.sample(self.rng) (RttDistribution.from_z of one normal draw),
+                # with the same numpy exp, so the same bits
+                z = self.rng.standard_normal()
+                median, s1, p90, s2 = self._rtt_consts
+                if z <= Z90:
+                    latency = 0.5 * (median * float(_np_exp(s1 * z)))
+                else:
+                    latency = 0.5 * (p90 * float(_np_exp(s2 * (z - Z90))))
                 if cfg.loss_rate > 0 and nbytes > 0:
                     k = int(self.rng.binomial(math.ceil(nbytes / cfg.packet_bytes), cfg.loss_rate))
                     retx = k * cfg.retransmit_delay_ms / 1e3
-            wake = self._wake_delay(dst, start)
-            hops = self._hops(src, dst)
-            flow = Flow(nbytes, tuple(h.tx for h in hops), meta=hops)
+            if self._sleeper[dst]:
+                wake = self._wake_delay(dst, start)
+            route = self._route_cache.get((src, dst))
+            if route is None:
+                hops = self._hops(src, dst)
+                route = self._route_cache[(src, dst)] = (hops, tuple(h.tx for h in hops))
+            flow = Flow(nbytes, route[1], route[0], ev._sent)
         elif self.kind == "fixed":
-            latency = 0.5 * self.cfg.rtt_ms / 1e3
-            flow = Flow(nbytes, self._capacity_tx(src))
+            latency = self._half_rtt_fixed
+            flow = Flow(nbytes, self._capacity_tx(src), None, ev._sent)
         else:
             latency = 0.5 * self.trace.rtt_at(start)
-            flow = Flow(nbytes, self._capacity_tx(src))
-        self._busy[src] += 1
-        self._busy[dst] += 1
-        try:
-            if wake > 0:
-                yield env.timeout(wake)
-            t_in = env.now
-            yield self._medium.submit(flow)
-            t_out = env.now
-            if latency + retx > 0:
-                yield env.timeout(latency + retx)
-        finally:
-            self._busy[src] -= 1
-            self._busy[dst] -= 1
-        end = env.now
-        self._last_active[src] = max(self._last_active[src], end)
-        self._last_active[dst] = max(self._last_active[dst], end)
-        rec = TransferRecord(src, dst, nbytes, start, end, tag, hops=len(flow.hops), wake_s=wake,
-                             transmit_s=t_out - t_in, airtime_s=flow.airtime, latency_s=latency,
-                             retransmits=k, retransmit_s=retx)
+            flow = Flow(nbytes, self._capacity_tx(src), None, ev._sent)
+        busy = self._busy
+        busy[src] += 1
+        busy[dst] += 1
+        ev.net = self
+        ev.src, ev.dst, ev.nbytes, ev.tag, ev.start = src, dst, nbytes, tag, start
+        ev.wake, ev.latency, ev.k, ev.retx, ev.flow = wake, latency, k, retx, flow
+        ev.callbacks.append(self._arrived)
+        if wake > 0:
+            t = Event(env)
+            t._ok = True
+            t._value = None
+            t.callbacks.append(ev._enter)
+            env.schedule(t, NORMAL, wake)
+        else:
+            ev.t_in = start
+            self._medium.submit(flow)
+        return ev
+
+    def _arrived(self, ev: "_Transfer") -> None:
+        """First callback of a transfer's event, at its arrival: accounting, then the record."""
+        src, dst = ev.src, ev.dst
+        busy = self._busy
+        busy[src] -= 1
+        busy[dst] -= 1
+        end = self.env.now
+        last = self._last_active
+        if end > last[src]:
+            last[src] = end
+        if end > last[dst]:
+            last[dst] = end
+        flow = ev.flow
+        rec = TransferRecord(src, dst, ev.nbytes, ev.start, end, ev.tag, len(flow.hops), ev.wake, ev.t_out - ev.t_in,
+                             flow.airtime, ev.latency, ev.k, ev.retx)
+        ev._value = rec
         self._account(rec)
         if self.on_transfer is not None:
             self.on_transfer(rec)
-        return rec
 
     def _sleeps(self, i: int) -> bool:
         return self._wireless and self.cfg.power_save.enabled and i != self.ap_index
 
     def _wake_delay(self, dst: int, now: float) -> float:
-        if not self._sleeps(dst):
+        if not self._sleeper[dst]:
             return 0.0
-        ps = self.cfg.power_save
         idle = now - self._last_active[dst]
-        if self._busy[dst] == 0 and now >= self._awake_at[dst] and idle > ps.idle_timeout_ms / 1e3:
-            self._awake_at[dst] = now + ps.wake_delay_ms / 1e3
+        if self._busy[dst] == 0 and now >= self._awake_at[dst] and idle > self._idle_timeout_s:
+            self._awake_at[dst] = now + self._wake_delay_s
         return max(0.0, self._awake_at[dst] - now)
 
     def _account(self, rec: TransferRecord) -> None:
-        link = self._links.setdefault((rec.src, rec.dst), _LinkStats())
+        key = (rec.src, rec.dst)
+        link = self._links.get(key)
+        if link is None:
+            link = self._links[key] = _LinkStats()
         link.transfers += 1
         link.bytes += rec.nbytes
-        link.total_time_s += rec.duration
+        link.total_time_s += rec.end - rec.start
         link.airtime_s += rec.airtime_s
         link.wake_s += rec.wake_s
         link.retransmits += rec.retransmits
