@@ -12,10 +12,12 @@ token and sends its 4-byte id back to the header. Several requests in flight pip
 from __future__ import annotations
 
 import time
+from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
 import simpy
+from simpy.events import Event
 
 from llsim.alloc.plan import Plan
 from llsim.errors import LLSimError
@@ -96,12 +98,40 @@ class StepModel:
         return (w.prompt_tokens + step, 0)
 
 
+class PhoneLock:
+    """One segment execution at a time, granted in request order (the semantics of a
+    ``simpy.Resource(capacity=1)``): a free lock is taken without an event; a busy one queues the
+    requester, and :meth:`release` hands it straight to the head of the queue."""
+
+    __slots__ = ("env", "held", "queue")
+
+    def __init__(self, env: simpy.Environment):
+        self.env = env
+        self.held = False
+        self.queue: deque[Event] = deque()
+
+    def request(self) -> Event | None:
+        """``None`` if the lock was free and is now held, else an event to yield (fires when granted)."""
+        if not self.held:
+            self.held = True
+            return None
+        ev = Event(self.env)
+        self.queue.append(ev)
+        return ev
+
+    def release(self) -> None:
+        if self.queue:
+            self.queue.popleft().succeed()  # still held: now by the next requester
+        else:
+            self.held = False
+
+
 @dataclass
 class Node:
     """A simulated phone: one segment execution at a time; memory accounted."""
 
     dev: DeviceInstance
-    resource: simpy.Resource
+    lock: PhoneLock
     static_bytes: int  # weights + activation buffers
     kv_per_token: int  # KV-cache bytes per cached token of one request (0 in recompute mode)
     kv_tokens: int = 0
@@ -167,7 +197,7 @@ class Simulation:
             act = max([m.activation_bytes for m in mods] +
                       [m.activation_bytes for m in g_last.modules[st.start_module:st.end_module + 1]])
             kv_tok = sum(m.kv_bytes_per_token for m in mods) if w.mode == "kv_cache" else 0
-            node = Node(d, simpy.Resource(self.env, capacity=1), weights + act, kv_tok)
+            node = Node(d, PhoneLock(self.env), weights + act, kv_tok)
             need = node.static_bytes + kv_tok * max_ctx
             if need > d.budget_bytes:
                 problems.append(f"{d.name} needs {need / 1e9:.2f} GB for modules {st.start_module}-{st.end_module} "
@@ -202,6 +232,12 @@ class Simulation:
         env, w = self.env, self.sc.workload
         stages = self.plan.stages
         n_st = len(stages)
+        devs = [st.device for st in stages]
+        nodes = [self.nodes[d] for d in devs]
+        transfer = self.net.transfer
+        kv_mode = w.mode == "kv_cache"
+        tags = self.want_timeline  # transfer tags only show in the timeline
+        timeline = self.timeline
         submit = env.now
         self.submitted += 1
         if w.tokenize_ms:
@@ -214,27 +250,36 @@ class Simulation:
                 cost = self.steps.get(S, P)
                 pending: list[list] = [[] for _ in range(n_st)]
                 for s in range(n_st):
-                    if pending[s]:
-                        yield env.all_of(pending[s])
-                    node = self.nodes[stages[s].device]
-                    with node.resource.request() as req:
-                        yield req
-                        if w.mode == "kv_cache":
+                    for ev in pending[s]:  # every tensor routed to this stage has arrived
+                        if ev.callbacks is not None:
+                            yield ev
+                    node = nodes[s]
+                    lock = node.lock
+                    grant = lock.request()
+                    if grant is not None:
+                        yield grant
+                    if kv_mode:
+                        try:
                             self._kv(node, S)
-                        t0 = env.now
-                        yield env.timeout(cost.stage_seconds[s] / node.speed)
-                        node.busy_s += env.now - t0
-                        if self.want_timeline and len(self.timeline) < 400_000:
-                            self.timeline.append({"kind": "compute", "device": stages[s].device, "start": t0,
-                                                  "end": env.now, "request": rid, "step": step, "stage": s})
+                        except MemoryOverflow:
+                            lock.release()
+                            raise
+                    t0 = env.now
+                    yield env.timeout(cost.stage_seconds[s] / node.speed)
+                    t1 = env.now
+                    node.busy_s += t1 - t0
+                    if tags and len(timeline) < 400_000:
+                        timeline.append({"kind": "compute", "device": devs[s], "start": t0,
+                                         "end": t1, "request": rid, "step": step, "stage": s})
+                    lock.release()
+                    src = devs[s]
                     for dst, nb in cost.routes[s]:
-                        pending[dst].append(self.net.transfer(stages[s].device, stages[dst].device, nb,
-                                                              f"r{rid}s{step}:{s}->{dst}"))
+                        pending[dst].append(transfer(src, devs[dst], nb, f"r{rid}s{step}:{s}->{dst}" if tags else ""))
                 cached += S
                 if w.sample_ms:
                     yield env.timeout(w.sample_ms / 1e3)
-                if stages[-1].device != stages[0].device:
-                    yield self.net.transfer(stages[-1].device, stages[0].device, 4 * w.batch, f"r{rid}s{step}:token")
+                if devs[-1] != devs[0]:
+                    yield transfer(devs[-1], devs[0], 4 * w.batch, f"r{rid}s{step}:token" if tags else "")
                 now = env.now
                 self.tokens.append({"request": rid, "token": step, "kind": "prefill" if step == 0 else "decode",
                                     "time_s": now, "latency_ms": (now - last) * 1e3,
@@ -247,9 +292,8 @@ class Simulation:
                 self.done.succeed()
             return
         finally:
-            if w.mode == "kv_cache":
-                for st in stages:
-                    nd = self.nodes[st.device]
+            if kv_mode:
+                for nd in nodes:
                     nd.kv_tokens = max(0, nd.kv_tokens - cached)
         self.completed += 1
         if self.completed == w.requests and not self.done.triggered:
@@ -280,21 +324,28 @@ class Simulation:
                 self.env.process(self._closed_loop(counter))
         wall0 = time.perf_counter()
         events = 0
-        stop_reason = "completed"
+        stop_reason = None
         env = self.env
-        while not self.done.triggered:
-            if env.peek() > dur.max_sim_s:
-                stop_reason = "max_sim_s"
-                break
-            try:
-                env.step()
-            except simpy.core.EmptySchedule:
-                stop_reason = "deadlock"
-                break
-            events += 1
-            if events % 20000 == 0 and time.perf_counter() - wall0 > dur.max_wall_s:
-                stop_reason = "max_wall_s"
-                break
+        step, peek, done = env.step, env.peek, self.done
+        max_sim_s = dur.max_sim_s
+        while stop_reason is None:
+            # a chunk of events, then the wall-clock budget check
+            for _ in range(20000):
+                if done.triggered:
+                    stop_reason = "completed"
+                    break
+                if peek() > max_sim_s:
+                    stop_reason = "max_sim_s"
+                    break
+                try:
+                    step()
+                except simpy.core.EmptySchedule:
+                    stop_reason = "deadlock"
+                    break
+                events += 1
+            else:
+                if time.perf_counter() - wall0 > dur.max_wall_s:
+                    stop_reason = "max_wall_s"
         if self.error:
             stop_reason = "memory_overflow"
         wall = time.perf_counter() - wall0
