@@ -14,7 +14,8 @@ scheduled event whose callback reacts only if it is still the current timer. A f
 event is succeeded).
 
 The rate function also returns, per flow, its airtime share and how that share splits over the
-flow's transmitters, which the medium integrates into airtime accounting.
+flow's transmitters, which the medium integrates into airtime accounting (``tx_airtime``, and
+``on_airtime(tx, seconds)`` if given).
 
 simpy cannot cancel a scheduled event; a superseded timer simply fires unused. The rate functions
 used by :mod:`llsim.network.wifi` never speed up a flow when another one arrives, so a superseded
@@ -86,6 +87,8 @@ class FluidMedium:
         self.rate_fn = rate_fn
         self.breakpoint_fn = breakpoint_fn
         self.on_airtime = on_airtime
+        #: transmitter id -> airtime (s) it spent transmitting, integrated at every event
+        self.tx_airtime: dict[object, float] = {}
         self.flows: list[Flow] = []
         self._rates: Sequence[tuple] = ()  # parallel to self.flows, valid since self._t0
         self._t0 = env.now
@@ -135,21 +138,23 @@ class FluidMedium:
         timer for the next completion or breakpoint."""
         env = self.env
         now = env.now
+        air = self.tx_airtime
+        on_airtime = self.on_airtime
         while True:
             flows = self.flows
             if flows:
                 elapsed = now - self._t0
                 finished = None
-                on_airtime = self.on_airtime
-                for flow, info in zip(flows, self._rates):
-                    rate, share, split = info
+                for flow, (rate, share, split) in zip(flows, self._rates):
                     if elapsed > 0:
                         flow.remaining -= rate * elapsed
                         busy = share * elapsed
                         flow.airtime += busy
-                        if on_airtime is not None:
-                            for tx, frac in split:
-                                on_airtime(tx, busy * frac)
+                        for tx, frac in split:
+                            a = busy * frac
+                            air[tx] = air.get(tx, 0.0) + a
+                            if on_airtime is not None:
+                                on_airtime(tx, a)
                     rem = flow.remaining
                     if rem <= REL_TOL * flow.size or (rate > 0 and rem / rate <= EPS_T):
                         if finished is None:
@@ -163,7 +168,11 @@ class FluidMedium:
                         self.flows = flows = [f for f in flows if f not in finished]
                     for flow in finished:
                         flow.remaining = 0.0
-                        self._finish(flow)
+                        cb = flow.callback
+                        if cb is not None:
+                            cb(flow)
+                        else:
+                            flow.done.succeed(flow)
             if self._pending:
                 flows.extend(self._pending)
                 self._pending.clear()

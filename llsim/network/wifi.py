@@ -124,6 +124,9 @@ class _Transfer(Event):
     """The event :meth:`Network.transfer` returns: scheduled for the arrival of the last byte (its
     first callback, :meth:`Network._arrived`, accounts and sets the value to the record)."""
 
+    __slots__ = ("net", "src", "dst", "nbytes", "tag", "start", "wake", "latency", "k", "retx", "flow", "record",
+                 "t_in", "t_out")
+
     def _enter(self, _timer: Event) -> None:
         """The receiver is awake: enter the medium."""
         self.t_in = self.env.now
@@ -131,6 +134,7 @@ class _Transfer(Event):
 
     def _sent(self, flow: Flow) -> None:
         """Medium callback at the last byte sent: arrive RTT/2 (+ retransmission delays) later."""
+        flow.callback = None  # break the event <-> flow cycle: both are freed by reference counting
         env = self.env
         self.t_out = env.now
         self._ok = True
@@ -176,7 +180,6 @@ class Network:
         self._received = [0] * n
         self._n_sent = [0] * n
         self._n_received = [0] * n
-        self._tx_airtime: dict[int, float] = {}
         self._last_active = [env.now] * n
         self._awake_at = [env.now] * n
         self._busy = [0] * n
@@ -184,22 +187,25 @@ class Network:
         self._route_cache: dict[tuple[int, int], tuple[tuple, tuple]] = {}  # (src, dst) -> (hops, tx ids)
         self._rate_cache: dict[tuple[int, int], tuple[float, tuple]] = {}  # (id(hops), n_tx) -> (s/B, split)
         self._split_cache: dict[tuple, tuple] = {}  # capacity kinds: tx ids -> split
+        self._alone_cache: dict[int, list[tuple]] = {}  # id(hops) -> rates of that flow alone
 
         if self._wireless:
             self._setup_wireless()
-            self._medium = FluidMedium(env, self._wireless_rates, on_airtime=self._add_airtime)
+            self._medium = FluidMedium(env, self._wireless_rates)
         elif self.kind == "fixed":
-            self._medium = FluidMedium(env, self._capacity_rates, on_airtime=self._add_airtime)
+            self._medium = FluidMedium(env, self._capacity_rates)
         else:
             self.trace = load_trace(cfg.resolve_path(base_dir), on_end=cfg.on_end)
-            self._medium = FluidMedium(env, self._capacity_rates, breakpoint_fn=self.trace.next_breakpoint,
-                                       on_airtime=self._add_airtime)
+            self._medium = FluidMedium(env, self._capacity_rates, breakpoint_fn=self.trace.next_breakpoint)
+        self._tx_airtime = self._medium.tx_airtime  # transmitter -> airtime, integrated by the medium
+        self._n = n
         self._sleeper = [self._sleeps(i) for i in range(n)]
         if self._wireless:
             ps = cfg.power_save
             self._idle_timeout_s = ps.idle_timeout_ms / 1e3
             self._wake_delay_s = ps.wake_delay_ms / 1e3
             self._expected = cfg.rtt_sampling == "expected"
+            self._lossy = cfg.loss_rate > 0
             self._half_rtt_mean = 0.5 * self._rtt_mean
             r = self._rtt  # RttDistribution.from_z for one draw, without the numpy array round trip
             self._rtt_consts = (r.median, r.s1, r.p90, r.s2)
@@ -279,13 +285,18 @@ class Network:
         return [8.0 / (h.rate_bps * mac.contention_factor(n_tx, *h.key)) for h in hops]
 
     def _wireless_rates(self, flows: Sequence[Flow], now: float) -> list[tuple]:
-        if len(flows) == 1:
-            n_tx = len(set(flows[0].hops))
-        else:
-            txs = set()
-            for f in flows:
-                txs.update(f.hops)
-            n_tx = len(txs)
+        if len(flows) == 1:  # the common case: one transfer alone on the air (its list is cached)
+            meta = flows[0].meta
+            out = self._alone_cache.get(id(meta))
+            if out is None:
+                out = self._alone_cache[id(meta)] = self._wireless_rates_of(flows, len(set(flows[0].hops)))
+            return out
+        txs = set()
+        for f in flows:
+            txs.update(f.hops)
+        return self._wireless_rates_of(flows, len(txs))
+
+    def _wireless_rates_of(self, flows: Sequence[Flow], n_tx: int) -> list[tuple]:
         share = 1.0 / len(flows)
         cache = self._rate_cache
         out = []
@@ -315,10 +326,6 @@ class Network:
             out.append((rate, share, split))
         return out
 
-    def _add_airtime(self, tx, seconds: float) -> None:
-        air = self._tx_airtime
-        air[tx] = air.get(tx, 0.0) + seconds
-
     # ------------------------------------------------------------------ simulation
     def transfer(self, src: int, dst: int, nbytes: int, tag: str = "") -> simpy.Event:
         """Send ``nbytes`` from device ``src`` to device ``dst``.
@@ -332,7 +339,16 @@ class Network:
         involved: the medium calls back at the last byte, and the returned event itself is
         scheduled for the arrival time, with the accounting as its first callback.
         """
-        n = len(self.stations)
+        return self._start(src, dst, nbytes, tag, True)
+
+    def send(self, src: int, dst: int, nbytes: int, tag: str = "") -> simpy.Event:
+        """:meth:`transfer` for callers that only wait for the arrival: same simulation and
+        accounting, but the event's value is ``None`` (no :class:`TransferRecord` is built unless
+        ``on_transfer`` wants one)."""
+        return self._start(src, dst, nbytes, tag, False)
+
+    def _start(self, src: int, dst: int, nbytes: int, tag: str, record: bool) -> simpy.Event:
+        n = self._n
         if not (0 <= src < n and 0 <= dst < n):
             raise ValueError(f"transfer {src}->{dst}: device indices must be in 0..{n - 1}")
         if nbytes < 0:
@@ -343,7 +359,7 @@ class Network:
         start = env.now
         if src == dst:
             ev._ok = True
-            ev._value = TransferRecord(src, dst, nbytes, start, start, tag, hops=0)
+            ev._value = TransferRecord(src, dst, nbytes, start, start, tag, hops=0) if record else None
             env.schedule(ev)
             return ev
         # Random draws, always in this order: RTT, then losses.
@@ -363,7 +379,7 @@ class Network:
                     latency = 0.5 * (median * float(_np_exp(s1 * z)))
                 else:
                     latency = 0.5 * (p90 * float(_np_exp(s2 * (z - Z90))))
-                if cfg.loss_rate > 0 and nbytes > 0:
+                if self._lossy and nbytes > 0:
                     k = int(self.rng.binomial(math.ceil(nbytes / cfg.packet_bytes), cfg.loss_rate))
                     retx = k * cfg.retransmit_delay_ms / 1e3
             if self._sleeper[dst]:
@@ -383,8 +399,17 @@ class Network:
         busy[src] += 1
         busy[dst] += 1
         ev.net = self
-        ev.src, ev.dst, ev.nbytes, ev.tag, ev.start = src, dst, nbytes, tag, start
-        ev.wake, ev.latency, ev.k, ev.retx, ev.flow = wake, latency, k, retx, flow
+        ev.src = src
+        ev.dst = dst
+        ev.nbytes = nbytes
+        ev.tag = tag
+        ev.start = start
+        ev.wake = wake
+        ev.latency = latency
+        ev.k = k
+        ev.retx = retx
+        ev.flow = flow
+        ev.record = record
         ev.callbacks.append(self._arrived)
         if wake > 0:
             t = Event(env)
@@ -399,7 +424,8 @@ class Network:
 
     def _arrived(self, ev: "_Transfer") -> None:
         """First callback of a transfer's event, at its arrival: accounting, then the record."""
-        src, dst = ev.src, ev.dst
+        src = ev.src
+        dst = ev.dst
         busy = self._busy
         busy[src] -= 1
         busy[dst] -= 1
@@ -410,12 +436,28 @@ class Network:
         if end > last[dst]:
             last[dst] = end
         flow = ev.flow
-        rec = TransferRecord(src, dst, ev.nbytes, ev.start, end, ev.tag, len(flow.hops), ev.wake, ev.t_out - ev.t_in,
-                             flow.airtime, ev.latency, ev.k, ev.retx)
-        ev._value = rec
-        self._account(rec)
-        if self.on_transfer is not None:
-            self.on_transfer(rec)
+        nbytes = ev.nbytes
+        link = self._links.get((src, dst))
+        if link is None:
+            link = self._links[(src, dst)] = _LinkStats()
+        link.transfers += 1
+        link.bytes += nbytes
+        link.total_time_s += end - ev.start
+        link.airtime_s += flow.airtime
+        link.wake_s += ev.wake
+        link.retransmits += ev.k
+        self._sent[src] += nbytes
+        self._received[dst] += nbytes
+        self._n_sent[src] += 1
+        self._n_received[dst] += 1
+        if ev.record or self.on_transfer is not None:
+            rec = TransferRecord(src, dst, nbytes, ev.start, end, ev.tag, len(flow.hops), ev.wake,
+                                 ev.t_out - ev.t_in, flow.airtime, ev.latency, ev.k, ev.retx)
+            ev._value = rec if ev.record else None
+            if self.on_transfer is not None:
+                self.on_transfer(rec)
+        else:
+            ev._value = None
 
     def _sleeps(self, i: int) -> bool:
         return self._wireless and self.cfg.power_save.enabled and i != self.ap_index
@@ -427,22 +469,6 @@ class Network:
         if self._busy[dst] == 0 and now >= self._awake_at[dst] and idle > self._idle_timeout_s:
             self._awake_at[dst] = now + self._wake_delay_s
         return max(0.0, self._awake_at[dst] - now)
-
-    def _account(self, rec: TransferRecord) -> None:
-        key = (rec.src, rec.dst)
-        link = self._links.get(key)
-        if link is None:
-            link = self._links[key] = _LinkStats()
-        link.transfers += 1
-        link.bytes += rec.nbytes
-        link.total_time_s += rec.end - rec.start
-        link.airtime_s += rec.airtime_s
-        link.wake_s += rec.wake_s
-        link.retransmits += rec.retransmits
-        self._sent[rec.src] += rec.nbytes
-        self._received[rec.dst] += rec.nbytes
-        self._n_sent[rec.src] += 1
-        self._n_received[rec.dst] += 1
 
     # ------------------------------------------------------------------ statistics
     def link_stats(self) -> list[dict]:

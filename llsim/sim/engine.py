@@ -175,6 +175,7 @@ class Simulation:
                            base_dir=sc.path.parent if sc.path else None,
                            on_transfer=self._on_transfer if timeline else None)
         self.steps = StepModel(sc, devices, plan)
+        self._step_costs: list[tuple[int, StepCost]] = []  # per generation step, filled as reached
         self.nodes = self._make_nodes()
         self.tokens: list[dict] = []
         self.submitted = 0
@@ -228,13 +229,22 @@ class Simulation:
                           "lower concurrency or context, or give that phone fewer modules")
             raise MemoryOverflow(self.error)
 
+    def _step_cost(self, step: int) -> tuple[int, StepCost]:
+        """(new tokens, costs) of generation step ``step``, listed for every step up to it."""
+        costs = self._step_costs
+        while len(costs) <= step:
+            S, P = self.steps.step_shape(len(costs))
+            costs.append((S, self.steps.get(S, P)))
+        return costs[step]
+
     def request(self, rid: int):
         env, w = self.env, self.sc.workload
         stages = self.plan.stages
         n_st = len(stages)
         devs = [st.device for st in stages]
         nodes = [self.nodes[d] for d in devs]
-        transfer = self.net.transfer
+        transfer = self.net.send  # we only wait for arrivals: no TransferRecord values
+        costs = self._step_costs
         kv_mode = w.mode == "kv_cache"
         tags = self.want_timeline  # transfer tags only show in the timeline
         timeline = self.timeline
@@ -246,8 +256,7 @@ class Simulation:
         cached = 0
         try:
             for step in range(w.new_tokens):
-                S, P = self.steps.step_shape(step)
-                cost = self.steps.get(S, P)
+                S, cost = costs[step] if step < len(costs) else self._step_cost(step)
                 pending: list[list] = [[] for _ in range(n_st)]
                 for s in range(n_st):
                     for ev in pending[s]:  # every tensor routed to this stage has arrived
@@ -330,7 +339,8 @@ class Simulation:
         max_sim_s = dur.max_sim_s
         while stop_reason is None:
             # a chunk of events, then the wall-clock budget check
-            for _ in range(20000):
+            n = 0
+            for n in range(20000):
                 if done.triggered:
                     stop_reason = "completed"
                     break
@@ -342,10 +352,11 @@ class Simulation:
                 except simpy.core.EmptySchedule:
                     stop_reason = "deadlock"
                     break
-                events += 1
             else:
+                n = 20000
                 if time.perf_counter() - wall0 > dur.max_wall_s:
                     stop_reason = "max_wall_s"
+            events += n
         if self.error:
             stop_reason = "memory_overflow"
         wall = time.perf_counter() - wall0
