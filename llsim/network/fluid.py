@@ -44,7 +44,9 @@ class Flow:
 
     ``callback(flow)`` (optional) is called when the last byte has been sent; ``meta`` is whatever
     the rate function needs (e.g. the hops' PHY rates); ``airtime`` integrates the flow's airtime
-    share over time.
+    share over time. The medium uses only these attributes and ``remaining``, so any object that
+    has them (with a ``callback``) can be submitted (:mod:`llsim.network.wifi`'s transfer events are
+    their own flows).
     """
 
     __slots__ = ("size", "hops", "remaining", "airtime", "done", "meta", "callback")
@@ -100,11 +102,12 @@ class FluidMedium:
         """Start ``flow`` now. Without a ``flow.callback``, returns an event that fires when its last
         byte has been sent (value: the flow); with one, the callback is called then and ``None``
         is returned."""
+        done = None
         if flow.callback is None:
-            flow.done = Event(self.env)
+            flow.done = done = Event(self.env)
         if flow.remaining <= 0:
             self._finish(flow)
-            return flow.done
+            return done
         self._pending.append(flow)
         if self._kick is None:
             self._kick = ev = Event(self.env)
@@ -112,7 +115,7 @@ class FluidMedium:
             ev._value = None
             ev.callbacks.append(self._on_kick)
             self.env.schedule(ev)
-        return flow.done
+        return done
 
     @staticmethod
     def _finish(flow: Flow) -> None:

@@ -121,20 +121,20 @@ _np_exp = np.exp
 
 
 class _Transfer(Event):
-    """The event :meth:`Network.transfer` returns: scheduled for the arrival of the last byte (its
-    first callback, :meth:`Network._arrived`, accounts and sets the value to the record)."""
+    """The event :meth:`Network.transfer` returns, and also the transfer's flow in the medium (it
+    has the attributes :class:`~llsim.network.fluid.Flow` has). It is scheduled for the arrival of
+    the last byte; its first callback, :meth:`Network._arrived`, accounts and sets the value."""
 
-    __slots__ = ("net", "src", "dst", "nbytes", "tag", "start", "wake", "latency", "k", "retx", "flow", "record",
-                 "t_in", "t_out")
+    __slots__ = ("net", "src", "dst", "nbytes", "tag", "start", "wake", "latency", "k", "retx", "record",
+                 "t_in", "t_out", "size", "hops", "remaining", "airtime", "meta")
 
     def _enter(self, _timer: Event) -> None:
         """The receiver is awake: enter the medium."""
         self.t_in = self.env.now
-        self.net._medium.submit(self.flow)
+        self.net._medium.submit(self)
 
-    def _sent(self, flow: Flow) -> None:
+    def callback(self, _flow) -> None:
         """Medium callback at the last byte sent: arrive RTT/2 (+ retransmission delays) later."""
-        flow.callback = None  # break the event <-> flow cycle: both are freed by reference counting
         env = self.env
         self.t_out = env.now
         self._ok = True
@@ -388,13 +388,18 @@ class Network:
             if route is None:
                 hops = self._hops(src, dst)
                 route = self._route_cache[(src, dst)] = (hops, tuple(h.tx for h in hops))
-            flow = Flow(nbytes, route[1], route[0], ev._sent)
-        elif self.kind == "fixed":
-            latency = self._half_rtt_fixed
-            flow = Flow(nbytes, self._capacity_tx(src), None, ev._sent)
+            ev.meta, ev.hops = route
         else:
-            latency = 0.5 * self.trace.rtt_at(start)
-            flow = Flow(nbytes, self._capacity_tx(src), None, ev._sent)
+            if self.kind == "fixed":
+                latency = self._half_rtt_fixed
+            else:
+                latency = 0.5 * self.trace.rtt_at(start)
+            ev.meta = None
+            ev.hops = self._capacity_tx(src)
+        # the event is also the flow (see fluid.Flow)
+        ev.size = nbytes
+        ev.remaining = float(nbytes)
+        ev.airtime = 0.0
         busy = self._busy
         busy[src] += 1
         busy[dst] += 1
@@ -408,7 +413,6 @@ class Network:
         ev.latency = latency
         ev.k = k
         ev.retx = retx
-        ev.flow = flow
         ev.record = record
         ev.callbacks.append(self._arrived)
         if wake > 0:
@@ -419,7 +423,7 @@ class Network:
             env.schedule(t, NORMAL, wake)
         else:
             ev.t_in = start
-            self._medium.submit(flow)
+            self._medium.submit(ev)
         return ev
 
     def _arrived(self, ev: "_Transfer") -> None:
@@ -435,7 +439,6 @@ class Network:
             last[src] = end
         if end > last[dst]:
             last[dst] = end
-        flow = ev.flow
         nbytes = ev.nbytes
         link = self._links.get((src, dst))
         if link is None:
@@ -443,7 +446,7 @@ class Network:
         link.transfers += 1
         link.bytes += nbytes
         link.total_time_s += end - ev.start
-        link.airtime_s += flow.airtime
+        link.airtime_s += ev.airtime
         link.wake_s += ev.wake
         link.retransmits += ev.k
         self._sent[src] += nbytes
@@ -451,8 +454,8 @@ class Network:
         self._n_sent[src] += 1
         self._n_received[dst] += 1
         if ev.record or self.on_transfer is not None:
-            rec = TransferRecord(src, dst, nbytes, ev.start, end, ev.tag, len(flow.hops), ev.wake,
-                                 ev.t_out - ev.t_in, flow.airtime, ev.latency, ev.k, ev.retx)
+            rec = TransferRecord(src, dst, nbytes, ev.start, end, ev.tag, len(ev.hops), ev.wake,
+                                 ev.t_out - ev.t_in, ev.airtime, ev.latency, ev.k, ev.retx)
             ev._value = rec if ev.record else None
             if self.on_transfer is not None:
                 self.on_transfer(rec)
