@@ -160,7 +160,10 @@ def halda(pb: AllocProblem) -> Plan:
         if left > 0:  # does not fit: hand out the rest evenly (the plan will be infeasible)
             for i in range(left):
                 counts[devices[i % len(devices)]] += 1
-        ones = [d for d in devices if counts[d] == 1]
+        if pb.header is not None and counts[pb.header] == 0:  # the head device holds the input layer
+            counts[pb.header] = 1
+            counts[max(devices, key=lambda d: counts[d])] -= 1
+        ones = [d for d in devices if counts[d] == 1 and d != pb.header]  # the head device always takes part
         if not ones or len(devices) == 1:
             break
         devices = [d for d in devices if d not in ones]

@@ -1,36 +1,36 @@
-"""The exact allocator: a mixed-integer linear program over (device, module) assignments.
+"""The exact allocator: a mixed-integer linear program over stages, solved by HiGHS through pulp.
 
-Decision variables (``d`` device, ``m`` module):
+Formulation (a path-flow / set-partitioning model):
 
-* ``x[d,m]`` binary: device d runs module m. Each module runs on exactly one device; a device's
-  modules are contiguous. The ring order is the order of the devices' ranges, so which devices
-  take part and their order come out of ``x`` with no ordering variables.
-* ``s[d,m]`` / ``f[d,m]`` (continuous, exact for binary x): d's range starts / ends at m,
-  linearised as ``s = x[m] (1 - x[m-1])`` by three inequalities each; at most one start per
-  device gives contiguity.
-* A tensor of the residual map produced at p and used at c1 < c2 < ... reaches the stage that
-  holds c_i iff some stage starts in (c_{i-1}, c_i]; the receiving device is the one holding c_i.
-  For consecutive consumers (the mask tensors of every block) that is exactly ``s[d, c_i]``; for
-  longer intervals a product ``z >= sum s + x - 1`` is added, and the producer's per-byte sending
-  cost times the number of receiving stages is linearised with a big-M product only when the
-  phones' sending costs differ.
-* Memory: weights + KV (max context x requests in flight) + the stage's largest activation
-  buffer (``a[d] >= act[m] x[d,m]``) within each budget.
+* Identical phones (same profile, threads, speed, budget and link costs; the pinned header is
+  always its own type) are merged into a *type* t with a count c_t. This removes the symmetry
+  that makes device-indexed models slow, without excluding any distinct plan.
+* ``u[t,a,b]`` binary: a phone of type t runs modules a..b as one stage. Only stages that fit the
+  type's memory budget exist (weights + KV for the max context of every request in flight + the
+  stage's largest activation buffer), so memory needs no constraint.
+* Stages form a path 0 -> n over the module boundaries: flow conservation at every boundary
+  (one stage leaves node 0, one enters node n); a type runs at most c_t stages. The ring order
+  is the order of the stages' ranges, so which phones take part and their order come out of u.
+* Every cost of a stage is known from (t, a, b) alone, so the objective is linear in u with no
+  product of decisions: its compute; the bytes it receives (the sequential tensor at a, and every
+  residual/mask tensor with a consumer in a..b produced before a); the sequential tensor it sends
+  when it ends at b; half an RTT and the power-save charge of its input hop; the token's return
+  (tail sends, header receives). The one exception is a residual tensor whose *sender* depends on
+  the plan and whose phones' sending costs differ: then ``y[t] >= count - M (1 - S[t])`` prices
+  the sender's per-byte cost times the number of receiving stages exactly.
 
 Objectives (milliseconds): ``latency`` minimises the ring latency of
-:meth:`llsim.alloc.problem.AllocProblem.ring_latency` exactly; ``throughput`` minimises T with
-``T >= compute[d]`` for every device, ``T >= airtime`` of the shared medium and
-``N T >= ring latency``. No product of decision variables is left.
-
-Identical phones (same profile, threads, speed, budget and link costs) are interchangeable:
-symmetry-breaking constraints make the lower-indexed one be used first and earlier in the ring,
-which shrinks the search without excluding any distinct plan.
+:meth:`llsim.alloc.problem.AllocProblem.ring_latency` (one MILP); ``throughput`` minimises
+``max(slowest stage's compute, airtime of the shared medium, ring latency / N)`` exactly by a
+search over the bottleneck stage time (:func:`solve_once`), each step a MILP with a strong LP
+relaxation. Stages whose compute alone exceeds a known feasible plan's value are dropped before
+solving (they cannot be in a better plan), which keeps large instances small.
 
 Power save (one request in flight) charges a wake delay on a phone's input hop when it dozes,
-which depends on the cycle time (a threshold). The MILP takes those charges as data; the
-strategy re-solves with the charges the evaluated plan actually incurs until they repeat
-(:func:`solve`). The result records whether the final plan's charges were the ones it was solved
-with (then its objective is exact for the full model).
+which depends on the cycle time (a threshold). The MILP takes those charges as data; :func:`solve`
+re-solves with the charges the evaluated plan actually incurs until they repeat
+(:meth:`AllocProblem.power_save_fixed_point`); the result says whether the final plan's charges
+were the ones it was solved with (then its objective is exact for the full model).
 """
 from __future__ import annotations
 
@@ -64,222 +64,178 @@ class MilpResult:
     info: dict = field(default_factory=dict)
 
 
-def _lin(terms) -> pulp.LpAffineExpression:
-    return pulp.lpSum(c * v for c, v in terms)
+def _types(pb: AllocProblem, wake: dict[int, float]) -> list[list[int]]:
+    groups: dict[tuple, list[int]] = {}
+    for d, k in enumerate(pb.device_keys):
+        groups.setdefault((k, d == pb.header), []).append(d)
+    return list(groups.values())
 
 
 class _Model:
-    def __init__(self, pb: AllocProblem, objective: str, wake: dict[int, float] | None):
+    def __init__(self, pb: AllocProblem, objective: str, wake: dict[int, float] | None, upper: float | None):
         self.pb, self.objective = pb, objective
-        self.wake = wake or {}
-        n, D = pb.n_modules, pb.n_devices
-        self.prob = pulp.LpProblem("llsim_alloc", pulp.LpMinimize)
-        P = self.prob
-        single = np.array([[pb.weight_bytes[m] + pb.kv_bytes[m] + pb.act_bytes[m] <= pb.budget[d]
-                            for m in range(n)] for d in range(D)])
-        self.x = [[pulp.LpVariable(f"x_{d}_{m}", cat="Binary") if single[d, m] else None for m in range(n)]
-                  for d in range(D)]
-        for m in range(n):
-            if not any(self.x[d][m] is not None for d in range(D)):
-                raise LLSimError(f"module {m} ({pb.module_names[m]}) needs "
-                                 f"{(pb.weight_bytes[m] + pb.kv_bytes[m] + pb.act_bytes[m]) / 1e9:.2f} GB; no device's "
-                                 f"budget holds it (largest: {pb.budget.max() / 1e9:.2f} GB)")
-        X = self.X
-        # start / end indicators
-        self.s = [[None] * n for _ in range(D)]
-        self.f = [[None] * n for _ in range(D)]
-        for d in range(D):
-            for m in range(n):
-                if X(d, m) is None:
-                    continue
-                prev = X(d, m - 1) if m else None
-                if prev is None:
-                    self.s[d][m] = X(d, m)
-                else:
-                    v = self.s[d][m] = pulp.LpVariable(f"s_{d}_{m}", 0, 1)
-                    P += v >= X(d, m) - prev
-                    P += v <= X(d, m)
-                    P += v <= 1 - prev
-                nxt = X(d, m + 1) if m + 1 < n else None
-                if nxt is None:
-                    self.f[d][m] = X(d, m)
-                else:
-                    v = self.f[d][m] = pulp.LpVariable(f"f_{d}_{m}", 0, 1)
-                    P += v >= X(d, m) - nxt
-                    P += v <= X(d, m)
-                    P += v <= 1 - nxt
-            starts = [v for v in self.s[d] if v is not None]
-            if len(starts) > 1:
-                P += pulp.lpSum(starts) <= 1
-        for m in range(n):
-            P += pulp.lpSum(X(d, m) for d in range(D) if X(d, m) is not None) == 1
-        self.used = [pulp.lpSum(v for v in self.s[d] if v is not None) for d in range(D)]
-        if pb.header is not None:
-            if not 0 <= pb.header < D:
-                raise LLSimError(f"allocation.header: {pb.header} is not a device index (0..{D - 1})")
-            if X(pb.header, 0) is None:
-                raise LLSimError(f"allocation.header: device {pb.device_names[pb.header]} cannot hold module 0")
-            P += X(pb.header, 0) == 1
-        # memory
-        for d in range(D):
-            ms = [m for m in range(n) if X(d, m) is not None]
-            if not ms:
-                continue
-            stat = pb.weight_bytes + pb.kv_bytes
-            if sum(stat[m] for m in ms) + max(pb.act_bytes[m] for m in ms) <= pb.budget[d]:
-                continue  # everything fits: no constraint needed
-            a = pulp.LpVariable(f"act_{d}", 0)
-            for m in ms:
-                if pb.act_bytes[m] > 0:
-                    P += a >= pb.act_bytes[m] / 1e9 * X(d, m)
-            P += pulp.lpSum(stat[m] / 1e9 * X(d, m) for m in ms) + a <= pb.budget[d] / 1e9
-        # single-device plan indicator for the token's return
-        self.g = []
-        for d in range(D):
-            if X(d, 0) is not None and X(d, n - 1) is not None:
-                v = pulp.LpVariable(f"g_{d}", 0, 1)
-                P += v <= X(d, 0)
-                P += v <= X(d, n - 1)
-                self.g.append((d, v))
-        self._tensor_vars()
-        self._symmetry()
-
-    def X(self, d: int, m: int):
-        return self.x[d][m]
-
-    # ---- residual-map tensors ----------------------------------------------------------------
-    def _tensor_vars(self):
-        pb, P, D = self.pb, self.prob, self.pb.n_devices
-        self.recv: dict[tuple, list[list]] = {}  # group key -> per interval: per device receive expr
-        self.ycount: dict[tuple, list] = {}  # group key -> per device (count if d is the producer)
-        self.simple: dict[tuple, tuple[int, int]] = {}
-        for gi, g in enumerate(self.pb.lat.tensors):
-            key = (g.producer, g.consumers)
-            iv = g.intervals()
-            if len(iv) == 1 and iv[0][1] == iv[0][0] + 1:
-                self.simple[key] = iv[0]
-                continue
-            per_iv = []
-            for ii, (a, b) in enumerate(iv):
-                if b == a + 1:
-                    per_iv.append([self.s[d][b] for d in range(D)])
-                    continue
-                row = []
-                for d in range(D):
-                    if self.X(d, b) is None:
-                        row.append(None)
-                        continue
-                    z = pulp.LpVariable(f"z_{gi}_{ii}_{d}", 0, 1)
-                    P += z >= pulp.lpSum(self.s[d][m] for m in range(a + 1, b + 1) if self.s[d][m] is not None) \
-                        + self.X(d, b) - 1
-                    row.append(z)
-                per_iv.append(row)
-            self.recv[key] = per_iv
-            count = pulp.lpSum(v for row in per_iv for v in row if v is not None)
-            ys = []
-            for d in range(D):
-                xs = self.X(d, g.source)
-                if xs is None:
-                    ys.append(None)
-                    continue
-                y = pulp.LpVariable(f"y_{gi}_{d}", 0)
-                P += y >= count - len(iv) * (1 - xs)
-                ys.append(y)
-            self.ycount[key] = ys
-
-    def _symmetry(self):
-        pb, P = self.pb, self.prob
-        groups: dict[tuple, list[int]] = {}
-        for d, k in enumerate(pb.device_keys):
-            if d != pb.header:
-                groups.setdefault(k, []).append(d)
+        wake = wake or {}
         n = pb.n_modules
-        for devs in groups.values():
-            for d1, d2 in zip(devs, devs[1:]):
-                if any((self.X(d1, m) is None) != (self.X(d2, m) is None) for m in range(n)):
-                    continue
-                P += self.used[d1] >= self.used[d2]
-                st1 = pulp.lpSum(m * self.s[d1][m] for m in range(n) if self.s[d1][m] is not None)
-                st2 = pulp.lpSum(m * self.s[d2][m] for m in range(n) if self.s[d2][m] is not None)
-                P += st1 + 1 <= st2 + n * (1 - self.used[d2])
+        self.types = _types(pb, wake)
+        self.prob = pulp.LpProblem("llsim_alloc", pulp.LpMinimize)
+        tri = np.triu(np.ones((n, n), dtype=bool))  # a <= b
+        A, B = np.nonzero(tri)
+        stat = np.concatenate([[0.0], np.cumsum(pb.weight_bytes + pb.kv_bytes)])
+        act = np.array([pb.act_bytes[a:b + 1].max() for a, b in zip(A, B)])
+        need = stat[B + 1] - stat[A] + act
+        self.A, self.B = A, B
+        self.arcs: list[tuple[int, int, int, pulp.LpVariable]] = []  # (type, a, b, var)
+        lat_cost, thr_comp, air_cost, ring_cost = [], [], [], []
+        comp_l = self._compute(pb.lat)
+        comp_t = self._compute(pb.thr)
+        lat_tr = self._transfer_costs(pb.lat, pb.lat.links, True, wake)
+        ring_tr = self._transfer_costs(pb.thr, pb.thr.links, True, wake)
+        air_tr = self._transfer_costs(pb.thr, pb.thr.links, False, {})
+        for ti, members in enumerate(self.types):
+            d = members[0]
+            ok = need <= pb.budget[d]
+            if pb.header is not None:
+                ok &= (A == 0) == (d == pb.header)  # the header's type runs module 0, nobody else does
+            if upper is not None:
+                bound = comp_l[ti] if objective == "latency" else comp_t[ti]
+                ok &= bound <= upper * MS * (1 + 1e-9)
+            for k in np.nonzero(ok)[0]:
+                a, b = int(A[k]), int(B[k])
+                v = pulp.LpVariable(f"u_{ti}_{a}_{b}", cat="Binary")
+                self.arcs.append((ti, a, b, v))
+                lat_cost.append(comp_l[ti][k] + lat_tr[ti][k])
+                thr_comp.append(comp_t[ti][k])
+                ring_cost.append(comp_t[ti][k] + ring_tr[ti][k])
+                air_cost.append(air_tr[ti][k])
+        if not self.arcs:
+            raise LLSimError("no stage fits any device's memory budget")
+        self.lat_cost, self.thr_comp, self.air_cost, self.ring_cost = lat_cost, thr_comp, air_cost, ring_cost
+        P = self.prob
+        into: list[list] = [[] for _ in range(n + 1)]
+        out: list[list] = [[] for _ in range(n + 1)]
+        for _, a, b, v in self.arcs:
+            out[a].append(v)
+            into[b + 1].append(v)
+        for m in range(n + 1):
+            rhs = -1 if m == 0 else (1 if m == n else 0)
+            P += pulp.lpSum(into[m]) - pulp.lpSum(out[m]) == rhs, f"flow_{m}"
+        for ti, members in enumerate(self.types):
+            vs = [v for t, _, _, v in self.arcs if t == ti]
+            if len(vs) > len(members):
+                P += pulp.lpSum(vs) <= len(members), f"count_{ti}"
+        self._senders(wake)
 
-    # ---- cost expressions (milliseconds) --------------------------------------------------------
-    def compute(self, view: View, d: int):
+    # ---- per-stage costs (ms), vectorised over all (a, b) ------------------------------------
+    def _compute(self, view: View) -> list[np.ndarray]:
+        pb, A, B = self.pb, self.A, self.B
+        out = []
+        for members in self.types:
+            d = members[0]
+            pre = np.concatenate([[0.0], np.cumsum(view.compute[d])])
+            out.append((pb.overhead[d] + pre[B + 1] - pre[A]) * MS)
+        return out
+
+    def _received(self, g) -> np.ndarray:
+        """Stages (a, b) that receive tensor group g: after its source, holding one of its consumers."""
         n = self.pb.n_modules
-        return pulp.lpSum(view.compute[d, m] * MS * self.X(d, m) for m in range(n) if self.X(d, m) is not None) \
-            + self.pb.overhead[d] * MS * self.used[d]
+        nxt = np.full(n + 1, n + 1)
+        for c in sorted(g.consumers, reverse=True):
+            nxt[:c + 1] = np.minimum(nxt[:c + 1], c)
+        return (self.A > g.source) & (nxt[self.A] <= self.B)
 
-    def transfers(self, view: View, links, with_latency: bool):
-        """Per-step transmission (+ latency terms) of every tensor and the token, in ms."""
-        pb, D, n = self.pb, self.pb.n_devices, self.pb.n_modules
-        out, inb = links.out, links.inb
+    def _uniform_sender(self, g, links) -> float | None:
+        """The sender's per-byte cost when it does not depend on the plan, else None."""
+        if g.consumers == (g.source + 1,):
+            return None  # sequential: priced on the stage that ends at the source
+        if self.pb.header is not None and g.source == 0:
+            return links.out[self.pb.header]
+        outs = {links.out[m[0]] for m in self.types}
+        return outs.pop() if len(outs) == 1 else None
+
+    def _transfer_costs(self, view: View, links, with_latency: bool, wake: dict[int, float]) -> list[np.ndarray]:
+        pb, A, B, n = self.pb, self.A, self.B, self.pb.n_modules
         loss = links.loss_per_byte_s if with_latency else 0.0
-        terms = []
-        bytes_of = {(g.producer, g.consumers): g.nbytes for g in view.tensors}
-        for key, nb in bytes_of.items():
-            c = nb * MS
-            if key in self.simple:
-                a, b = self.simple[key]
-                for d in range(D):
-                    if self.f[d][a] is not None and out[d]:
-                        terms.append((c * out[d], self.f[d][a]))
-                    if self.s[d][b] is not None and (inb[d] + loss):
-                        terms.append((c * (inb[d] + loss), self.s[d][b]))
-                continue
-            for row in self.recv[key]:
-                for d, v in enumerate(row):
-                    if v is not None and (inb[d] + loss):
-                        terms.append((c * (inb[d] + loss), v))
-            for d, y in enumerate(self.ycount[key]):
-                if y is not None and out[d]:
-                    terms.append((c * out[d], y))
-        e = _lin(terms)
-        tb = TOKEN_BYTES * pb.batch * MS
-        for d in range(D):  # token back to the header (not when one device holds everything)
-            if self.f[d][n - 1] is not None:
-                e += tb * (out[d] + loss) * self.X(d, n - 1)
-            if self.X(d, 0) is not None:
-                e += tb * inb[d] * self.X(d, 0)
-        for d, g in self.g:
-            e -= tb * (out[d] + inb[d] + loss) * g
-        if with_latency:
-            hops = pulp.lpSum(self.s[d][m] for d in range(D) for m in range(1, n) if self.s[d][m] is not None)
-            e += links.one_way_s * MS * hops
-            e += links.one_way_s * MS * (1 - pulp.lpSum(g for _, g in self.g))
-            for d, w in self.wake.items():
-                if w:
-                    e += w * MS * pulp.lpSum(self.s[d][m] for m in range(1, n) if self.s[d][m] is not None)
-                    if self.X(d, 0) is not None:
-                        e += w * MS * self.X(d, 0)
-                        e -= w * MS * pulp.lpSum(g for dd, g in self.g if dd == d)
-        return e
+        tb = TOKEN_BYTES * pb.batch
+        out = []
+        for members in self.types:
+            d = members[0]
+            c = np.zeros(len(A))
+            for g in view.tensors:
+                recv = self._received(g)
+                c += recv * g.nbytes * (links.inb[d] + loss)
+                if g.consumers == (g.source + 1,):
+                    c += (B == g.source) * g.nbytes * links.out[d]
+                else:
+                    u = self._uniform_sender(g, links)
+                    if u is not None:
+                        c += recv * g.nbytes * u
+            c += ((A == 0) & (B < n - 1)) * tb * links.inb[d]  # the token comes back to the header
+            c += ((A > 0) & (B == n - 1)) * tb * (links.out[d] + loss)  # ... from the tail
+            if with_latency:
+                w = max(wake.get(m, 0.0) for m in members)
+                c += (A > 0) * (links.one_way_s + w)  # the hop into this stage
+                c += ((A == 0) & (B < n - 1)) * (links.one_way_s + w)  # the token's hop into the header
+            out.append(c * MS)
+        return out
 
-    def ring(self, view: View, links):
-        D = self.pb.n_devices
-        return pulp.lpSum(self.compute(view, d) for d in range(D)) + self.transfers(view, links, True) \
-            + self.pb.sample_s * MS
+    def _senders(self, wake):
+        """Residual tensors whose sender (and its per-byte cost) depends on the plan: y[t] products."""
+        pb, P = self.pb, self.prob
+        self.sender_terms: dict[str, list] = {"lat": [], "ring": [], "air": []}
+        for gi, g in enumerate(pb.lat.tensors):
+            if g.consumers == (g.source + 1,) or self._uniform_sender(g, pb.lat.links) is not None:
+                continue
+            recv = self._received(g)
+            idx = {(a, b): k for k, (a, b) in enumerate(zip(self.A, self.B))}
+            count = pulp.lpSum(v for t, a, b, v in self.arcs if recv[idx[(a, b)]])
+            M = len(g.consumers)
+            for ti, members in enumerate(self.types):
+                holds = [v for t, a, b, v in self.arcs if t == ti and a <= g.source <= b]
+                if not holds:
+                    continue
+                y = pulp.LpVariable(f"y_{gi}_{ti}", 0)
+                P += y >= count - M * (1 - pulp.lpSum(holds))
+                d = members[0]
+                for key, view, links in (("lat", pb.lat, pb.lat.links), ("ring", pb.thr, pb.thr.links),
+                                         ("air", pb.thr, pb.thr.links)):
+                    nb = next(x.nbytes for x in view.tensors if (x.producer, x.consumers) == (g.producer, g.consumers))
+                    self.sender_terms[key].append((nb * links.out[d] * MS, y))
 
     def build_objective(self):
         pb, P = self.pb, self.prob
+        us = [v for *_, v in self.arcs]
+        const = pb.sample_s * MS
+
+        def expr(costs, key):
+            return pulp.lpSum(c * v for c, v in zip(costs, us)) + pulp.lpSum(c * y for c, y in self.sender_terms[key])
+
         if self.objective == "latency":
-            P += self.ring(pb.lat, pb.lat.links)
+            P += expr(self.lat_cost, "lat") + const
             return
-        T = self.T = pulp.LpVariable("T", 0)
+        T = pulp.LpVariable("T", 0)
         P += T
-        for d in range(pb.n_devices):
-            P += T >= self.compute(pb.thr, d)
+        for c, v in zip(self.thr_comp, us):
+            P += T >= c * v
         if pb.thr.links.shared:
-            P += T >= self.transfers(pb.thr, pb.thr.links, False)
-        P += pb.in_flight * T >= self.ring(pb.thr, pb.thr.links)
+            P += T >= expr(self.air_cost, "air")
+        P += pb.in_flight * T >= expr(self.ring_cost, "ring") + const
+
+    def build_inner(self):
+        """Throughput inner problem: min Z >= airtime, N Z >= ring (stage compute handled by thresholds)."""
+        pb, P = self.pb, self.prob
+        us = [v for *_, v in self.arcs]
+        Z = pulp.LpVariable("Z", 0)
+        P += Z
+        if pb.thr.links.shared:
+            P += Z >= pulp.lpSum(c * v for c, v in zip(self.air_cost, us)) \
+                + pulp.lpSum(c * y for c, y in self.sender_terms["air"])
+        P += pb.in_flight * Z >= pulp.lpSum(c * v for c, v in zip(self.ring_cost, us)) \
+            + pulp.lpSum(c * y for c, y in self.sender_terms["ring"]) + pb.sample_s * MS
 
     def plan(self) -> Plan:
-        pb = self.pb
-        stages = []
-        for d in range(pb.n_devices):
-            ms = [m for m in range(pb.n_modules) if self.X(d, m) is not None and (self.X(d, m).value() or 0) > 0.5]
-            if ms:
-                stages.append(StagePlan(d, ms[0], ms[-1]))
-        stages.sort(key=lambda s: s.start_module)
+        used = sorted((a, b, t) for t, a, b, v in self.arcs if (v.value() or 0) > 0.5)
+        free = [list(m) for m in self.types]
+        stages = [StagePlan(free[t].pop(0), a, b) for a, b, t in used]
         return Plan(tuple(stages), "milp")
 
 
@@ -289,49 +245,114 @@ def _solver(name: str, time_limit: float, gap: float):
     return pulp.PULP_CBC_CMD(msg=False, timeLimit=time_limit, gapRel=gap)
 
 
-def solve_once(pb: AllocProblem, objective: str, time_limit: float = 30.0, mip_gap: float = 1e-6,
-               wake: dict[int, float] | None = None, solver: str = "highs") -> MilpResult:
-    t0 = time.perf_counter()
-    mdl = _Model(pb, objective, wake)
-    mdl.build_objective()
-    t1 = time.perf_counter()
+def _run(prob: pulp.LpProblem, solver: str, time_limit: float, mip_gap: float) -> dict:
+    """Solve once; HiGHS first, CBC if HiGHS is unavailable."""
     used = solver
     try:
-        mdl.prob.solve(_solver(solver, time_limit, mip_gap))
+        prob.solve(_solver(solver, time_limit, mip_gap))
     except (pulp.PulpSolverError, OSError):
         if solver != "highs":
             raise
         used = "cbc"
-        mdl.prob.solve(_solver("cbc", time_limit, mip_gap))
-    t2 = time.perf_counter()
-    status = pulp.LpStatus[mdl.prob.status]
-    obj = pulp.value(mdl.prob.objective)
-    bound = gap = None
-    sm = getattr(mdl.prob, "solverModel", None)
+        prob.solve(_solver("cbc", time_limit, mip_gap))
+    out = {"solver": used, "status": pulp.LpStatus[prob.status], "objective": pulp.value(prob.objective),
+           "bound": None, "gap": None}
+    sm = getattr(prob, "solverModel", None)
     if used == "highs" and sm is not None:
         info = sm.getInfo()
-        bound = info.mip_dual_bound + (mdl.prob.objective.constant or 0.0)  # HiGHS sees no constant term
-        gap = info.mip_gap
-        ms = sm.getModelStatus()
-        status = sm.modelStatusToString(ms)
-    plan = None
-    if obj is not None and status not in ("Infeasible", "Not Solved", "Undefined"):
-        try:
-            plan = mdl.plan()
-        except Exception:
-            plan = None
-    return MilpResult(plan, status, used, obj, bound, gap, t2 - t1, t1 - t0, len(mdl.prob.variables()),
-                      len(mdl.prob.constraints))
+        out["bound"] = info.mip_dual_bound + (prob.objective.constant or 0.0)  # HiGHS sees no constant term
+        out["gap"] = info.mip_gap
+        out["status"] = sm.modelStatusToString(sm.getModelStatus())
+    if out["status"] in ("Infeasible", "Not Solved", "Undefined"):
+        out["objective"] = None
+    return out
+
+
+def solve_once(pb: AllocProblem, objective: str, time_limit: float = 30.0, mip_gap: float = 1e-6,
+               wake: dict[int, float] | None = None, solver: str = "highs", upper: float | None = None) -> MilpResult:
+    """One MILP solve (latency), or the exact bottleneck search (throughput).
+
+    Throughput: ``max(stage compute, airtime, ring/N)`` has a weak LP relaxation when written
+    as ``T >= c u``. Instead, for a threshold theta on stage compute, stages slower than theta
+    are removed and ``Z(theta) = min max(airtime, ring/N)`` is solved (two additive terms: a
+    strong LP). The optimum is ``min over theta of max(theta, Z(theta))`` with theta ranging over
+    the stages' compute times; Z is non-increasing in theta, so a binary search finds the first
+    theta with ``Z(theta) <= theta`` and the answer is the better of it and its predecessor.
+    """
+    t0 = time.perf_counter()
+    mdl = _Model(pb, objective, wake, upper)
+    t1 = time.perf_counter()
+    if objective == "latency":
+        mdl.build_objective()
+        r = _run(mdl.prob, solver, time_limit, mip_gap)
+        plan = mdl.plan() if r["objective"] is not None else None
+        t2 = time.perf_counter()
+        return MilpResult(plan, r["status"], r["solver"], r["objective"], r["bound"], r["gap"], t2 - t1, t1 - t0,
+                          len(mdl.prob.variables()), len(mdl.prob.constraints))
+    mdl.build_inner()
+    us = [v for *_, v in mdl.arcs]
+    comp = np.array(mdl.thr_comp)
+    thetas = np.unique(comp)
+    cache: dict[int, tuple] = {}
+    deadline = time.perf_counter() + time_limit
+    worst_gap, solves, status, used = 0.0, 0, "Optimal", solver
+
+    def Z(i: int):
+        nonlocal worst_gap, solves, status, used
+        if i not in cache:
+            th = thetas[i]
+            for v, c in zip(us, comp):
+                v.upBound = 1 if c <= th else 0
+            r = _run(mdl.prob, solver, max(deadline - time.perf_counter(), 0.1), mip_gap)
+            solves += 1
+            used = r["solver"]
+            if r["objective"] is not None:  # an infeasible threshold is expected (no stage fast enough)
+                if r["status"] != "Optimal":
+                    status = f"{r['status']} (inner)"
+                worst_gap = max(worst_gap, r["gap"] or 0.0)
+            elif r["status"] not in ("Infeasible",):
+                status = f"{r['status']} (inner)"
+            cache[i] = (r["objective"], mdl.plan() if r["objective"] is not None else None)
+        return cache[i]
+
+    lo, hi = 0, len(thetas) - 1
+    if Z(hi)[0] is None:
+        t2 = time.perf_counter()
+        return MilpResult(None, "Infeasible", used, None, None, None, t2 - t1, t1 - t0, len(us), 0)
+    while lo < hi:  # first i with Z(i) <= theta_i (Z infeasible counts as +inf)
+        mid = (lo + hi) // 2
+        z = Z(mid)[0]
+        if z is not None and z <= thetas[mid]:
+            hi = mid
+        else:
+            lo = mid + 1
+    cands = [(max(thetas[lo], Z(lo)[0]), Z(lo)[1])]
+    if lo > 0 and Z(lo - 1)[0] is not None:
+        cands.append((max(thetas[lo - 1], Z(lo - 1)[0]), Z(lo - 1)[1]))
+    val, plan = min(cands, key=lambda c: c[0])
+    t2 = time.perf_counter()
+    return MilpResult(plan, status, used, float(val), float(val) if status == "Optimal" else None, worst_gap,
+                      t2 - t1, t1 - t0, len(us), len(mdl.prob.constraints), info={"inner_solves": solves})
 
 
 def solve(pb: AllocProblem, objective: str | None = None, time_limit: float = 30.0, mip_gap: float = 1e-6,
           solver: str = "highs") -> MilpResult:
     """Solve; with power save, re-solve under the wake charges the plan incurs until they repeat."""
+    from llsim.alloc.baselines import BASELINES
+
     objective = objective or pb.objective
     results: list[MilpResult] = []
+    # an upper bound from the baselines' feasible plans lets stages slower than it be dropped
+    ub = None
+    for f in BASELINES.values():
+        e = pb.evaluate(f(pb))
+        if e.feasible:
+            v = e.latency_s if objective == "latency" else e.cycle_s
+            ub = v if ub is None else min(ub, v)
 
     def once(wake):
-        r = solve_once(pb, objective, time_limit, mip_gap, wake, solver)
+        upper = None if ub is None else ub + sum(wake.values())  # a plan's model value <= its value + charges
+        r = solve_once(pb, objective, time_limit, mip_gap, wake, solver, upper)
         results.append(r)
         return r.plan
 

@@ -213,7 +213,7 @@ class AllocProblem:
                                 total[dev[dst]] = total.get(dev[dst], 0.0) + w
                     if k == K - 1:
                         t, w = send(dev[k], dev[0], end_k + self.sample_s, TOKEN_BYTES * self.batch)
-                        if req and step + 1 < len(self.step_costs):
+                        if req and step:  # the token that ends a decode step (the prefill's is TTFT)
                             total[dev[0]] = total.get(dev[0], 0.0) + w
         return {d: w / max(n_dec, 1) for d, w in total.items() if w > 0}
 

@@ -40,10 +40,12 @@ def memory_diagnosis(pb: AllocProblem, devices) -> str:
     biggest = max(range(pb.n_modules), key=lambda m: pb.weight_bytes[m] + pb.kv_bytes[m] + pb.act_bytes[m])
     big = pb.weight_bytes[biggest] + pb.kv_bytes[biggest] + pb.act_bytes[biggest]
     if need <= have and big <= pb.budget.max():
-        return (f"the model needs {need / 1e9:.2f} GB ({parts}) and the budgets total {have / 1e9:.2f} GB, but no "
+        return (f"the model does not fit the cluster as contiguous stages: it needs {need / 1e9:.2f} GB ({parts}) and "
+                f"the budgets total {have / 1e9:.2f} GB, but no "
                 "contiguous split fits every phone's budget; add a device or lower the context/concurrency")
     missing = max(need - have, 0.0)
-    msg = f"the model needs {need / 1e9:.2f} GB ({parts}) but the devices' budgets total {have / 1e9:.2f} GB"
+    msg = (f"the model does not fit the cluster: it needs {need / 1e9:.2f} GB ({parts}) but the devices' budgets "
+           f"total {have / 1e9:.2f} GB")
     if missing > 0:
         msg += f": {missing / 1e9:.2f} GB missing"
     if big > pb.budget.max():
@@ -120,7 +122,7 @@ def allocate(sc, devices, strategy: str | None = None, objective: str | None = N
     strategy = strategy or sc.allocation.strategy
     pb = problem or build_problem(sc, devices, objective)
     if pb.memory_need() > pb.budget.sum():
-        raise LLSimError(memory_diagnosis(pb, devices))
+        raise LLSimError((f"{sc.path}: " if sc.path else "") + memory_diagnosis(pb, devices))
     res = allocate_problem(pb, strategy, sc, devices)
     if strategy == "milp" and res.plan is None:
         raise LLSimError(res.error or "the allocator found no plan")

@@ -289,7 +289,7 @@ def cmd_bench(args) -> int:
     if args.name == "allocator":
         from llsim.bench.allocator import main as bench_allocator
 
-        return bench_allocator(check=args.check, write=args.write, only=args.only)
+        return bench_allocator(check_=args.check, write=args.write, only=args.only)
     from llsim.bench.__main__ import main as bench_main
 
     return bench_main([args.name])
