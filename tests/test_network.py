@@ -420,3 +420,113 @@ def test_accounting_and_callback():
     assert total_air <= max(r.end for r in recs) + 1e-9
     assert all(set(r.as_dict()) >= {"src", "dst", "nbytes", "start", "end", "tag"} for r in seen)
 
+
+
+# ---------------------------------------------------------------- engine internals (speed work)
+def test_rtt_draws_are_the_distributions_samples_bit_for_bit():
+    # transfer() draws the RTT without RttDistribution.sample's array round trip; the values must be
+    # the same bits as sample() on the same stream (one normal draw per transfer).
+    cfg = {"power_save": {"enabled": False}, "rtt_ms": {"median": 3, "p90": 20, "p99": 250}}
+    net = make(cfg, seed=11)
+    recs = run(net, [(0.001 * i, i % 4, (i + 1) % 4, 10_000) for i in range(400)])
+    dist = RttDistribution.from_ms(3, 20, 250)
+    replica = np.random.default_rng(11)
+    expected = [0.5 * dist.sample(replica) for _ in recs]
+    assert [r.latency_s for r in recs] == expected  # exact, not approx
+    assert any(r.latency_s > 0.5 * dist.p90 for r in recs)  # both branches of the splice were drawn
+
+
+def _ps_reference(capacity_Bps, jobs):
+    """Independent processor-sharing reference: jobs (start, bytes) share capacity equally; returns finish times."""
+    t, left, active, done = 0.0, {}, set(), {}
+    events = sorted((s, i) for i, (s, b) in enumerate(jobs))
+    k = 0
+    while k < len(events) or active:
+        nxt_arr = events[k][0] if k < len(events) else float("inf")
+        if active:
+            rate = capacity_Bps / len(active)
+            i_min = min(active, key=lambda i: left[i])
+            nxt_fin = t + left[i_min] / rate
+        else:
+            nxt_fin = float("inf")
+        t_new = min(nxt_arr, nxt_fin)
+        if active:
+            for i in active:
+                left[i] -= rate * (t_new - t)
+        t = t_new
+        for i in [i for i in active if left[i] <= 1e-6]:
+            active.discard(i)
+            done[i] = t
+        while k < len(events) and events[k][0] <= t:
+            _, i = events[k]
+            active.add(i)
+            left[i] = float(jobs[i][1])
+            k += 1
+    return [done[i] for i in range(len(jobs))]
+
+
+def test_shared_medium_matches_an_independent_processor_sharing_reference():
+    rng = np.random.default_rng(5)
+    jobs = [(float(round(s, 3)), int(b)) for s, b in zip(np.sort(rng.uniform(0, 2, 40)), rng.integers(1, 400_000, 40))]
+    jobs[3] = (jobs[2][0], jobs[3][1])  # two submissions at the same instant
+    net = make({"kind": "fixed", "goodput_mbps": 8, "rtt_ms": 0, "shared": True})  # 1 MB/s
+    recs = run(net, [(s, i % 4, (i + 1) % 4, b) for i, (s, b) in enumerate(jobs)])
+    ref = _ps_reference(1e6, jobs)
+    assert [r.end for r in recs] == pytest.approx(ref, rel=1e-9, abs=1e-9)
+    assert net.env.now == pytest.approx(max(ref), abs=1e-9)  # no superseded timer outlives the medium
+    air = sum(r.airtime_s for r in recs)
+    assert air == pytest.approx(sum(b for _, b in jobs) / 1e6, rel=1e-9)  # busy exactly while bytes flow
+
+
+def test_send_is_transfer_without_the_record():
+    cfg = dict(QUIET, loss_rate=0.01, packet_bytes=1000)
+    a, b = make(cfg, seed=4), make(cfg, seed=4)
+    got = {}
+
+    def jobs(net, fn, key):
+        env = net.env
+
+        def one(i):
+            yield env.timeout(0.01 * i)
+            v = yield fn(net)(i % 4, (i + 2) % 4, 200_000 + i)
+            got.setdefault(key, []).append((env.now, v))
+
+        for i in range(12):
+            env.process(one(i))
+        env.run()
+
+    jobs(a, lambda n: n.transfer, "transfer")
+    jobs(b, lambda n: n.send, "send")
+    assert [t for t, _ in got["transfer"]] == [t for t, _ in got["send"]]
+    assert all(v is None for _, v in got["send"]) and all(v.end == t for t, v in got["transfer"])
+    assert a.link_stats() == b.link_stats() and a.station_stats() == b.station_stats()
+
+
+def test_zero_byte_and_local_transfers_complete():
+    net = make(QUIET)
+    zero, local = run(net, [(0.5, 0, 1, 0), (0.5, 2, 2, 123)])
+    assert zero.transmit_s == 0.0 and zero.end == pytest.approx(0.5 + zero.latency_s)
+    assert local.duration == 0.0 and local.hops == 0
+
+
+def test_transfers_are_freed_without_the_cycle_collector():
+    import gc
+    import weakref
+
+    net = make(QUIET)
+    env = net.env
+    refs = []
+
+    def proc():
+        for i in range(5):
+            ev = net.send(0, 1, 50_000)
+            refs.append(weakref.ref(ev))
+            yield ev
+
+    env.process(proc())
+    gc.disable()
+    try:
+        env.run()
+        assert all(r() is None for r in refs)  # reference counting alone freed every transfer
+    finally:
+        gc.enable()
