@@ -238,3 +238,62 @@ def test_set_overrides_and_seed_flag(tmp_path, toy, capsys):
     assert code == 0, err
     man = json.loads((tmp_path / "o" / "manifest.json").read_text())
     assert man["seed"] == 11 and man["scenario"]["workload"]["new_tokens"] == 3
+
+
+def test_phone_lock_grants_like_a_simpy_resource():
+    """The engine's lock (no event when free, direct hand-over) grants in the order and at the times
+    a simpy.Resource(capacity=1) does."""
+    import random
+
+    import simpy
+
+    from llsim.sim.engine import PhoneLock
+
+    rnd = random.Random(4)
+    jobs = [(round(rnd.uniform(0, 5), 1), round(rnd.uniform(0.1, 1.0), 1)) for _ in range(60)]  # ties included
+
+    def with_resource():
+        env, res, out = simpy.Environment(), None, []
+        res = simpy.Resource(env, capacity=1)
+
+        def job(i, t, hold):
+            yield env.timeout(t)
+            with res.request() as req:
+                yield req
+                out.append((i, env.now))
+                yield env.timeout(hold)
+
+        for i, (t, h) in enumerate(jobs):
+            env.process(job(i, t, h))
+        env.run()
+        return out
+
+    def with_lock():
+        env, out = simpy.Environment(), []
+        lock = PhoneLock(env)
+
+        def job(i, t, hold):
+            yield env.timeout(t)
+            grant = lock.request()
+            if grant is not None:
+                yield grant
+            out.append((i, env.now))
+            yield env.timeout(hold)
+            lock.release()
+
+        for i, (t, h) in enumerate(jobs):
+            env.process(job(i, t, h))
+        env.run()
+        return out
+
+    assert with_lock() == with_resource()
+
+
+def test_timeline_off_simulates_the_same_tokens(tmp_path, toy):
+    """Without the timeline the engine sends without transfer records or tags: same simulation."""
+    sc = scenario(tmp_path, toy, n=3, seed=5, network={"kind": "infrastructure", "loss_rate": 0.01},
+                  workload={"requests": 6, "concurrency": 3})
+    on = simulate(sc, timeline=True)[0]
+    off = simulate(sc, timeline=False)[0]
+    assert on.tokens == off.tokens and on.link_rows == off.link_rows and on.device_rows == off.device_rows
+    assert on.timeline and not off.timeline
