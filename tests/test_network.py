@@ -530,3 +530,17 @@ def test_transfers_are_freed_without_the_cycle_collector():
         assert all(r() is None for r in refs)  # reference counting alone freed every transfer
     finally:
         gc.enable()
+
+
+def test_fast_transfer_record_is_a_transfer_record():
+    import inspect
+    from dataclasses import fields
+
+    from llsim.network.wifi import TransferRecord, _record
+
+    assert [f.name for f in fields(TransferRecord)] == list(inspect.signature(_record).parameters)
+    args = (1, 2, 300, 0.5, 0.75, "t", 2, 0.0, 0.1, 0.05, 0.01, 0, 0.0)
+    fast, slow = _record(*args), TransferRecord(*args)
+    assert fast == slow and hash(fast) == hash(slow) and fast.as_dict() == slow.as_dict()
+    with pytest.raises(AttributeError):
+        fast.src = 3  # still frozen

@@ -118,6 +118,29 @@ class _LinkStats:
 
 
 _np_exp = np.exp
+_new = object.__new__
+
+
+def _record(src, dst, nbytes, start, end, tag, hops, wake_s, transmit_s, airtime_s, latency_s, retransmits,
+            retransmit_s) -> TransferRecord:
+    """``TransferRecord(...)`` with every field given, without the frozen dataclass's per-field
+    ``object.__setattr__`` calls (the same object: it has no ``__post_init__``)."""
+    rec = _new(TransferRecord)
+    d = rec.__dict__
+    d["src"] = src
+    d["dst"] = dst
+    d["nbytes"] = nbytes
+    d["start"] = start
+    d["end"] = end
+    d["tag"] = tag
+    d["hops"] = hops
+    d["wake_s"] = wake_s
+    d["transmit_s"] = transmit_s
+    d["airtime_s"] = airtime_s
+    d["latency_s"] = latency_s
+    d["retransmits"] = retransmits
+    d["retransmit_s"] = retransmit_s
+    return rec
 
 
 class _Transfer(Event):
@@ -454,8 +477,8 @@ class Network:
         self._n_sent[src] += 1
         self._n_received[dst] += 1
         if ev.record or self.on_transfer is not None:
-            rec = TransferRecord(src, dst, nbytes, ev.start, end, ev.tag, len(ev.hops), ev.wake,
-                                 ev.t_out - ev.t_in, ev.airtime, ev.latency, ev.k, ev.retx)
+            rec = _record(src, dst, nbytes, ev.start, end, ev.tag, len(ev.hops), ev.wake, ev.t_out - ev.t_in,
+                          ev.airtime, ev.latency, ev.k, ev.retx)
             ev._value = rec if ev.record else None
             if self.on_transfer is not None:
                 self.on_transfer(rec)
