@@ -55,6 +55,7 @@ def scenario(tmp_path, toy, **kw):
     data = {"name": "t", "model": "gpt2-small", "seed": 3,
             "devices": [{"profile": str(toy), "count": kw.pop("n", 1)}],
             "network": kw.pop("network", {"kind": "fixed", "goodput_mbps": 100.0, "rtt_ms": 4.0}),
+            "allocation": kw.pop("allocation", {"strategy": "uniform"}),
             "workload": {"prompt_tokens": 16, "new_tokens": 6, "requests": 1, "concurrency": 1,
                          **kw.pop("workload", {})}}
     data.update(kw)
