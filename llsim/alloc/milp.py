@@ -236,7 +236,9 @@ class _Model:
         used = sorted((a, b, t) for t, a, b, v in self.arcs if (v.value() or 0) > 0.5)
         free = [list(m) for m in self.types]
         stages = [StagePlan(free[t].pop(0), a, b) for a, b, t in used]
-        return Plan(tuple(stages), "milp")
+        from llsim.alloc.plan import validate_plan
+
+        return validate_plan(Plan(tuple(stages), "milp"), self.pb.n_modules, self.pb.n_devices, "milp solution")
 
 
 def _solver(name: str, time_limit: float, gap: float):
@@ -263,6 +265,8 @@ def _run(prob: pulp.LpProblem, solver: str, time_limit: float, mip_gap: float) -
         out["bound"] = info.mip_dual_bound + (prob.objective.constant or 0.0)  # HiGHS sees no constant term
         out["gap"] = info.mip_gap
         out["status"] = sm.modelStatusToString(sm.getModelStatus())
+        if info.primal_solution_status != 2:  # no feasible solution: pulp's values would be stale
+            out["objective"] = None
     if out["status"] in ("Infeasible", "Not Solved", "Undefined"):
         out["objective"] = None
     return out
@@ -310,6 +314,9 @@ def solve_once(pb: AllocProblem, objective: str, time_limit: float = 30.0, mip_g
 
     def Z(i: int):
         nonlocal worst_gap, solves, status, used
+        if i not in cache and time.perf_counter() > deadline:
+            status = "Time limit reached"  # unexplored thresholds count as infeasible: the result is feasible
+            return (None, None)            # but not proven optimal
         if i not in cache:
             th = thetas[i]
             for v, c in zip(us, comp):

@@ -125,7 +125,29 @@ def bench_simulator_speed() -> None:
                   f"(with set-up {c32['total']:.2f} s)")
 
 
-BENCHES = [bench_model_analysis, bench_onnx_ingestion, bench_simulator_speed, bench_costmodel_accuracy]
+def bench_solve_time() -> None:
+    """Allocator (milp) solve time over devices x modules."""
+    from llsim.bench.solve_time import main as solve_main
+
+    solve_main()
+
+
+def bench_paper() -> None:
+    """LinguaLinked-style scenarios: milp speedups (the README's paper table)."""
+    from llsim.bench.paper import main as paper_main
+
+    paper_main()
+
+
+def bench_allocator() -> None:
+    """Allocator quality over scenarios/bench (writes results/allocator_quality.csv)."""
+    from llsim.bench.allocator import main as alloc_main
+
+    alloc_main()
+
+
+BENCHES = [bench_model_analysis, bench_onnx_ingestion, bench_simulator_speed, bench_costmodel_accuracy,
+           bench_allocator, bench_paper, bench_solve_time]
 
 
 def main(argv: list[str] | None = None) -> int:

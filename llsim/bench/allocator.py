@@ -5,8 +5,8 @@ simulator with the same seed and every RTT at its mean (``network.rtt_sampling: 
 the comparison carries no sampling noise); the score is the simulated metric of the instance's
 objective (mean ms per decode token for ``latency``, tokens/s for ``throughput``).
 
-Writes ``results/allocator_quality.csv`` (or, with ``--check``, a fresh file beside it) with one
-row per (instance, strategy). ``--check`` fails (exit 1) when, on any instance, ``milp`` is worse
+Writes ``results/allocator_quality.latest.csv`` (``--write``: the committed reference
+``results/allocator_quality.csv``) with one row per (instance, strategy). ``--check`` fails (exit 1) when, on any instance, ``milp`` is worse
 than a feasible baseline by more than 0.5 %, more than 1 % from ``oracle`` where the oracle ran,
 or more than 2 % worse than the committed reference file.
 """
@@ -114,7 +114,7 @@ def main(check_: bool = False, write: bool = False, only: str | None = None) -> 
               f"to oracle {m['ratio_to_oracle'] or '-':>7s}  solve {float(m['solve_time_s']):.3f}s  "
               f"({time.perf_counter() - t0:.1f}s)", flush=True)
     print(f"{len(paths)} instances, {len(rows)} plans judged in {time.perf_counter() - t_all:.1f}s")
-    out = REFERENCE if (write or not check_) else REFERENCE.with_name("allocator_quality.latest.csv")
+    out = REFERENCE if write else REFERENCE.with_name("allocator_quality.latest.csv")
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=FIELDS)
