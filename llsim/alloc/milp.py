@@ -47,6 +47,13 @@ from llsim.errors import LLSimError
 MS = 1e3
 
 
+def _var(prob: pulp.LpProblem, name: str, low=None, up=None, cat: str = "Continuous") -> pulp.LpVariable:
+    """A variable of ``prob`` (PuLP >= 3.3 attaches variables to their model; older PuLP does not)."""
+    if hasattr(prob, "add_variable"):
+        return prob.add_variable(name, low, up, cat=cat)
+    return pulp.LpVariable(name, low, up, cat=cat)
+
+
 @dataclass
 class MilpResult:
     plan: Plan | None
@@ -101,7 +108,7 @@ class _Model:
                 ok &= bound <= upper * MS * (1 + 1e-9)
             for k in np.nonzero(ok)[0]:
                 a, b = int(A[k]), int(B[k])
-                v = pulp.LpVariable(f"u_{ti}_{a}_{b}", cat="Binary")
+                v = _var(self.prob, f"u_{ti}_{a}_{b}", cat="Binary")
                 self.arcs.append((ti, a, b, v))
                 lat_cost.append(comp_l[ti][k] + lat_tr[ti][k])
                 thr_comp.append(comp_t[ti][k])
@@ -193,7 +200,7 @@ class _Model:
                 holds = [v for t, a, b, v in self.arcs if t == ti and a <= g.source <= b]
                 if not holds:
                     continue
-                y = pulp.LpVariable(f"y_{gi}_{ti}", 0)
+                y = _var(P, f"y_{gi}_{ti}", 0)
                 P += y >= count - M * (1 - pulp.lpSum(holds))
                 d = members[0]
                 for key, view, links in (("lat", pb.lat, pb.lat.links), ("ring", pb.thr, pb.thr.links),
@@ -212,7 +219,7 @@ class _Model:
         if self.objective == "latency":
             P += expr(self.lat_cost, "lat") + const
             return
-        T = pulp.LpVariable("T", 0)
+        T = _var(P, "T", 0)
         P += T
         for c, v in zip(self.thr_comp, us):
             P += T >= c * v
@@ -224,7 +231,7 @@ class _Model:
         """Throughput inner problem: min Z >= airtime, N Z >= ring (stage compute handled by thresholds)."""
         pb, P = self.pb, self.prob
         us = [v for *_, v in self.arcs]
-        Z = pulp.LpVariable("Z", 0)
+        Z = _var(P, "Z", 0)
         P += Z
         if pb.thr.links.shared:
             P += Z >= pulp.lpSum(c * v for c, v in zip(self.air_cost, us)) \
@@ -303,7 +310,7 @@ def solve_once(pb: AllocProblem, objective: str, time_limit: float = 30.0, mip_g
                 plan = mdl.plan()
         t2 = time.perf_counter()
         return MilpResult(plan, r["status"], r["solver"], r["objective"], r["bound"], r["gap"], t2 - t1, t1 - t0,
-                          len(mdl.prob.variables()), len(mdl.prob.constraints))
+                          len(mdl.prob.variables()), mdl.prob.numConstraints())
     mdl.build_inner()
     us = [v for *_, v in mdl.arcs]
     comp = np.array(mdl.thr_comp)
@@ -361,7 +368,7 @@ def solve_once(pb: AllocProblem, objective: str, time_limit: float = 30.0, mip_g
             plan = mdl.plan()
     t2 = time.perf_counter()
     return MilpResult(plan, status, used, float(val), float(val) if status == "Optimal" else None, worst_gap,
-                      t2 - t1, t1 - t0, len(us), len(mdl.prob.constraints), info={"inner_solves": solves})
+                      t2 - t1, t1 - t0, len(us), mdl.prob.numConstraints(), info={"inner_solves": solves})
 
 
 TIE_EPS = 0.005
