@@ -364,7 +364,7 @@ def test_sample_trace_relative_to_base_dir():
     ],
 )
 def test_bad_trace_csv_names_file_line_and_column(tmp_path, text, match):
-    p = write(tmp_path, text, "bad_trace.csv")
+    write(tmp_path, text, "bad_trace.csv")
     with pytest.raises(LLSimError, match=match) as err:
         make({"kind": "trace", "trace": "bad_trace.csv"}, base_dir=tmp_path)
     assert "bad_trace.csv" in str(err.value)

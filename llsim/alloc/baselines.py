@@ -38,7 +38,7 @@ import math
 
 import numpy as np
 
-from llsim.alloc.plan import Plan, StagePlan
+from llsim.alloc.plan import Plan, StagePlan, plan_from_backpointers
 from llsim.alloc.problem import AllocProblem
 
 LINGUALINKED_RAM_FRACTION = 0.7
@@ -72,6 +72,39 @@ def _largest_remainder(weights: list[float], total: int, minimum: int = 1) -> li
     return counts
 
 
+def _ordered_dp(pb: AllocProblem, order: list[int], name: str, fits, first, step) -> Plan:
+    """Best contiguous plan over an ordered device list (devices may be skipped; order[0] starts).
+
+    ``fits(d, a, b)``: may device d hold modules a..b (False stops growing b); ``first(d, b)``: cost
+    of the first stage 0..b; ``step(cost, prev, d, a, b)``: cost after appending stage (d, a, b)
+    behind device ``prev``. Falls back to the uniform split when nothing fits.
+    """
+    n = pb.n_modules
+    best: dict[tuple[int, int], tuple[float, tuple | None, tuple]] = {}  # (position, next module)
+    h = order[0]
+    for b in range(n):
+        if fits(h, 0, b):
+            best[(0, b + 1)] = (first(h, b), None, (h, 0, b))
+    for a in range(1, n):
+        for i in range(len(order)):
+            if (i, a) not in best:
+                continue
+            cost, prev = best[(i, a)][0], order[i]
+            for j in range(i + 1, len(order)):
+                d = order[j]
+                for b in range(a, n):
+                    if not fits(d, a, b):
+                        break
+                    c = step(cost, prev, d, a, b)
+                    key = (j, b + 1)
+                    if key not in best or c < best[key][0] - 1e-15:
+                        best[key] = (c, (i, a), (d, a, b))
+    ends = [(v[0], k) for k, v in best.items() if k[1] == n]
+    if not ends:
+        return Plan(uniform(pb).stages, name)
+    return plan_from_backpointers(best, min(ends)[1], name)
+
+
 def uniform(pb: AllocProblem) -> Plan:
     order = _order(pb, list(range(pb.n_devices)))
     k = min(len(order), pb.n_modules)
@@ -94,8 +127,7 @@ def _speed(pb: AllocProblem) -> np.ndarray:
 
 
 def lingualinked(pb: AllocProblem) -> Plan:
-    n, D = pb.n_modules, pb.n_devices
-    order = _order(pb, list(range(D)))
+    order = _order(pb, list(range(pb.n_devices)))
     S = _speed(pb)
     F = pb.meta["prefill_flops"]
     Fpre = np.concatenate([[0.0], np.cumsum(F)])
@@ -109,39 +141,18 @@ def lingualinked(pb: AllocProblem) -> Plan:
     def comm(src, dst, nbytes):
         return ping + nbytes * links.per_byte(src, dst)
 
-    # state: (position in order of the last used device, next module) -> (cost, back)
-    best: dict[tuple[int, int], tuple[float, tuple | None, tuple]] = {}
     h = order[0]
-    for b in range(n):
-        if wpre[b + 1] <= ram[h]:
-            best[(0, b + 1)] = ((Fpre[b + 1]) / S[h], None, (h, 0, b))
-    for a in range(1, n):
-        for i in range(len(order)):
-            if (i, a) not in best:
-                continue
-            cost, _, _ = best[(i, a)]
-            prev = order[i]
-            for j in range(i + 1, len(order)):
-                d = order[j]
-                for b in range(a, n):
-                    if wpre[b + 1] - wpre[a] > ram[d]:
-                        break
-                    c = cost + (Fpre[b + 1] - Fpre[a]) / S[d] + comm(prev, d, out_bytes[a - 1])
-                    if head_bytes and prev != h:
-                        c += comm(h, d, head_bytes)
-                    key = (j, b + 1)
-                    if key not in best or c < best[key][0] - 1e-15:
-                        best[key] = (c, (i, a), (d, a, b))
-    ends = [(v[0], k) for k, v in best.items() if k[1] == n]
-    if not ends:
-        return Plan(uniform(pb).stages, "lingualinked")
-    _, key = min(ends)
-    stages = []
-    while key is not None:
-        _, back, st = best[key]
-        stages.append(StagePlan(*st))
-        key = back
-    return Plan(tuple(reversed(stages)), "lingualinked")
+
+    def fits(d, a, b):  # weights only, within 0.7 x available RAM
+        return wpre[b + 1] - wpre[a] <= ram[d]
+
+    def step(cost, prev, d, a, b):
+        c = cost + (Fpre[b + 1] - Fpre[a]) / S[d] + comm(prev, d, out_bytes[a - 1])
+        if head_bytes and prev != h:
+            c += comm(h, d, head_bytes)
+        return c
+
+    return _ordered_dp(pb, order, "lingualinked", fits, lambda d, b: Fpre[b + 1] / S[d], step)
 
 
 def halda(pb: AllocProblem) -> Plan:
@@ -171,43 +182,18 @@ def halda(pb: AllocProblem) -> Plan:
 
 
 def pipeedge(pb: AllocProblem) -> Plan:
-    n = pb.n_modules
     order = _order(pb, list(range(pb.n_devices)))
-    comp = pb.thr.compute
-    pre = np.concatenate([np.zeros((pb.n_devices, 1)), np.cumsum(comp, axis=1)], axis=1)
+    pre = np.concatenate([np.zeros((pb.n_devices, 1)), np.cumsum(pb.thr.compute, axis=1)], axis=1)
     out_bytes = pb.meta["mean_output_bytes"]
     links = pb.lat.links
-    h = order[0]
-    best: dict[tuple[int, int], tuple[float, tuple | None, tuple]] = {}
-    for b in range(n):
-        if pb.fits(h, 0, b):
-            best[(0, b + 1)] = (pb.overhead[h] + pre[h, b + 1], None, (h, 0, b))
-    for a in range(1, n):
-        for i in range(len(order)):
-            if (i, a) not in best:
-                continue
-            cost, _, _ = best[(i, a)]
-            prev = order[i]
-            for j in range(i + 1, len(order)):
-                d = order[j]
-                comm = out_bytes[a - 1] * links.per_byte(prev, d)
-                for b in range(a, n):
-                    if not pb.fits(d, a, b):
-                        break
-                    c = max(cost, comm, pb.overhead[d] + pre[d, b + 1] - pre[d, a])
-                    key = (j, b + 1)
-                    if key not in best or c < best[key][0] - 1e-15:
-                        best[key] = (c, (i, a), (d, a, b))
-    ends = [(v[0], k) for k, v in best.items() if k[1] == n]
-    if not ends:
-        return Plan(uniform(pb).stages, "pipeedge")
-    _, key = min(ends)
-    stages = []
-    while key is not None:
-        _, back, st = best[key]
-        stages.append(StagePlan(*st))
-        key = back
-    return Plan(tuple(reversed(stages)), "pipeedge")
+
+    def compute(d, a, b):
+        return pb.overhead[d] + pre[d, b + 1] - pre[d, a]
+
+    def step(cost, prev, d, a, b):  # the bottleneck of compute and bytes / pair bandwidth
+        return max(cost, out_bytes[a - 1] * links.per_byte(prev, d), compute(d, a, b))
+
+    return _ordered_dp(pb, order, "pipeedge", pb.fits, lambda d, b: compute(d, 0, b), step)
 
 
 def greedy(pb: AllocProblem) -> Plan:

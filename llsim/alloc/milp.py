@@ -84,6 +84,7 @@ class _Model:
         wake = wake or {}
         n = pb.n_modules
         self.types = _types(pb, wake)
+        self._recv_cache: dict[tuple, np.ndarray] = {}
         self.prob = pulp.LpProblem("llsim_alloc", pulp.LpMinimize)
         tri = np.triu(np.ones((n, n), dtype=bool))  # a <= b
         A, B = np.nonzero(tri)
@@ -144,6 +145,12 @@ class _Model:
 
     def _received(self, g) -> np.ndarray:
         """Stages (a, b) that receive tensor group g: after its source, holding one of its consumers."""
+        key = (g.producer, g.consumers)  # the same for every view and type: computed once
+        if key not in self._recv_cache:
+            self._recv_cache[key] = self._receivers(g)
+        return self._recv_cache[key]
+
+    def _receivers(self, g) -> np.ndarray:
         n = self.pb.n_modules
         nxt = np.full(n + 1, n + 1)
         for c in sorted(g.consumers, reverse=True):

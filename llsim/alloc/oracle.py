@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from llsim.alloc.plan import Plan, StagePlan
+from llsim.alloc.plan import Plan, StagePlan, plan_from_backpointers
 from llsim.alloc.problem import TOKEN_BYTES, AllocProblem, View
 
 MAX_DEVICES = 6
@@ -128,7 +128,7 @@ def solve(pb: AllocProblem, objective: str | None = None, wake: dict[int, float]
                     if a == n:
                         tot = cost + (pr.token(last) if mask != 1 << h else 0.0)
                         if tot < best_val - 1e-15:
-                            best_val, best_plan = tot, _backtrack(table, (mask, last, nxt))
+                            best_val, best_plan = tot, plan_from_backpointers(table, (mask, last, nxt), "oracle")
                         continue
                     for d in range(D):
                         if mask >> d & 1:
@@ -194,15 +194,6 @@ def _pareto_full(labs: list[tuple]) -> list[tuple]:
             seen.add(lab[:3])
             out.append(lab)
     return out
-
-
-def _backtrack(table, key) -> Plan:
-    stages = []
-    while key is not None:
-        _, back, st = table[key]
-        stages.append(StagePlan(*st))
-        key = back
-    return Plan(tuple(reversed(stages)), "oracle")
 
 
 def _backtrack_labels(labels, key, lab) -> Plan:

@@ -77,3 +77,12 @@ def explicit_plan(stages, names: list[str]) -> Plan:
             dev = names.index(dev)
         out.append(StagePlan(int(dev), s.start_module, s.end_module))
     return Plan(tuple(out), "explicit")
+
+
+def plan_from_backpointers(table: dict, key, strategy: str) -> Plan:
+    """Rebuild a plan from a DP table of ``key -> (cost, previous key | None, (device, start, end))``."""
+    stages = []
+    while key is not None:
+        _, key, st = table[key]
+        stages.append(StagePlan(*st))
+    return Plan(tuple(reversed(stages)), strategy)

@@ -57,7 +57,7 @@ def run(sizes=SIZES, seeds=(1, 2, 3)) -> list[dict]:
                 r1 = milp.solve_once(pb, objective)  # one exact solve of the model, nothing around it
                 once.append(time.perf_counter() - t0)
                 t0 = time.perf_counter()
-                r = milp.solve(pb)  # the milp strategy: + fewest-stages tie-break, power-save rounds, selection
+                milp.solve(pb)  # the milp strategy: + fewest-stages tie-break, power-save rounds, selection
                 times.append(time.perf_counter() - t0)
                 gaps.append(r1.gap if r1.gap is not None else float("nan"))
                 statuses.append(r1.status)

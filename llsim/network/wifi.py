@@ -126,20 +126,9 @@ def _record(src, dst, nbytes, start, end, tag, hops, wake_s, transmit_s, airtime
     """``TransferRecord(...)`` with every field given, without the frozen dataclass's per-field
     ``object.__setattr__`` calls (the same object: it has no ``__post_init__``)."""
     rec = _new(TransferRecord)
-    d = rec.__dict__
-    d["src"] = src
-    d["dst"] = dst
-    d["nbytes"] = nbytes
-    d["start"] = start
-    d["end"] = end
-    d["tag"] = tag
-    d["hops"] = hops
-    d["wake_s"] = wake_s
-    d["transmit_s"] = transmit_s
-    d["airtime_s"] = airtime_s
-    d["latency_s"] = latency_s
-    d["retransmits"] = retransmits
-    d["retransmit_s"] = retransmit_s
+    rec.__dict__.update(src=src, dst=dst, nbytes=nbytes, start=start, end=end, tag=tag, hops=hops, wake_s=wake_s,
+                        transmit_s=transmit_s, airtime_s=airtime_s, latency_s=latency_s, retransmits=retransmits,
+                        retransmit_s=retransmit_s)
     return rec
 
 
