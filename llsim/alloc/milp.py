@@ -16,14 +16,18 @@ Formulation (a path-flow / set-partitioning model):
   residual/mask tensor with a consumer in a..b produced before a); the sequential tensor it sends
   when it ends at b; half an RTT and the power-save charge of its input hop; the token's return
   (tail sends, header receives). The one exception is a residual tensor whose *sender* depends on
-  the plan and whose phones' sending costs differ: then ``y[t] >= count - M (1 - S[t])`` prices
-  the sender's per-byte cost times the number of receiving stages exactly.
+  the plan and whose phones' sending costs differ: then ``sum_t y[t] = count`` (receiving
+  stages) with ``y[t] <= M S[t]`` (S[t]: a stage of type t holds the source) prices the sender's
+  per-byte cost times the number of receiving stages exactly. (This disaggregated form has a
+  tighter LP relaxation than ``y[t] >= count - M (1 - S[t])``: the LP cannot charge nobody.)
 
 Objectives (milliseconds): ``latency`` minimises the ring latency of
 :meth:`llsim.alloc.problem.AllocProblem.ring_latency` (one MILP); ``throughput`` minimises
 ``max(slowest stage's compute, airtime of the shared medium, ring latency / N)`` exactly by a
-search over the bottleneck stage time (:func:`solve_once`), each step a MILP with a strong LP
-relaxation. Stages whose compute alone exceeds a known feasible plan's value are dropped before
+search over the bottleneck stage time (:func:`solve_once`): LP relaxations bracket it, then
+feasibility MILPs and at most one capped optimisation settle it (:func:`_throughput_highs`).
+With HiGHS the model is handed over once as arrays and only bounds and costs change between
+solves; with CBC (fallback) every step is an optimising MILP through pulp. Stages whose compute alone exceeds a known feasible plan's value are dropped before
 solving (they cannot be in a better plan), which keeps large instances small.
 
 Power save (one request in flight) charges a wake delay on a phone's input hop when it dozes,
@@ -203,17 +207,20 @@ class _Model:
             idx = {(a, b): k for k, (a, b) in enumerate(zip(self.A, self.B))}
             count = pulp.lpSum(v for t, a, b, v in self.arcs if recv[idx[(a, b)]])
             M = len(g.consumers)
+            ys = []
             for ti, members in enumerate(self.types):
                 holds = [v for t, a, b, v in self.arcs if t == ti and a <= g.source <= b]
                 if not holds:
                     continue
                 y = _var(P, f"y_{gi}_{ti}", 0)
-                P += y >= count - M * (1 - pulp.lpSum(holds))
+                ys.append(y)
+                P += y <= M * pulp.lpSum(holds)  # only the type holding the source sends ...
                 d = members[0]
                 for key, view, links in (("lat", pb.lat, pb.lat.links), ("ring", pb.thr, pb.thr.links),
                                          ("air", pb.thr, pb.thr.links)):
                     nb = next(x.nbytes for x in view.tensors if (x.producer, x.consumers) == (g.producer, g.consumers))
                     self.sender_terms[key].append((nb * links.out[d] * MS, y))
+            P += pulp.lpSum(ys) == count  # ... once per receiving stage
 
     def build_objective(self):
         pb, P = self.pb, self.prob
@@ -300,10 +307,21 @@ def solve_once(pb: AllocProblem, objective: str, time_limit: float = 30.0, mip_g
     strong LP). The optimum is ``min over theta of max(theta, Z(theta))`` with theta ranging over
     the stages' compute times; Z is non-increasing in theta, so a binary search finds the first
     theta with ``Z(theta) <= theta`` and the answer is the better of it and its predecessor.
+    ``info["bound_by"]`` says which: ``threshold`` (a stage's compute) or ``network`` (Z).
     """
     t0 = time.perf_counter()
     mdl = _Model(pb, objective, wake, upper)
     t1 = time.perf_counter()
+    hs = None
+    if solver == "highs":
+        try:
+            import highspy  # noqa: F401
+            hs = True
+        except ImportError:
+            hs = None
+    if objective == "latency" and hs:
+        mdl.build_objective()
+        return _latency_highs(mdl, _Highs(mdl.prob), time_limit, mip_gap, tie_eps, t0, t1)
     if objective == "latency":
         mdl.build_objective()
         r = _run(mdl.prob, solver, time_limit, mip_gap)
@@ -319,6 +337,246 @@ def solve_once(pb: AllocProblem, objective: str, time_limit: float = 30.0, mip_g
         return MilpResult(plan, r["status"], r["solver"], r["objective"], r["bound"], r["gap"], t2 - t1, t1 - t0,
                           len(mdl.prob.variables()), mdl.prob.numConstraints())
     mdl.build_inner()
+    if hs:
+        return _throughput_highs(mdl, _Highs(mdl.prob), time_limit, mip_gap, tie_eps, t0, t1)
+    return _throughput_pulp(mdl, solver, time_limit, mip_gap, tie_eps, t0, t1)
+
+
+class _Highs:
+    """The pulp model handed to HiGHS once (as arrays); the throughput search then only changes
+    column bounds and costs between solves (pulp would rebuild the model column by column each time)."""
+
+    def __init__(self, prob: pulp.LpProblem):
+        import highspy
+
+        self.hp = highspy
+        vs = prob.variables()
+        self.vars = vs
+        self.index = {v.name: i for i, v in enumerate(vs)}
+        inf = highspy.kHighsInf
+        lp = highspy.HighsLp()
+        lp.num_col_ = len(vs)
+        lp.col_cost_ = np.array([prob.objective.get(v, 0.0) for v in vs], dtype=float)
+        lp.col_lower_ = np.array([-inf if v.lowBound is None else v.lowBound for v in vs], dtype=float)
+        lp.col_upper_ = np.array([inf if v.upBound is None else v.upBound for v in vs], dtype=float)
+        rows = list(prob.constraints.values())
+        lo, up, starts, idx, val = [], [], [], [], []
+        for c in rows:
+            starts.append(len(idx))
+            for v, a in c.items():
+                if a != 0:
+                    idx.append(self.index[v.name])
+                    val.append(a)
+            lb, ub = c.getLb(), c.getUb()
+            lo.append(-inf if lb is None else lb)
+            up.append(inf if ub is None else ub)
+        starts.append(len(idx))
+        lp.num_row_ = len(rows)
+        lp.row_lower_ = np.array(lo, dtype=float)
+        lp.row_upper_ = np.array(up, dtype=float)
+        lp.a_matrix_.format_ = highspy.MatrixFormat.kRowwise
+        lp.a_matrix_.start_ = np.array(starts, dtype=np.int32)
+        lp.a_matrix_.index_ = np.array(idx, dtype=np.int32)
+        lp.a_matrix_.value_ = np.array(val, dtype=float)
+        lp.integrality_ = [highspy.HighsVarType.kInteger if v.cat == pulp.LpInteger
+                           else highspy.HighsVarType.kContinuous for v in vs]
+        self.h = highspy.Highs()
+        self.h.setOptionValue("output_flag", False)
+        self.h.setOptionValue("threads", 1)
+        self.h.passModel(lp)
+        self.n = len(vs)
+        self.n_rows = len(rows)
+
+    def set_upper(self, cols: np.ndarray, upper: np.ndarray) -> None:
+        self.h.changeColsBounds(len(cols), cols, np.zeros(len(cols)), upper.astype(float))
+
+    def set_costs(self, costs: np.ndarray) -> None:
+        self.h.changeColsCost(self.n, np.arange(self.n, dtype=np.int32), costs.astype(float))
+
+    def run(self, relax: bool, time_limit: float, gap: float) -> tuple[str, float | None, np.ndarray | None, dict]:
+        h = self.h
+        h.setOptionValue("solve_relaxation", relax)
+        h.setOptionValue("time_limit", max(time_limit, 0.05))
+        h.setOptionValue("mip_rel_gap", gap)
+        h.run()
+        status = h.modelStatusToString(h.getModelStatus())
+        info = h.getInfo()
+        has = info.primal_solution_status == 2
+        x = np.array(h.getSolution().col_value) if has else None
+        extra = {} if relax else {"bound": info.mip_dual_bound, "gap": info.mip_gap}
+        return status, (info.objective_function_value if has else None), x, extra
+
+
+def _latency_highs(mdl: _Model, hs: _Highs, time_limit: float, mip_gap: float, tie_eps: float,
+                   t0: float, t1: float) -> MilpResult:
+    """One MILP for the ring latency; then, among plans within ``tie_eps`` of it, the fewest stages."""
+    const = mdl.prob.objective.constant or 0.0  # HiGHS sees no constant term
+    costs = np.array(hs.h.getLp().col_cost_)
+    deadline = time.perf_counter() + time_limit
+    st, obj, x, extra = hs.run(False, time_limit, mip_gap)
+    solves = 1
+    obj = None if x is None else obj + const
+    bound = extra["bound"] + const if x is not None else None
+    plan = _plan_from(mdl, hs, x) if x is not None else None
+    if plan is not None and tie_eps > 0 and st == "Optimal":
+        nz = np.nonzero(costs)[0].astype(np.int32)
+        hs.h.addRow(-hs.hp.kHighsInf, obj * (1 + tie_eps) - const, len(nz), nz, costs[nz])
+        fewest = np.zeros(hs.n)
+        fewest[[hs.index[v.name] for *_, v in mdl.arcs]] = 1.0
+        hs.set_costs(fewest)
+        st2, _, x2, _ = hs.run(False, deadline - time.perf_counter(), mip_gap)
+        solves += 1
+        if x2 is not None and st2 == "Optimal":
+            plan = _plan_from(mdl, hs, x2)
+    t2 = time.perf_counter()
+    return MilpResult(plan, st, "highs", obj, bound, extra.get("gap") if x is not None else None, t2 - t1,
+                      t1 - t0, hs.n, hs.n_rows, info={"milp_solves": solves})
+
+
+def _plan_from(mdl: _Model, hs: _Highs, x: np.ndarray) -> Plan:
+    for v in mdl.prob.variables():
+        v.varValue = x[hs.index[v.name]]
+    return mdl.plan()
+
+
+def _throughput_highs(mdl: _Model, hs: _Highs, time_limit: float, mip_gap: float, tie_eps: float,
+                      t0: float, t1: float) -> MilpResult:
+    """The exact bottleneck search of :func:`solve_once`, with fewer and cheaper MILPs.
+
+    With ``ok(i)``: "some plan has every stage's compute <= theta_i and Z <= theta_i", monotone
+    in i, the optimum is ``min(theta_lo, Z(lo - 1))`` for the first ``lo`` with ``ok(lo)``
+    (stages allowed at larger thresholds only cost more; below ``lo`` the value is Z, which only
+    grows as thresholds fall). So:
+
+    1. The LP relaxation (milliseconds) is a necessary condition for ``ok``: a binary search on
+       it gives ``i_lp <= lo``.
+    2. ``ok`` is a feasibility MILP (objective 0, Z bounded by theta): searched upward from
+       ``i_lp`` by galloping, then bisection. It usually holds at ``i_lp`` or just above.
+    3. ``Z(lo - 1)`` is needed only when its LP bound is below ``theta_lo``: one MILP with Z
+       capped at ``theta_lo``.
+    """
+    us = np.array([hs.index[v.name] for *_, v in mdl.arcs], dtype=np.int32)
+    zi = hs.index["Z"]
+    comp = np.array(mdl.thr_comp)
+    thetas = np.unique(comp)
+    inf = hs.hp.kHighsInf
+    deadline = time.perf_counter() + time_limit
+    stats = {"lp_solves": 0, "milp_solves": 0}
+    worst_gap, status = 0.0, "Optimal"
+    z_cost = np.zeros(hs.n)
+    z_cost[zi] = 1.0
+
+    def restrict(th: float, z_cap: float) -> None:
+        hs.set_upper(us, (comp <= th * (1 + 1e-12)).astype(float))
+        hs.h.changeColBounds(zi, 0.0, z_cap)
+
+    lp_cache: dict[int, float | None] = {}
+
+    def z_lp(i: int) -> float | None:  # the LP bound on Z(theta_i); None: no plan at all
+        if i not in lp_cache:
+            restrict(thetas[i], inf)
+            hs.set_costs(z_cost)
+            st, obj, _, _ = hs.run(True, deadline - time.perf_counter(), mip_gap)
+            stats["lp_solves"] += 1
+            lp_cache[i] = obj if st == "Optimal" else None
+        return lp_cache[i]
+
+    def lp_ok(i: int) -> bool:
+        z = z_lp(i)
+        return z is not None and z <= thetas[i] * (1 + 1e-9)
+
+    ok_cache: dict[int, np.ndarray | None] = {}
+
+    def ok(i: int) -> np.ndarray | None:  # a plan with value <= theta_i, or None
+        nonlocal status
+        if i not in ok_cache:
+            if time.perf_counter() > deadline:
+                status = "Time limit reached"
+                return None
+            restrict(thetas[i], thetas[i] * (1 + 1e-9))
+            hs.set_costs(np.zeros(hs.n))
+            st, _, x, _ = hs.run(False, deadline - time.perf_counter(), mip_gap)
+            stats["milp_solves"] += 1
+            if st not in ("Optimal", "Infeasible"):
+                status = f"{st} (inner)"
+            ok_cache[i] = x
+        return ok_cache[i]
+
+    if z_lp(len(thetas) - 1) is None:
+        t2 = time.perf_counter()
+        return MilpResult(None, "Infeasible", "highs", None, None, None, t2 - t1, t1 - t0, len(us), hs.n_rows)
+    lo, hi = 0, len(thetas)  # 1. first i with the LP condition (len: none)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if lp_ok(mid):
+            hi = mid
+        else:
+            lo = mid + 1
+    i_lp = lo
+    # 2. first i >= i_lp with ok(i): gallop, then bisect
+    n = len(thetas)
+    found, last_bad, step, i = None, i_lp - 1, 1, i_lp
+    while i < n:
+        if ok(i) is not None:
+            found = i
+            break
+        if status.startswith("Time"):
+            break
+        last_bad = i
+        if i == n - 1:
+            break
+        i, step = min(i + step, n - 1), step * 2
+    if found is not None:
+        a, b = last_bad + 1, found
+        while a < b:
+            mid = (a + b) // 2
+            if ok(mid) is not None:
+                b = mid
+            else:
+                a = mid + 1
+        found = b
+    cands = []
+    if found is not None:
+        cands.append((float(thetas[found]), ok_cache[found], "threshold"))
+    # 3. Z(lo - 1): every stage allowed up to theta_{lo-1}, value Z
+    j = (found if found is not None else len(thetas)) - 1
+    cap = float(thetas[found]) if found is not None else inf
+    if j >= 0 and z_lp(j) is not None and z_lp(j) < cap and time.perf_counter() < deadline:
+        restrict(thetas[j], cap)
+        hs.set_costs(z_cost)
+        st, obj, x, extra = hs.run(False, deadline - time.perf_counter(), mip_gap)
+        stats["milp_solves"] += 1
+        if x is not None:
+            cands.append((float(max(obj, thetas[j])), x, "network"))
+            worst_gap = max(worst_gap, extra.get("gap") or 0.0)
+        if st not in ("Optimal", "Infeasible"):
+            status = f"{st} (inner)"
+    if not cands:
+        t2 = time.perf_counter()
+        st = status if status != "Optimal" else "Infeasible"
+        return MilpResult(None, st, "highs", None, None, None, t2 - t1, t1 - t0, len(us), hs.n_rows, info=stats)
+    val, x, stats["bound_by"] = min(cands, key=lambda c: c[0])
+    plan = _plan_from(mdl, hs, x)
+    if tie_eps > 0 and status == "Optimal":
+        # among plans within tie_eps of the optimum, the fewest stages
+        lim = val * (1 + tie_eps)
+        restrict(lim, lim)
+        costs = np.zeros(hs.n)
+        costs[us] = 1.0
+        hs.set_costs(costs)
+        st, _, x2, _ = hs.run(False, deadline - time.perf_counter(), mip_gap)
+        stats["milp_solves"] += 1
+        if x2 is not None and st == "Optimal":
+            plan = _plan_from(mdl, hs, x2)
+    t2 = time.perf_counter()
+    return MilpResult(plan, status, "highs", val, val if status == "Optimal" else None, worst_gap,
+                      t2 - t1, t1 - t0, len(us), hs.n_rows, info=stats)
+
+
+def _throughput_pulp(mdl: _Model, solver: str, time_limit: float, mip_gap: float, tie_eps: float,
+                     t0: float, t1: float) -> MilpResult:
+    """The bottleneck search through pulp (any solver; used for CBC): a binary search with one
+    optimising MILP per step."""
     us = [v for *_, v in mdl.arcs]
     comp = np.array(mdl.thr_comp)
     thetas = np.unique(comp)

@@ -99,6 +99,7 @@ class AllocProblem:
     tokenize_s: float = 0.0
     step_costs: list[tuple[np.ndarray, list[TensorGroup]]] | None = None  # per step (power-save replay)
     meta: dict = field(default_factory=dict)
+    _stage_bytes: np.ndarray | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def n_devices(self) -> int:
@@ -107,7 +108,20 @@ class AllocProblem:
     # ---- memory -----------------------------------------------------------------------------
     def stage_bytes(self, a: int, b: int) -> float:
         """Memory a stage of modules a..b needs (weights + KV + activation buffer)."""
-        return float(self.weight_bytes[a:b + 1].sum() + self.kv_bytes[a:b + 1].sum() + self.act_bytes[a:b + 1].max())
+        return float(self.stage_bytes_table()[a, b])
+
+    def stage_bytes_table(self) -> np.ndarray:
+        """``[a, b]``: :meth:`stage_bytes` of modules a..b (b >= a), computed once."""
+        t = self._stage_bytes
+        if t is None:
+            n = self.n_modules
+            pre = np.concatenate([[0.0], np.cumsum(self.weight_bytes + self.kv_bytes)])
+            act = np.full((n, n), -np.inf)
+            for a in range(n):
+                act[a, a:] = np.maximum.accumulate(self.act_bytes[a:])
+            t = pre[None, 1:] - pre[:-1, None] + act
+            self._stage_bytes = t
+        return t
 
     def fits(self, d: int, a: int, b: int) -> bool:
         return self.stage_bytes(a, b) <= self.budget[d]

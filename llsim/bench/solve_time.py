@@ -19,7 +19,8 @@ SIZES = [(4, 24), (8, 32), (16, 48), (32, 64), (64, 80)]
 PHONES = ["snapdragon-8gen2", "tensor-g3", "kirin-990", "exynos-1380", "kirin-810", "helio-g85"]
 
 
-def instance(D: int, n: int, seed: int, objective: str):
+def instance(D: int, n: int, seed: int, objective: str, rssi=(-50.0, -62.0, -70.0), wifi=("ax", 80),
+             concurrency: int | None = None):
     from llsim.model.zoo import ZOO, get_config
     from llsim.scenario import validate_scenario
     from llsim.sim.cluster import expand_devices
@@ -30,13 +31,13 @@ def instance(D: int, n: int, seed: int, objective: str):
         ZOO[name] = dataclasses.replace(get_config("llama-2-7b"), name=name, layers=n - 2)
     rng = np.random.default_rng(seed)
     devices = [{"profile": PHONES[int(rng.integers(len(PHONES)))], "threads": 4,
-                "rssi_dbm": float(rng.choice([-50.0, -62.0, -70.0]))} for _ in range(D)]
+                "rssi_dbm": float(rng.choice(list(rssi)))} for _ in range(D)]
     sc = validate_scenario({
         "name": f"solve-{D}x{n}-{seed}", "model": name, "weight_dtype": "fp16", "seed": seed, "devices": devices,
-        "network": {"kind": "infrastructure", "standard": "ax", "width_mhz": 80},
+        "network": {"kind": "infrastructure", "standard": wifi[0], "width_mhz": wifi[1]},
         "allocation": {"strategy": "milp", "objective": objective},
         "workload": {"prompt_tokens": 64, "new_tokens": 32, "requests": 16,
-                     "concurrency": 1 if objective == "latency" else 8},
+                     "concurrency": concurrency or (1 if objective == "latency" else 8)},
     })
     devs = expand_devices(sc)
     return build_problem(sc, devs, objective)
