@@ -42,6 +42,12 @@ Simulated time of one transfer = wake + transmission (shared) + RTT/2 + k x retr
 The analytic helpers (:meth:`Network.goodput_bps`, :meth:`Network.expected_transfer_s`,
 :meth:`Network.rtt_s`) use the same formulas without simpy. All randomness comes from the ``rng``
 passed in, drawn at each transfer's start in a fixed order, so a seed fixes every time.
+
+**Signal changes** (wireless kinds): :meth:`Network.set_rssi` moves a phone to a new RSSI during the
+run (fading Wi-Fi). Transfers that start after the call use the new MCS / PHY rate; a transfer
+already started (in the air, or waiting for its receiver to wake) keeps the hop rates it started
+with until its last byte, also when the medium recomputes the shares. A signal below MCS0's
+sensitivity is out of range (:class:`~llsim.errors.LLSimError`).
 """
 from __future__ import annotations
 
@@ -184,6 +190,7 @@ class Network:
         self._wireless = self.kind in ("infrastructure", "wifi_direct")
         self.trace: Trace | None = None
         self._rtt: RttDistribution | None = None
+        self._rssi: list[float | None] = [None] * n  # current RSSI of each phone's link (None: no link)
         self._mcs: list[int | None] = [None] * n
         self._phy_mbps: list[float | None] = [None] * n
         self._hop_cache: dict[tuple[int, int], tuple[_Hop, ...]] = {}
@@ -195,10 +202,14 @@ class Network:
         self._last_active = [env.now] * n
         self._awake_at = [env.now] * n
         self._busy = [0] * n
-        # per-run constants of the transfer hot path (same expressions as the formulas they replace)
+        # per-run constants of the transfer hot path (same expressions as the formulas they replace);
+        # set_rssi empties the ones that depend on PHY rates (_clear_rate_caches). The id(hops) keys
+        # stay unique because each _rate_cache value holds its hops tuple (alive while the entry is),
+        # and every _alone_cache entry is made together with a _rate_cache entry for the same hops.
         self._route_cache: dict[tuple[int, int], tuple[tuple, tuple]] = {}  # (src, dst) -> (hops, tx ids)
-        self._rate_cache: dict[tuple[int, int], tuple[float, tuple]] = {}  # (id(hops), n_tx) -> (s/B, split)
-        self._split_cache: dict[tuple, tuple] = {}  # capacity kinds: tx ids -> split
+        # (id(hops), n_tx) -> (s/B, split, hops)
+        self._rate_cache: dict[tuple[int, int], tuple[float, tuple, tuple]] = {}
+        self._split_cache: dict[tuple, tuple] = {}  # capacity kinds: tx ids -> split (no PHY rate in it)
         self._alone_cache: dict[int, list[tuple]] = {}  # id(hops) -> rates of that flow alone
 
         if self._wireless:
@@ -236,21 +247,31 @@ class Network:
                     f"network.ap_device is {cfg.ap_device} but there are only {n} devices (indices 0..{n - 1})"
                 )
             self.ap_index: int | None = cfg.ap_device
-            ap_streams = self._streams(cfg.ap_device)
         else:
             self.ap_index = None
-            ap_streams = cfg.ap_streams
         for i, st in enumerate(self.stations):
             if i == self.ap_index:
                 continue  # the hotspot phone's own link is not used
             rssi = cfg.default_rssi_dbm if st.rssi_dbm is None else st.rssi_dbm
-            streams = min(self._streams(i), ap_streams)
-            try:
-                mcs = phy.select_mcs(rssi, cfg.standard, cfg.width_mhz, streams)
-            except LLSimError as exc:
-                raise LLSimError(f"device {st.name!r}: {exc}") from None
-            self._mcs[i] = mcs
-            self._phy_mbps[i] = phy.mcs_rate_mbps(cfg.standard, mcs, cfg.width_mhz, streams, cfg.guard_interval)
+            self._mcs[i], self._phy_mbps[i] = self._link_rate(i, rssi)
+            self._rssi[i] = rssi
+
+    def _ap_streams(self) -> int:
+        """Spatial streams of the AP (the hotspot phone's own for ``wifi_direct``)."""
+        return self._streams(self.ap_index) if self.ap_index is not None else self.cfg.ap_streams
+
+    def _link_rate(self, station: int, rssi_dbm: float) -> tuple[int, float]:
+        """(MCS, PHY rate in Mb/s) of the link between ``station`` and the AP at ``rssi_dbm``.
+
+        Raises :class:`LLSimError` naming the device when the signal is below MCS0's sensitivity.
+        """
+        cfg = self.cfg
+        streams = min(self._streams(station), self._ap_streams())
+        try:
+            mcs = phy.select_mcs(rssi_dbm, cfg.standard, cfg.width_mhz, streams)
+        except LLSimError as exc:
+            raise LLSimError(f"device {self.stations[station].name!r}: {exc}") from None
+        return mcs, phy.mcs_rate_mbps(cfg.standard, mcs, cfg.width_mhz, streams, cfg.guard_interval)
 
     def _streams(self, i: int) -> int:
         s = self.stations[i].streams
@@ -260,10 +281,10 @@ class Network:
         return int(s)
 
     def _link_hop(self, tx: int, station: int) -> _Hop:
-        """The hop between ``station`` and the AP, transmitted by ``tx``."""
+        """The hop between ``station`` and the AP, transmitted by ``tx``: at ``station``'s rate whichever end
+        transmits (so the ``wifi_direct`` hotspot phone's own RSSI never enters a hop)."""
         cfg = self.cfg
-        ap_streams = self._streams(self.ap_index) if self.ap_index is not None else cfg.ap_streams
-        streams = min(self._streams(station), ap_streams)
+        streams = min(self._streams(station), self._ap_streams())
         rate = self._phy_mbps[station] * 1e6 * cfg.tcp_goodput_factor
         key = (cfg.standard, self._mcs[station], cfg.width_mhz, streams, cfg.guard_interval, cfg.rts_cts)
         return _Hop(tx, rate, key)
@@ -318,7 +339,7 @@ class Network:
             if c is None:
                 per = self._per_byte_airtime(f.meta, n_tx)
                 total = sum(per)
-                c = cache[key] = (total, tuple((h.tx, a / total) for h, a in zip(f.meta, per)))
+                c = cache[key] = (total, tuple((h.tx, a / total) for h, a in zip(f.meta, per)), f.meta)
             out.append((share / c[0], share, c[1]))
         return out
 
@@ -337,6 +358,48 @@ class Network:
                 split = splits[f.hops] = tuple((tx, 1.0 / relay) for tx in f.hops)
             out.append((rate, share, split))
         return out
+
+    # ------------------------------------------------------------------ signal changes
+    def set_rssi(self, station: int, rssi_dbm: float) -> None:
+        """Change the RSSI of ``station``'s link to the AP from now on (e.g. a fading Wi-Fi event).
+
+        Transfers that start after the call use the MCS and PHY rate of the new RSSI (chosen as at
+        set-up: the same :meth:`_link_rate`); transfers already started keep the rates they started
+        with until their last byte (their hops are fixed at the start). The analytic helpers and
+        :meth:`station_stats` report the new rate at once. A signal below MCS0's sensitivity means the
+        phone is out of range: :class:`LLSimError` naming the device and the RSSI, and nothing
+        changes. For the ``wifi_direct`` hotspot phone (``ap_index``) this is a no-op: it has no link
+        of its own, and the hops it transmits run at the receiving phone's rate (:meth:`_link_hop`).
+        """
+        if not self._wireless:
+            raise LLSimError("set_rssi needs a wireless network (infrastructure or wifi_direct)")
+        if not 0 <= station < self._n:
+            raise ValueError(f"set_rssi: device index must be in 0..{self._n - 1}, not {station}")
+        rssi_dbm = float(rssi_dbm)
+        if math.isnan(rssi_dbm):
+            raise ValueError(f"set_rssi: device {self.stations[station].name!r}: RSSI is NaN")
+        if station == self.ap_index:
+            return
+        mcs, mbps = self._link_rate(station, rssi_dbm)  # raises (out of range) before any change
+        self._rssi[station] = rssi_dbm
+        if mcs == self._mcs[station] and mbps == self._phy_mbps[station]:
+            return  # same MCS: every hop and cached rate is still right
+        self._mcs[station] = mcs
+        self._phy_mbps[station] = mbps
+        self._clear_rate_caches()
+
+    def _clear_rate_caches(self) -> None:
+        """Forget every cached hop and rate (they embed PHY rates). In-flight transfers keep their own
+        hops tuple (``meta``): their rates are recomputed from it, under new cache entries.
+        ``_split_cache`` (capacity kinds only) holds no PHY rate."""
+        self._hop_cache.clear()
+        self._route_cache.clear()
+        self._rate_cache.clear()
+        self._alone_cache.clear()
+
+    def rssi_dbm(self, station: int) -> float | None:
+        """Current RSSI (dBm) of a phone's link to its AP (``None`` for the hotspot phone or non-Wi-Fi kinds)."""
+        return self._rssi[station]
 
     # ------------------------------------------------------------------ simulation
     def transfer(self, src: int, dst: int, nbytes: int, tag: str = "") -> simpy.Event:
