@@ -7,7 +7,7 @@ field before validation (values are parsed as YAML scalars).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -32,6 +32,7 @@ class DeviceSpec(_Strict):
     streams: int | None = Field(None, ge=1, le=4)
     speed: float = Field(1.0, gt=0)  # multiplier on compute throughput (e.g. a known-slow unit)
     worker: str | None = None  # HIL: "local" or "adb:<serial>"; None = simulated
+    absent: bool = False  # not in the cluster at the start (a later ``join`` event brings it in)
 
 
 class Stage(_Strict):
@@ -92,6 +93,108 @@ class Workload(_Strict):
         return self
 
 
+# ---- dynamics: what happens to the cluster during a run --------------------------------------
+class _Event(_Strict):
+    at: float = Field(ge=0)  # seconds of simulated time
+    device: int | str  # index into the expanded device list, or its name
+
+
+class ThrottleEvent(_Event):
+    """The phone runs at ``factor`` x its speed (thermal throttling) from ``at``, for ``duration_s``
+    (None: until the end or a later throttle event)."""
+
+    kind: Literal["throttle"]
+    factor: float = Field(gt=0, le=4)
+    duration_s: float | None = Field(None, gt=0)
+
+
+class BackgroundEvent(_Event):
+    """Another app takes ``share`` of the phone's cores for ``duration_s``: segments run at
+    ``1 - share`` of their speed meanwhile."""
+
+    kind: Literal["background"]
+    share: float = Field(gt=0, lt=1)
+    duration_s: float = Field(gt=0)
+
+
+class RssiEvent(_Event):
+    """The phone's signal changes to ``rssi_dbm`` (it walked away, a door closed). Below the
+    weakest MCS's sensitivity the phone is out of range: it leaves."""
+
+    kind: Literal["rssi"]
+    rssi_dbm: float
+
+
+class LeaveEvent(_Event):
+    """The phone disappears without notice (crash, low-memory kill, out of range)."""
+
+    kind: Literal["leave"]
+    reason: str = "crash"
+
+
+class JoinEvent(_Event):
+    """The phone (re)appears: it starts answering heartbeats and can be given work."""
+
+    kind: Literal["join"]
+
+
+class BurstsEvent(_Strict):
+    """Random background-load bursts: a Poisson process of ``rate_per_s`` on each listed phone
+    (all if None) between ``start_s`` and ``end_s``; each burst takes ``share`` of the cores for
+    an exponential time of mean ``mean_duration_s``. Seeded by the scenario's seed."""
+
+    kind: Literal["background_bursts"]
+    devices: list[int | str] | None = None
+    rate_per_s: float = Field(gt=0)
+    share: float = Field(gt=0, lt=1)
+    mean_duration_s: float = Field(gt=0)
+    start_s: float = Field(0.0, ge=0)
+    end_s: float | None = Field(None, gt=0)
+
+
+class ThermalEvent(_Strict):
+    """Sustained-load throttling from each listed phone's profile (``thermal``): after
+    ``time_to_throttle_s`` of cumulative busy time (minus idle time, which cools it) the phone runs
+    at ``sustained_speed``; it recovers when it has cooled to half that heat."""
+
+    kind: Literal["thermal"]
+    devices: list[int | str] | None = None
+
+
+class NoiseEvent(_Strict):
+    """Run-to-run jitter of segment times: each execution takes ``lognormal(0, sigma)`` x its
+    time (a noisy but stable phone: no sustained slowdown)."""
+
+    kind: Literal["noise"]
+    devices: list[int | str] | None = None
+    sigma: float = Field(gt=0, le=1)
+
+
+DynamicsEvent = Annotated[ThrottleEvent | BackgroundEvent | RssiEvent | LeaveEvent | JoinEvent | BurstsEvent |
+                          ThermalEvent | NoiseEvent, Field(discriminator="kind")]
+
+
+class Balancer(_Strict):
+    """The runtime load balancer (:mod:`llsim.balance`)."""
+
+    enabled: bool = True
+    interval_s: float = Field(1.0, gt=0)  # how often the coordinator consults the policy
+    smoothing_s: float = Field(3.0, gt=0)  # time constant of the monitor's smoothed speed ratios
+    threshold: float = Field(0.2, gt=0, lt=1)  # relative deviation from the plan's assumption that triggers
+    sustain_s: float = Field(4.0, ge=0)  # ... when it lasts this long
+    min_interval_s: float = Field(15.0, ge=0)  # between two rebalances
+    min_gain: float = Field(0.05, ge=0)  # relative gain a new plan must promise
+    gain_cost_margin: float = Field(1.5, ge=1)  # predicted gain over the horizon must exceed margin x cost
+    horizon_s: float | None = Field(None, gt=0)  # None: the remaining tokens known to the coordinator
+    min_samples: int = Field(5, ge=1)  # observations of a phone before its ratio is trusted
+    overlap_replicas: bool = True  # pre-stage neighbours' boundary modules within memory slack
+    strategy: str = "milp"  # for full re-plans
+    heartbeat_s: float = Field(0.5, gt=0)
+    heartbeat_misses: int = Field(3, ge=1)  # missed heartbeats before a phone is declared gone
+    session_ms_per_module: float = Field(30.0, ge=0)  # opening an onnxruntime session for a module
+    join_after_s: float = Field(2.0, ge=0)  # a (re)joined phone must answer heartbeats this long
+
+
 class Duration(_Strict):
     max_sim_s: float = Field(3600.0, gt=0)
     max_wall_s: float = Field(600.0, gt=0)
@@ -108,8 +211,8 @@ class Scenario(_Strict):
     allocation: Allocation = Field(default_factory=Allocation)
     workload: Workload = Field(default_factory=Workload)
     duration: Duration = Field(default_factory=Duration)
-    balancer: dict[str, Any] | None = None  # the load-balancer section (issue: runtime balancing)
-    events: list[dict[str, Any]] | None = None
+    balancer: Balancer = Field(default_factory=lambda: Balancer(enabled=False))
+    events: list[DynamicsEvent] = Field(default_factory=list)
 
     path: Path | None = Field(None, exclude=True)
 

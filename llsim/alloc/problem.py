@@ -426,6 +426,8 @@ def build_problem(sc: Scenario, devices, objective: str | None = None) -> AllocP
         in_flight=w.in_flight, objective=objective or sc.allocation.objective, header=sc.allocation.header,
         sample_s=w.sample_ms / 1e3, batch=w.batch, tokenize_s=w.tokenize_ms / 1e3, step_costs=steps,
         meta={"model": sc.model, "mode": w.mode,
+              "kv_bytes_per_token": np.array([m.kv_bytes_per_token if w.mode == "kv_cache" else 0
+                                              for m in mods], dtype=float),
               "separable_error": max(lat_links.separable_error, thr_links.separable_error),
               **_baseline_inputs(sc, graph, devices, pre, lat_comp, weight, kv, act)},
     )

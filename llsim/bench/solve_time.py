@@ -28,7 +28,7 @@ def instance(D: int, n: int, seed: int, objective: str, rssi=(-50.0, -62.0, -70.
 
     name = f"bench-llama-{n - 2}l"
     if name not in ZOO:
-        ZOO[name] = dataclasses.replace(get_config("llama-2-7b"), name=name, layers=n - 2)
+        ZOO[name] = dataclasses.replace(get_config("llama-2-7b"), name=name, layers=n - 2, published_params=None)
     rng = np.random.default_rng(seed)
     devices = [{"profile": PHONES[int(rng.integers(len(PHONES)))], "threads": 4,
                 "rssi_dbm": float(rng.choice(list(rssi)))} for _ in range(D)]

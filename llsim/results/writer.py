@@ -5,6 +5,8 @@
 * ``metrics.json``: TTFT, token latency percentiles, tokens/s, request counts, simulated time,
   simpy events; ``wall_time_s`` and ``events_per_wall_s`` are the only wall-clock fields
 * ``tokens.csv`` (one row per generated token), ``devices.csv``, ``links.csv``
+* ``rebalances.csv`` when the balancer is on: one row per action (time, trigger, kind, predicted
+  cost and gain, the actual stall, old and new plan)
 * ``timeline.json``: Chrome trace format; open it in https://ui.perfetto.dev (one track per device
   and per link)
 """
@@ -52,6 +54,7 @@ def chrome_trace(timeline: list[dict], device_names: list[str]) -> dict:
     for i, n in enumerate(device_names):
         ev.append({"ph": "M", "pid": 1, "tid": i, "name": "thread_name", "args": {"name": n}})
     link_tid: dict[tuple, int] = {}
+    coord: list[int] = []
     for e in timeline:
         if e["kind"] == "compute":
             ev.append({"ph": "X", "pid": 1, "tid": e["device"], "name": f"stage {e['stage']}",
@@ -69,8 +72,20 @@ def chrome_trace(timeline: list[dict], device_names: list[str]) -> dict:
                        "ts": round(e["start"] * 1e6, 3), "dur": round((e["end"] - e["start"]) * 1e6, 3),
                        "args": {"bytes": e["bytes"]}})
         elif e["kind"] == "instant":
-            ev.append({"ph": "i", "pid": 1, "tid": e.get("device", 0), "name": e["name"], "s": "g",
-                       "ts": round(e["start"] * 1e6, 3), "args": e.get("args", {})})
+            dev = e.get("device", -1)
+            if dev is None or dev < 0:  # the coordinator's own track: detections, rebalances
+                if not coord:
+                    coord.append(1)
+                    ev.append({"ph": "M", "pid": 3, "name": "process_name", "args": {"name": "coordinator"}})
+                    ev.append({"ph": "M", "pid": 3, "tid": 0, "name": "thread_name", "args": {"name": "balancer"}})
+                ev.append({"ph": "i", "pid": 3, "tid": 0, "name": e["name"], "s": "p",
+                           "ts": round(e["start"] * 1e6, 3), "args": e.get("args", {})})
+            else:
+                ev.append({"ph": "i", "pid": 1, "tid": dev, "name": e["name"], "s": "t",
+                           "ts": round(e["start"] * 1e6, 3), "args": e.get("args", {})})
+        elif e["kind"] == "span":
+            ev.append({"ph": "X", "pid": 3, "tid": 0, "name": e["name"], "ts": round(e["start"] * 1e6, 3),
+                       "dur": round((e["end"] - e["start"]) * 1e6, 3), "args": e.get("args", {})})
     return {"traceEvents": ev, "displayTimeUnit": "ms"}
 
 
@@ -82,5 +97,11 @@ def write_run(out: Path, manifest: dict, res, device_names: list[str]) -> Path:
     write_csv(out / "tokens.csv", res.tokens, ["request", "token", "kind", "time_s", "latency_ms", "since_submit_ms"])
     write_csv(out / "devices.csv", res.device_rows)
     write_csv(out / "links.csv", res.link_rows)
+    if getattr(res, "rebalances", None) is not None and (res.rebalances or res.metrics.get("balancer_enabled")):
+        write_csv(out / "rebalances.csv", res.rebalances,
+                  ["time_s", "trigger", "kind", "predicted_cost_s", "actual_stall_s", "predicted_gain",
+                   "predicted_gain_s", "old_ms_per_token", "new_ms_per_token", "moved_bytes", "predicted_drain_s",
+                   "actual_drain_s", "predicted_transfer_s", "actual_transfer_s", "predicted_session_s",
+                   "old_plan", "new_plan"])
     (out / "timeline.json").write_text(json.dumps(chrome_trace(res.timeline, device_names)) + "\n")
     return out

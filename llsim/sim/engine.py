@@ -38,10 +38,11 @@ class StepCost:
 class StepModel:
     """Costs of one generation step of shape (new tokens S, cached tokens P), cached per shape."""
 
-    def __init__(self, sc: Scenario, devices: list[DeviceInstance], plan: Plan):
+    def __init__(self, sc: Scenario, devices: list[DeviceInstance], plan: Plan,
+                 graphs: dict[tuple[int, int], ModelGraph] | None = None):
         self.sc, self.devices, self.plan = sc, devices, plan
         self._cache: dict[tuple[int, int], StepCost] = {}
-        self._graphs: dict[tuple[int, int], ModelGraph] = {}
+        self._graphs: dict[tuple[int, int], ModelGraph] = {} if graphs is None else graphs  # shared across plans
 
     def graph(self, S: int, P: int) -> ModelGraph:
         key = (S, P)
@@ -137,11 +138,25 @@ class Node:
     kv_tokens: int = 0
     busy_s: float = 0.0
     peak_bytes: int = 0
-    speed: float = 1.0  # run-time multiplier (throttling, background load)
+    speed: float = 1.0  # run-time multiplier: throttle x background x thermal (see update_speed)
+    dead: bool = False  # left the cluster (crash, killed, out of range)
+    throttle: float = 1.0
+    background: list[float] = field(default_factory=list)  # shares of the cores taken by other apps
+    thermal: tuple[float, float] | None = None  # (time to throttle s, sustained / peak) when modelled
+    heat_s: float = 0.0  # busy seconds not yet cooled off
+    hot: bool = False
+    last_end: float = 0.0
+    noise: float = 0.0  # lognormal sigma of each execution's time
 
     @property
     def used_bytes(self) -> int:
         return self.static_bytes + self.kv_tokens * self.kv_per_token
+
+    def update_speed(self) -> None:
+        f = self.throttle * (self.thermal[1] if (self.thermal and self.hot) else 1.0)
+        for share in self.background:
+            f *= 1.0 - share
+        self.speed = f
 
 
 class MemoryOverflow(Exception):
@@ -156,6 +171,28 @@ class SimResult:
     timeline: list[dict] = field(default_factory=list)
     metrics: dict = field(default_factory=dict)
     error: str | None = None
+    rebalances: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class Epoch:
+    """A plan in force: its stages' phones and step costs. A rebalance starts a new epoch."""
+
+    index: int
+    plan: Plan
+    steps: StepModel
+    devs: list[int]
+    nodes: list[Node]
+    ended: Event  # fires when the next epoch takes over (or the run ends on a terminal event)
+    costs: list[tuple[int, StepCost]] = field(default_factory=list)  # per generation step, filled as reached
+    broken: bool = False  # a phone of this plan left: in-flight steps are abandoned and retried
+
+    def step_cost(self, step: int) -> tuple[int, StepCost]:
+        costs = self.costs
+        while len(costs) <= step:
+            S, P = self.steps.step_shape(len(costs))
+            costs.append((S, self.steps.get(S, P)))
+        return costs[step]
 
 
 class Simulation:
@@ -166,7 +203,9 @@ class Simulation:
         self.env = simpy.Environment()
         ss = np.random.SeedSequence(sc.seed)
         net_seed, wl_seed = ss.spawn(2)
+        dyn_seed, = ss.spawn(1)  # a third child: the first two draw what they drew before dynamics existed
         self.rng = np.random.default_rng(wl_seed)
+        self.dyn_rng = np.random.default_rng(dyn_seed)
         self.want_timeline = timeline
         self.timeline: list[dict] = []
         self.net = Network(self.env, sc.network,
@@ -174,48 +213,89 @@ class Simulation:
                            rng=np.random.default_rng(net_seed),
                            base_dir=sc.path.parent if sc.path else None,
                            on_transfer=self._on_transfer if timeline else None)
-        self.steps = StepModel(sc, devices, plan)
-        self._step_costs: list[tuple[int, StepCost]] = []  # per generation step, filled as reached
-        self.nodes = self._make_nodes()
+        self._graphs: dict = {}
+        self.nodes = {d.index: Node(d, PhoneLock(self.env), 0, 0) for d in devices}
+        self.present: dict[int, frozenset[int]] = {d.index: frozenset() for d in devices}
+        self.epoch = self._make_epoch(plan, 0, check=True)
+        self.steps = self.epoch.steps
+        self._step_costs = self.epoch.costs
         self.tokens: list[dict] = []
         self.submitted = 0
         self.completed = 0
         self.done = self.env.event()
         self.error: str | None = None
+        self.stop_note: str | None = None
+        # run-time dynamics and the balancer (inactive unless the scenario has them)
+        self.dynamic = bool(sc.events) or sc.balancer.enabled or any(d.absent for d in sc.devices)
+        self.gate: Event | None = None  # closed while a rebalance switches plans
+        self.active = 0  # steps in progress (the drain waits for 0)
+        self._drained: Event | None = None
+        self.req_cached: dict[int, int] = {}
+        self.lost_kv: set[int] = set()
+        self.retried_steps = 0
+        self.rebalances: list[dict] = []
+        self.monitor = None
+        self.balancer = None
+        self.problem = None
+        self.switching = False
+        if self.dynamic:
+            from llsim.sim.dynamics import setup_dynamics
+
+            setup_dynamics(self)
+        for n in self.nodes.values():
+            n.peak_bytes = n.used_bytes
 
     # ---- set-up ------------------------------------------------------------------------------
-    def _make_nodes(self) -> dict[int, Node]:
+    def _make_epoch(self, plan: Plan, index: int, check: bool = False, replicas: dict | None = None) -> Epoch:
+        """Nodes' memory for ``plan`` (weights + activation buffer + held replicas, KV per token), its step model."""
         w = self.sc.workload
         max_ctx = w.prompt_tokens + w.new_tokens
-        g_prefill = self.steps.graph(*self.steps.step_shape(0))
-        g_last = self.steps.graph(*self.steps.step_shape(w.new_tokens - 1))
-        nodes = {}
+        steps = StepModel(self.sc, self.devices, plan, self._graphs)
+        g_prefill = steps.graph(*steps.step_shape(0))
+        g_last = steps.graph(*steps.step_shape(w.new_tokens - 1))
+        mods_all = g_prefill.modules
         problems = []
-        for st in self.plan.stages:
-            d = self.devices[st.device]
-            mods = g_prefill.modules[st.start_module:st.end_module + 1]
-            weights = sum(m.param_bytes for m in mods)
+        running = {st.device: st for st in plan.stages}
+        for d, node in self.nodes.items():
+            st = running.get(d)
+            held = set(self.present.get(d, ()))
+            if st is not None:
+                held |= set(range(st.start_module, st.end_module + 1))
+            if replicas is not None:  # keep only what the new plan wants this phone to hold
+                lo, hi = replicas.get(d, (0, -1))
+                held = {m for m in held if lo <= m <= hi or (st and st.start_module <= m <= st.end_module)}
+            self.present[d] = frozenset(held)
+            weights = sum(mods_all[m].param_bytes for m in held)
+            if st is None:
+                node.static_bytes, node.kv_per_token = weights, 0
+                continue
+            mods = mods_all[st.start_module:st.end_module + 1]
             act = max([m.activation_bytes for m in mods] +
                       [m.activation_bytes for m in g_last.modules[st.start_module:st.end_module + 1]])
             kv_tok = sum(m.kv_bytes_per_token for m in mods) if w.mode == "kv_cache" else 0
-            node = Node(d, PhoneLock(self.env), weights + act, kv_tok)
+            node.static_bytes, node.kv_per_token = weights + act, kv_tok
             need = node.static_bytes + kv_tok * max_ctx
-            if need > d.budget_bytes:
-                problems.append(f"{d.name} needs {need / 1e9:.2f} GB for modules {st.start_module}-{st.end_module} "
+            d_ = node.dev
+            if check and need > d_.budget_bytes:
+                problems.append(f"{d_.name} needs {need / 1e9:.2f} GB for modules {st.start_module}-{st.end_module} "
                                 f"(weights {weights / 1e9:.2f} + activations {act / 1e9:.2f} + KV "
-                                f"{kv_tok * max_ctx / 1e9:.2f}) but its budget is {d.budget_bytes / 1e9:.2f} GB")
-            node.peak_bytes = node.static_bytes
-            nodes[st.device] = node
+                                f"{kv_tok * max_ctx / 1e9:.2f}) but its budget is {d_.budget_bytes / 1e9:.2f} GB")
         if problems:
             raise LLSimError("the model does not fit this allocation: " + "; ".join(problems) +
                              " (add devices, choose an allocation strategy that respects memory, or lower the context)")
-        return nodes
+        devs = [st.device for st in plan.stages]
+        return Epoch(index, plan, steps, devs, [self.nodes[d] for d in devs], self.env.event())
 
     # ---- timeline ----------------------------------------------------------------------------
     def _on_transfer(self, rec) -> None:
         if len(self.timeline) < 400_000:
             self.timeline.append({"kind": "link", "src": rec.src, "dst": rec.dst, "start": rec.start, "end": rec.end,
                                   "bytes": rec.nbytes, "tag": rec.tag})
+
+    def mark(self, name: str, device: int | None = None, **args) -> None:
+        """An instant event on the timeline (dynamics, detections, rebalances)."""
+        self.timeline.append({"kind": "instant", "name": name, "start": self.env.now,
+                              "device": -1 if device is None else device, "args": args})
 
     # ---- processes -----------------------------------------------------------------------------
     def _kv(self, node: Node, tokens: int) -> None:
@@ -230,21 +310,21 @@ class Simulation:
             raise MemoryOverflow(self.error)
 
     def _step_cost(self, step: int) -> tuple[int, StepCost]:
-        """(new tokens, costs) of generation step ``step``, listed for every step up to it."""
-        costs = self._step_costs
-        while len(costs) <= step:
-            S, P = self.steps.step_shape(len(costs))
-            costs.append((S, self.steps.get(S, P)))
-        return costs[step]
+        """(new tokens, costs) of generation step ``step`` under the initial plan."""
+        return self.epoch.step_cost(step)
 
     def request(self, rid: int):
+        if self.dynamic:
+            yield from self._request_dynamic(rid)
+            return
         env, w = self.env, self.sc.workload
-        stages = self.plan.stages
+        ep = self.epoch
+        stages = ep.plan.stages
         n_st = len(stages)
-        devs = [st.device for st in stages]
-        nodes = [self.nodes[d] for d in devs]
+        devs = ep.devs
+        nodes = ep.nodes
         transfer = self.net.send  # we only wait for arrivals: no TransferRecord values
-        costs = self._step_costs
+        costs = ep.costs
         kv_mode = w.mode == "kv_cache"
         tags = self.want_timeline  # transfer tags only show in the timeline
         timeline = self.timeline
@@ -256,7 +336,7 @@ class Simulation:
         cached = 0
         try:
             for step in range(w.new_tokens):
-                S, cost = costs[step] if step < len(costs) else self._step_cost(step)
+                S, cost = costs[step] if step < len(costs) else ep.step_cost(step)
                 pending: list[list] = [[] for _ in range(n_st)]
                 for s in range(n_st):
                     for ev in pending[s]:  # every tensor routed to this stage has arrived
@@ -304,9 +384,150 @@ class Simulation:
             if kv_mode:
                 for nd in nodes:
                     nd.kv_tokens = max(0, nd.kv_tokens - cached)
+        self._finished()
+
+    def _finished(self) -> None:
         self.completed += 1
-        if self.completed == w.requests and not self.done.triggered:
+        if self.completed == self.sc.workload.requests and not self.done.triggered:
             self.done.succeed()
+
+    # ---- the request loop with dynamics: epochs, drains, retries -------------------------------
+    def _park(self):
+        """This step waits outside the pipeline (not counted by a drain)."""
+        self.active -= 1
+        if self.active == 0 and self._drained is not None:
+            ev, self._drained = self._drained, None
+            ev.succeed()
+
+    def _request_dynamic(self, rid: int):
+        env, w = self.env, self.sc.workload
+        kv_mode = w.mode == "kv_cache"
+        submit = env.now
+        self.submitted += 1
+        if w.tokenize_ms:
+            yield env.timeout(w.tokenize_ms / 1e3)
+        last = submit
+        self.req_cached[rid] = 0
+        step, reprefill = 0, False
+        try:
+            while step < w.new_tokens:
+                while self.gate is not None:
+                    yield self.gate
+                if self.done.triggered:
+                    return  # a terminal event ended the run
+                ep = self.epoch
+                if rid in self.lost_kv:  # a phone left with part of this request's KV cache: recompute it
+                    self.lost_kv.discard(rid)
+                    self.req_cached[rid] = 0
+                    reprefill = kv_mode and step > 0
+                if reprefill:
+                    S = w.prompt_tokens + step
+                    cost = ep.steps.get(S, 0)
+                else:
+                    S, cost = ep.step_cost(step)
+                self.active += 1
+                ok = yield from self._run_step(ep, rid, step, S, cost)
+                self._park()
+                if not ok:
+                    self.retried_steps += 1
+                    continue
+                self.req_cached[rid] += S
+                now = env.now
+                self.tokens.append({"request": rid, "token": step, "kind": "prefill" if step == 0 else "decode",
+                                    "time_s": now, "latency_ms": (now - last) * 1e3,
+                                    "since_submit_ms": (now - submit) * 1e3})
+                last = now
+                if self.progress:
+                    self.progress(1)
+                step += 1
+                reprefill = False
+        except MemoryOverflow:
+            if not self.done.triggered:
+                self.done.succeed()
+            return
+        finally:
+            cached = self.req_cached.pop(rid, 0)
+            if kv_mode:
+                for nd in self.epoch.nodes:
+                    nd.kv_tokens = max(0, nd.kv_tokens - cached)
+        self._finished()
+
+    def _stall(self, ep: Epoch):
+        """A phone of this plan is gone (not yet detected): wait, outside the pipeline, for the next plan."""
+        self._park()
+        if not ep.ended.triggered:
+            yield ep.ended
+        self.active += 1
+        return False
+
+    def _run_step(self, ep: Epoch, rid: int, step: int, S: int, cost: StepCost):
+        env, w = self.env, self.sc.workload
+        devs, nodes = ep.devs, ep.nodes
+        transfer = self.net.send
+        tags = self.want_timeline
+        timeline = self.timeline
+        kv_mode = w.mode == "kv_cache"
+        mon = self.monitor
+        pending: list[list] = [[] for _ in devs]
+        for s in range(len(devs)):
+            for ev in pending[s]:
+                if ev.callbacks is not None:
+                    yield ev
+            node = nodes[s]
+            if ep.broken:
+                return False
+            if node.dead:
+                return (yield from self._stall(ep))
+            lock = node.lock
+            grant = lock.request()
+            if grant is not None:
+                yield grant
+            if ep.broken or node.dead:
+                lock.release()
+                return False if ep.broken else (yield from self._stall(ep))
+            if kv_mode:
+                try:
+                    self._kv(node, S)
+                except MemoryOverflow:
+                    lock.release()
+                    raise
+            t0 = env.now
+            if node.thermal is not None:
+                node.heat_s = max(0.0, node.heat_s - (t0 - node.last_end))
+                hot = node.heat_s >= node.thermal[0] if not node.hot else node.heat_s > node.thermal[0] / 2
+                if hot != node.hot:
+                    node.hot = hot
+                    node.update_speed()
+                    self.mark("thermal throttled" if hot else "thermal recovered", devs[s])
+            dur = cost.stage_seconds[s] / node.speed
+            if node.noise:
+                dur *= float(self.dyn_rng.lognormal(0.0, node.noise))
+            yield env.timeout(dur)
+            t1 = env.now
+            node.busy_s += t1 - t0
+            node.last_end = t1
+            if node.thermal is not None:
+                node.heat_s += t1 - t0
+            if mon is not None and not node.dead:
+                mon.stage_time(devs[s], t1, t1 - t0, cost.stage_seconds[s])  # what the phone reports
+            if tags and len(timeline) < 400_000:
+                timeline.append({"kind": "compute", "device": devs[s], "start": t0,
+                                 "end": t1, "request": rid, "step": step, "stage": s})
+            lock.release()
+            if node.dead:
+                return (yield from self._stall(ep))  # died mid-step: its outputs never leave
+            src = devs[s]
+            for dst, nb in cost.routes[s]:
+                pending[dst].append(transfer(src, devs[dst], nb, f"r{rid}s{step}:{s}->{dst}" if tags else ""))
+        if w.sample_ms:
+            yield env.timeout(w.sample_ms / 1e3)
+        if devs[-1] != devs[0]:
+            yield transfer(devs[-1], devs[0], 4 * w.batch, f"r{rid}s{step}:token" if tags else "")
+        if ep.broken:
+            return False
+        if nodes[0].dead:
+            return (yield from self._stall(ep))
+        return True
 
     def _closed_loop(self, counter):
         w = self.sc.workload
@@ -358,7 +579,9 @@ class Simulation:
                     stop_reason = "max_wall_s"
             events += n
         if self.error:
-            stop_reason = "memory_overflow"
+            stop_reason = "memory_overflow" if self.error.startswith("memory overflow") else "terminal"
+        elif stop_reason != "completed" and self.stop_note:
+            stop_reason = f"{stop_reason}: {self.stop_note}"
         wall = time.perf_counter() - wall0
         return self._result(events, wall, stop_reason)
 
@@ -393,6 +616,10 @@ class Simulation:
             "plan": self.plan.to_json(),
             "plan_strategy": self.plan.strategy,
         }
+        if self.dynamic:
+            from llsim.sim.dynamics import dynamic_metrics
+
+            metrics.update(dynamic_metrics(self, makespan))
         if self.error:
             metrics["error"] = self.error
         sent = {r["index"]: r for r in self.net.station_stats()}
@@ -411,4 +638,4 @@ class Simulation:
                 "memory_budget_bytes": d.budget_bytes,
                 "bytes_sent": s.get("bytes_sent", 0), "bytes_received": s.get("bytes_received", 0),
             })
-        return SimResult(toks, dev_rows, self.net.link_stats(), self.timeline, metrics, self.error)
+        return SimResult(toks, dev_rows, self.net.link_stats(), self.timeline, metrics, self.error, self.rebalances)

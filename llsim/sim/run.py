@@ -21,10 +21,13 @@ def make_plan(sc: Scenario, devices: list[DeviceInstance]) -> Plan:
     n = n_modules(sc)
     a = sc.allocation
     names = [d.name for d in devices]
+    present = [d.index for d, spec in zip(devices, _specs(sc)) if not spec.absent]
+    if not present:
+        raise LLSimError("every device is marked absent: at least one must be present at the start")
     if a.strategy == "explicit":
         plan = explicit_plan(a.stages, names)
     elif a.strategy == "uniform":
-        order = list(range(len(devices)))
+        order = list(present)
         if a.header is not None:
             order.remove(a.header)
             order.insert(0, a.header)
@@ -34,8 +37,23 @@ def make_plan(sc: Scenario, devices: list[DeviceInstance]) -> Plan:
             from llsim.alloc.strategies import allocate
         except ImportError:
             raise LLSimError(f"allocation.strategy: '{a.strategy}' is not available; use uniform or explicit") from None
-        plan = allocate(sc, devices, a.strategy).plan
+        problem = None
+        if len(present) < len(devices):  # phones that join later get no work in the initial plan
+            from llsim.alloc.problem import build_problem
+            from llsim.balance.policy import adjusted_problem
+
+            problem = adjusted_problem(build_problem(sc, devices), {}, {}, set(present))
+        plan = allocate(sc, devices, a.strategy, problem=problem).plan
+    absent = [names[s.device] for s in plan.stages if s.device not in present]
+    if absent:
+        raise LLSimError(f"allocation: the plan gives modules to {', '.join(absent)}, marked absent at the start")
     return validate_plan(plan, n, len(devices))
+
+
+def _specs(sc: Scenario):
+    for spec in sc.devices:
+        for _ in range(spec.count):
+            yield spec
 
 
 def simulate(sc: Scenario, plan: Plan | None = None, progress=None, timeline: bool = True) -> tuple[SimResult, list[DeviceInstance], Plan]:
