@@ -185,7 +185,8 @@ class Balancer(_Strict):
     min_interval_s: float = Field(15.0, ge=0)  # between two rebalances
     min_gain: float = Field(0.05, ge=0)  # relative gain a new plan must promise
     gain_cost_margin: float = Field(1.5, ge=1)  # predicted gain over the horizon must exceed margin x cost
-    horizon_s: float | None = Field(None, gt=0)  # None: the remaining tokens known to the coordinator
+    horizon_s: float | None = Field(60.0, gt=0)  # a change must pay back within this long (None: the whole
+    # remaining work known to the coordinator; a deviation may not last that long)
     min_samples: int = Field(5, ge=1)  # observations of a phone before its ratio is trusted
     overlap_replicas: bool = True  # pre-stage neighbours' boundary modules within memory slack
     strategy: str = "milp"  # for full re-plans

@@ -311,7 +311,9 @@ class Balancer:
                             self.cfg.session_ms_per_module / 1e3)
             c.kind, c.new_value_s = "replan", per_token_s(pb, res.plan)
             cands.append(c)
-        horizon = (self.cfg.horizon_s / v_old if self.cfg.horizon_s else cs.remaining_tokens)
+        horizon = cs.remaining_tokens  # tokens the change would speed up
+        if self.cfg.horizon_s and np.isfinite(v_old) and v_old > 0:
+            horizon = min(horizon, self.cfg.horizon_s / v_old)
         for c in cands:
             c.t, c.trigger, c.old_value_s = t, "; ".join(trig), v_old
             c.gain = (v_old - c.new_value_s) / v_old if v_old > 0 and np.isfinite(v_old) else 1.0

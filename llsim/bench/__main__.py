@@ -146,8 +146,15 @@ def bench_allocator() -> None:
     alloc_main()
 
 
+def bench_balancer() -> None:
+    """Load-balancing gain, recovery time, nothing lost (llsim.bench.balancer)."""
+    from llsim.bench.balancer import main as balancer_main
+
+    balancer_main()
+
+
 BENCHES = [bench_model_analysis, bench_onnx_ingestion, bench_simulator_speed, bench_costmodel_accuracy,
-           bench_allocator, bench_paper, bench_solve_time]
+           bench_allocator, bench_paper, bench_solve_time, bench_balancer]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -77,7 +77,7 @@ def setup_dynamics(sim) -> None:
             held = overlap_replicas(sim.problem, sim.plan)
             sim.present = {d: frozenset(range(lo, hi + 1)) for d, (lo, hi) in held.items()} | {
                 d: frozenset() for d in sim.nodes if d not in held}
-            sim.epoch = sim._make_epoch(sim.plan, 0)
+            sim.epoch = sim._make_epoch(sim.plan, 0, replicas=held)
             sim.steps, sim._step_costs = sim.epoch.steps, sim.epoch.costs
         sim.env.process(_coordinator(sim))
 
@@ -272,9 +272,11 @@ def _apply(sim, dec):
 def _stage_replica(sim, src, dst, m):
     nb = int(sim.problem.weight_bytes[m])
     yield sim.net.transfer(src, dst, nb, f"replica m{m}")
-    if not sim.nodes[dst].dead:
+    if not sim.nodes[dst].dead and m not in sim.present[dst]:
         sim.present[dst] = sim.present[dst] | {m}
-        sim.nodes[dst].static_bytes += nb
+        lo, hi = sim.replica_target.get(dst, (0, -1))
+        if lo <= m <= hi:
+            sim.nodes[dst].static_bytes += nb
 
 
 def _plan_str(plan, names) -> str:

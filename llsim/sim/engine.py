@@ -256,15 +256,17 @@ class Simulation:
         mods_all = g_prefill.modules
         problems = []
         running = {st.device: st for st in plan.stages}
+        if replicas is not None:
+            self.replica_target = replicas
+        target = getattr(self, "replica_target", {})
         for d, node in self.nodes.items():
             st = running.get(d)
-            held = set(self.present.get(d, ()))
-            if st is not None:
-                held |= set(range(st.start_module, st.end_module + 1))
-            if replicas is not None:  # keep only what the new plan wants this phone to hold
-                lo, hi = replicas.get(d, (0, -1))
-                held = {m for m in held if lo <= m <= hi or (st and st.start_module <= m <= st.end_module)}
-            self.present[d] = frozenset(held)
+            run = set(range(st.start_module, st.end_module + 1)) if st is not None else set()
+            # present: weight files on the phone (they stay on flash storage; a phone that returns after
+            # a crash only reopens sessions); in memory: what it runs and its replicas for this plan
+            self.present[d] = self.present.get(d, frozenset()) | run
+            lo, hi = target.get(d, (0, -1))
+            held = run | {m for m in self.present[d] if lo <= m <= hi}
             weights = sum(mods_all[m].param_bytes for m in held)
             if st is None:
                 node.static_bytes, node.kv_per_token = weights, 0
@@ -566,7 +568,7 @@ class Simulation:
                     stop_reason = "completed"
                     break
                 if peek() > max_sim_s:
-                    stop_reason = "max_sim_s"
+                    stop_reason = "stalled" if peek() == float("inf") else "max_sim_s"
                     break
                 try:
                     step()
