@@ -32,6 +32,7 @@ class Snapshot:
 
     t: float
     slowdown: dict[int, float]  # device -> smoothed observed/expected stage time (trusted ones only)
+    recent: dict[int, float]  # the same with a short time constant (smoothing_s / 6): is it still so now?
     samples: dict[int, int]
     link_mbps: dict[int, float]  # device -> last reported Wi-Fi link rate
     alive: dict[int, bool]  # device -> answering heartbeats
@@ -46,6 +47,7 @@ class Monitor:
     misses: int = 3
     min_samples: int = 5
     ratios: list[_Ratio] = field(default_factory=list)
+    fast: list[_Ratio] = field(default_factory=list)
     last_beat: dict[int, float] = field(default_factory=dict)
     first_beat: dict[int, float] = field(default_factory=dict)
     link_mbps: dict[int, float] = field(default_factory=dict)
@@ -54,6 +56,7 @@ class Monitor:
     def __post_init__(self):
         if not self.ratios:
             self.ratios = [_Ratio() for _ in range(self.devices)]
+            self.fast = [_Ratio() for _ in range(self.devices)]
 
     # ---- observations ------------------------------------------------------------------------
     def stage_time(self, device: int, t: float, observed_s: float, expected_s: float) -> None:
@@ -61,12 +64,13 @@ class Monitor:
         if expected_s <= 0:
             return
         self._smooth(self.ratios[device], t, observed_s / expected_s)
+        self._smooth(self.fast[device], t, observed_s / expected_s, self.smoothing_s / 6)
 
-    def _smooth(self, r: _Ratio, t: float, x: float) -> None:
+    def _smooth(self, r: _Ratio, t: float, x: float, tau: float | None = None) -> None:
         if r.t is None:
             r.value = x
         else:
-            a = 1.0 - math.exp(-max(t - r.t, 0.0) / self.smoothing_s)
+            a = 1.0 - math.exp(-max(t - r.t, 0.0) / (tau or self.smoothing_s))
             # at least 1/(samples+1) weight while few samples exist (a fast start, then the time constant)
             a = max(a, 1.0 / (r.samples + 1)) if r.samples < self.min_samples else a
             r.value += a * (x - r.value)
@@ -88,6 +92,7 @@ class Monitor:
     def reset(self, device: int) -> None:
         """Forget a phone's history (it left, or its work changed so much that old samples mislead)."""
         self.ratios[device] = _Ratio()
+        self.fast[device] = _Ratio()
 
     # ---- the view ------------------------------------------------------------------------------
     def alive(self, device: int, t: float) -> bool:
@@ -96,6 +101,7 @@ class Monitor:
 
     def snapshot(self, t: float) -> Snapshot:
         slow = {d: r.value for d, r in enumerate(self.ratios) if r.samples >= self.min_samples}
+        recent = {d: self.fast[d].value for d in slow}
         alive = {d: self.alive(d, t) for d in range(self.devices)}
-        return Snapshot(t, slow, {d: r.samples for d, r in enumerate(self.ratios)}, dict(self.link_mbps), alive,
+        return Snapshot(t, slow, recent, {d: r.samples for d, r in enumerate(self.ratios)}, dict(self.link_mbps), alive,
                         {d: self.first_beat[d] for d in self.first_beat if alive[d]})

@@ -253,28 +253,34 @@ class Balancer:
         alive = {d for d, a in snap.alive.items() if a}
         return adjusted_problem(self.pb, self.slowdown, self._link_scale(snap), alive)
 
-    def _armed(self, key: str, dev: float, t: float) -> bool:
+    def _armed(self, key: str, dev: float, recent: float, t: float) -> bool:
+        """Hysteresis: the timer starts when the smoothed and the recent deviation both exceed the
+        threshold (same sign), is reset when either falls under half of it, and fires after
+        ``sustain_s`` if both still exceed it (a spike shorter than that cannot fire through the
+        smoothing's lag)."""
         thr = self.cfg.threshold
-        if abs(dev) > thr:
+        both = abs(dev) > thr and abs(recent) > thr and dev * recent > 0
+        if both:
             start = self.since.setdefault(key, t)
             return t - start >= self.cfg.sustain_s
-        if abs(dev) < thr / 2:
+        if abs(dev) < thr / 2 or abs(recent) < thr / 2 or dev * recent < 0:
             self.since.pop(key, None)
         return False
 
     def triggers(self, snap: Snapshot, cs: ClusterState) -> list[str]:
         t, out = snap.t, []
         self.slowdown.update(snap.slowdown)
-        for d in cs.plan.devices:
+        watch = set(cs.plan.devices) | {d for d in snap.slowdown if snap.alive.get(d)}  # idle phones: probes
+        for d in sorted(watch):
             r = snap.slowdown.get(d)
             if r is not None:
                 a = self.assumed.get(d, 1.0)
-                if self._armed(f"speed{d}", r / a - 1.0, t):
+                if self._armed(f"speed{d}", r / a - 1.0, snap.recent.get(d, r) / a - 1.0, t):
                     out.append(f"{'slowdown' if r > a else 'speedup'} {self.names[d]} x{r / a:.2f}")
             rate = snap.link_mbps.get(d)
             ref = self.assumed_link.get(d)
-            if rate is not None and ref:
-                if self._armed(f"link{d}", ref / rate - 1.0, t):
+            if rate is not None and ref and d in cs.plan.devices:
+                if self._armed(f"link{d}", ref / rate - 1.0, ref / rate - 1.0, t):
                     out.append(f"link {self.names[d]} {ref:.0f}->{rate:.0f} Mb/s")
         if self.known is not None:
             for d, since in snap.alive_since.items():
@@ -285,6 +291,7 @@ class Balancer:
     def decide(self, snap: Snapshot, cs: ClusterState) -> Decision | None:
         if self.known is None:
             self.adopt(snap, cs.plan)
+        self.known = {d for d in self.known if snap.alive.get(d)}  # a phone that left and returns is a join
         t = snap.t
         gone = [d for d in cs.plan.devices if not snap.alive.get(d, False)]
         if gone:

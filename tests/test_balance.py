@@ -1,0 +1,305 @@
+"""The runtime load balancer: the pure policy on recorded measurement sequences (no simulator),
+then the simulator carrying out its decisions end to end (throttling, a phone leaving mid-request,
+no thrash, determinism).
+
+Bad inputs tried (each a clear one-line error, no traceback):
+
+| input                                   | message contains                 |
+|-----------------------------------------|----------------------------------|
+| event with an unknown kind              | events[0], kind                  |
+| event naming a device that is not there | events[0], no device 'nope'      |
+| phone leaves, the rest cannot hold it   | terminal, no longer fits, GB     |
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from llsim.alloc.plan import Plan, StagePlan
+from llsim.alloc.problem import build_problem
+from llsim.balance.monitor import Monitor
+from llsim.balance.policy import Balancer, ClusterState, adjusted_problem, best_shift, per_token_s
+from llsim.balance.replicas import overlap_replicas
+from llsim.errors import LLSimError
+from llsim.scenario import Balancer as BalancerCfg
+from llsim.scenario import load_scenario
+from llsim.sim.cluster import expand_devices
+from llsim.sim.run import simulate
+
+from conftest import run_cli
+
+
+# ---- the policy, on recorded sequences -----------------------------------------------------------
+def _problem(objective="throughput"):
+    sc = load_scenario("balance-throttle", sets=[f"allocation.objective={objective}"])
+    devs = expand_devices(sc)
+    return sc, devs, build_problem(sc, devs)
+
+
+@pytest.fixture(scope="module")
+def setup():
+    from llsim.alloc.strategies import allocate
+
+    sc, devs, pb = _problem()
+    plan = allocate(sc, devs, "milp", problem=pb).plan
+    held = overlap_replicas(pb, plan)
+    present = {d: frozenset(range(lo, hi + 1)) for d, (lo, hi) in held.items()}
+    return sc, pb, plan, present
+
+
+def _feed(bal: Balancer, mon: Monitor, plan, present, seq, remaining=5000, dt=0.05):
+    """seq(t) -> {device: observed/expected}; every dt each phone reports a stage time (20 per second, as a
+    phone running a few segment executions per second per request in flight), the coordinator decides every second."""
+    out, t = [], 0.0
+    T = seq.duration
+    while t <= T:
+        for d in range(mon.devices):
+            if seq.alive(d, t):
+                mon.heartbeat(d, t, bal.nominal_link.get(d))
+            r = seq(t).get(d)
+            if r is not None:
+                mon.stage_time(d, t, r * 0.05, 0.05)
+        if abs(t / 1.0 - round(t)) < 1e-9:  # the coordinator asks every second
+            dec = bal.decide(mon.snapshot(t), ClusterState(t, plan, present, remaining))
+            if dec is not None:
+                out.append(dec)
+                if dec.plan is not None:
+                    plan = dec.plan
+        t = round(t + dt, 6)
+    return out
+
+
+class Seq:
+    def __init__(self, f, duration, dead=None):
+        self.f, self.duration, self.dead = f, duration, dead or {}
+
+    def __call__(self, t):
+        return self.f(t)
+
+    def alive(self, d, t):
+        return not (d in self.dead and t >= self.dead[d])
+
+
+def _balancer(pb, **kw):
+    cfg = BalancerCfg(**kw)
+    return Balancer(cfg, pb, {d: 960.0 for d in range(pb.n_devices)}), Monitor(pb.n_devices, cfg.smoothing_s,
+                                                                               cfg.heartbeat_s,
+                                                                               cfg.heartbeat_misses, cfg.min_samples)
+
+
+def test_sustained_slowdown_moves_work_off_the_slow_phone_after_sustain_s(setup):
+    sc, pb, plan, present = setup
+    slow = plan.stages[0].device
+    bal, mon = _balancer(pb, sustain_s=4.0)
+    decs = _feed(bal, mon, plan, present, Seq(lambda t: {d: (2.5 if (d == slow and t >= 10) else 1.0)
+                                                          for d in plan.devices}, 40))
+    assert len(decs) == 1
+    d = decs[0]
+    assert d.kind in ("shift", "replan")
+    # armed only once the smoothed ratio has exceeded the threshold for sustain_s after t=10
+    assert 10 + 4.0 <= d.t <= 10 + 4.0 + 3 * 3.0
+    assert str(pb.device_names[slow]) in d.trigger
+    # the slow phone gets less compute than before, priced at its observed speed
+    pb_obs = adjusted_problem(pb, {slow: 2.5}, {}, None)
+
+    def work(p):
+        return sum(float(pb.thr.compute[s.device, s.start_module:s.end_module + 1].sum())
+                   for s in p.stages if s.device == slow)
+    assert work(d.plan) < work(plan)
+    assert per_token_s(pb_obs, d.plan) < per_token_s(pb_obs, plan) * (1 - 0.05)
+    assert d.gain_s >= 1.5 * d.cost_s
+
+
+def test_spike_shorter_than_sustain_and_noise_never_trigger(setup):
+    sc, pb, plan, present = setup
+    bal, mon = _balancer(pb)
+    rng = np.random.default_rng(7)
+    noise = {}
+
+    def seq(t):  # 25% lognormal jitter everywhere, plus a 3 s spike of 3x on one phone at t=100
+        key = round(t, 6)
+        if key not in noise:
+            noise[key] = {d: float(rng.lognormal(0, 0.25)) for d in plan.devices}
+        r = dict(noise[key])
+        if 100 <= t < 103:
+            r[plan.devices[0]] *= 3.0
+        return r
+    assert _feed(bal, mon, plan, present, Seq(seq, 600)) == []
+    assert bal.evaluations == 0
+
+
+def test_no_action_when_the_gain_cannot_pay_back(setup):
+    sc, pb, plan, present = setup
+    slow = plan.stages[0].device
+    bal, mon = _balancer(pb)
+    decs = _feed(bal, mon, plan, present, Seq(lambda t: {d: 2.5 if d == slow else 1.0 for d in plan.devices}, 30),
+                 remaining=3)  # three tokens left: any drain costs more than it saves
+    assert decs == [] and bal.evaluations >= 1
+    assert bal.log[0]["taken"] == "none"
+
+
+def test_min_interval_between_actions(setup):
+    sc, pb, plan, present = setup
+    a, b = plan.devices[0], plan.devices[-1]
+    bal, mon = _balancer(pb, min_interval_s=30.0)
+
+    def seq(t):
+        return {d: (2.5 if (d == a and t >= 5) else 1.0) * (2.5 if (d == b and t >= 20) else 1.0) for d in plan.devices}
+    decs = _feed(bal, mon, plan, present, Seq(seq, 80))
+    assert len(decs) >= 2
+    assert all(y.t - x.t >= 30.0 for x, y in zip(decs, decs[1:]))
+
+
+def test_missed_heartbeats_fail_over_to_the_phones_left(setup):
+    sc, pb, plan, present = setup
+    gone = plan.devices[1]
+    bal, mon = _balancer(pb, heartbeat_s=0.5, heartbeat_misses=3)
+    decs = _feed(bal, mon, plan, present, Seq(lambda t: {}, 20, dead={gone: 10.0}))
+    assert decs[0].kind == "failover"
+    assert gone not in decs[0].plan.devices
+    assert 10.0 + 1.5 <= decs[0].t <= 10.0 + 1.5 + 1.0  # misses x heartbeat_s, then the next decision tick
+    # weights the others lack come from a phone that holds them, else the coordinator's store
+    for mv in decs[0].moves:
+        assert mv.src is None or (mv.src != gone and mv.module in present[mv.src])
+
+
+def test_boundary_shift_matches_hand_optimum_on_two_phones():
+    """Two identical phones, a free network, compute-bound: when phone 1 runs at half speed, the
+    best boundary within the replicas gives it a third of the work (bottleneck balance)."""
+    sc = load_scenario("balance-throttle", sets=["devices=[{profile: kirin-990, threads: 4, count: 2}]",
+                                                 "network={kind: fixed, goodput_mbps: 1.0e9, rtt_ms: 1.0e-9}",
+                                                 "model=gpt2-small", "weight_dtype=fp32", "events=[]"])
+    devs = expand_devices(sc)
+    pb = build_problem(sc, devs, "throughput")
+    n = pb.n_modules
+    half = n // 2
+    plan = Plan((StagePlan(0, 0, half - 1), StagePlan(1, half, n - 1)))
+    present = {0: frozenset(range(n)), 1: frozenset(range(n))}  # everything pre-staged
+    obs = adjusted_problem(pb, {1: 2.0}, {}, None)
+    best, v = best_shift(obs, plan, present)
+    # brute force over every boundary: the same optimum
+    vals = [per_token_s(obs, Plan((StagePlan(0, 0, k - 1), StagePlan(1, k, n - 1)))) for k in range(1, n)]
+    assert v == pytest.approx(min(vals), rel=1e-12)
+    c = pb.thr.compute[0]
+    w0 = c[:best.stages[1].start_module].sum()
+    w1 = c[best.stages[1].start_module:].sum()
+    assert abs(w0 - 2 * w1) <= 2 * c.max()  # 2:1 in profiled time, up to one module
+    # with no replicas, no shift is possible
+    assert best_shift(obs, plan, {0: frozenset(range(half)), 1: frozenset(range(half, n))}) is None
+
+
+# ---- the simulator carrying it out ------------------------------------------------------------------
+def _metrics(name, sets=()):
+    res, _, _ = simulate(load_scenario(name, sets=list(sets)), timeline=False)
+    return res
+
+
+def test_throttling_end_to_end_balancer_recovers_throughput():
+    on = _metrics("balance-throttle")
+    off = _metrics("balance-throttle", ["balancer.enabled=false"])
+    assert on.metrics["requests_completed"] == on.metrics["requests_submitted"] == 48
+    assert on.rebalances and "snapdragon-8gen2-0" in on.rebalances[0]["trigger"]
+    assert on.rebalances[0]["time_s"] > 20.0
+    assert on.metrics["tokens_per_s"] > 1.2 * off.metrics["tokens_per_s"]
+    series = on.metrics["throughput_windows"]["series"]
+    assert series and abs(sum(x["tokens_per_s"] for x in series) * 5.0 - 48 * 64) < 1e-6
+
+
+def test_monitor_sees_the_throttle_factor_from_reported_times_only():
+    from llsim.sim.engine import Simulation
+    from llsim.sim.run import make_plan
+
+    sc = load_scenario("balance-throttle", sets=["balancer.min_interval_s=1000", "balancer.sustain_s=1000"])
+    devs = expand_devices(sc)
+    sim = Simulation(sc, devs, make_plan(sc, devs), timeline=False)
+    sim.run()
+    assert sim.monitor.snapshot(sim.env.now).slowdown[0] == pytest.approx(1 / 0.4, rel=1e-6)
+
+
+def _check_every_token_once(res, requests, new_tokens):
+    seen = {}
+    for t in res.tokens:
+        key = (t["request"], t["token"])
+        assert key not in seen, f"token {key} generated twice"
+        seen[key] = t
+    assert set(seen) == {(r, k) for r in range(requests) for k in range(new_tokens)}
+
+
+@pytest.mark.parametrize("who,mode", [("snapdragon-8gen2-0", "kv_cache"), ("kirin-990-0", "recompute")])
+def test_phone_leaving_mid_request_loses_and_duplicates_nothing_and_is_deterministic(who, mode):
+    sets = [f"events=[{{at: 7.3, kind: leave, device: {who}}}, {{at: 30, kind: join, device: {who}}}]",
+            f"workload.mode={mode}", "workload.requests=12", "workload.new_tokens=24"]
+    a = _metrics("balance-leave-rejoin", sets)
+    assert a.metrics["stop_reason"] == "completed"
+    assert a.metrics["requests_completed"] == a.metrics["requests_submitted"] == 12
+    _check_every_token_once(a, 12, 24)
+    assert any(r["kind"] == "failover" for r in a.rebalances)
+    b = _metrics("balance-leave-rejoin", sets)
+    strip = lambda m: {k: v for k, v in m.items() if k not in ("wall_time_s", "events_per_wall_s")}  # noqa: E731
+    assert a.tokens == b.tokens and strip(a.metrics) == strip(b.metrics) and a.rebalances == b.rebalances
+
+
+def test_without_balancer_a_leaving_phone_stalls_the_run_with_a_reason():
+    res = _metrics("balance-leave-rejoin", ["balancer.enabled=false", "events=[{at: 5, kind: leave, device: 0}]"])
+    assert res.metrics["stop_reason"].startswith("stalled") and "balancer is off" in res.metrics["stop_reason"]
+    assert res.metrics["requests_completed"] < res.metrics["requests_submitted"]
+
+
+def test_terminal_when_the_phones_left_cannot_hold_the_model(tmp_path, capsys):
+    sets = ["devices=[{profile: kirin-990, threads: 4, count: 2}]", "model=bloom-1b7", "weight_dtype=fp16",
+            "events=[{at: 5, kind: leave, device: 1}]", "workload.requests=8"]
+    code, out, err = run_cli(["run", "balance-leave-rejoin", "--out", tmp_path / "r",
+                              *sum((["--set", s] for s in sets), [])], capsys)
+    m = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert m["stop_reason"] == "terminal"
+    assert "no longer fits" in m["error"] and "GB" in m["error"]
+    assert m["requests_completed"] < m["requests_submitted"]
+    assert (tmp_path / "r" / "tokens.csv").read_text().count("\n") > 1  # what was computed is kept
+    assert "Traceback" not in err
+
+
+def test_noisy_but_stable_cluster_never_rebalances():
+    res = _metrics("balance-noisy-stable")
+    assert res.metrics["requests_completed"] == 160
+    assert res.metrics["rebalances"] == 0
+    assert res.metrics["balancer_evaluations"] == 0
+
+
+def test_fading_link_is_seen_through_reported_link_rate():
+    res = _metrics("balance-fading")
+    assert res.rebalances and res.rebalances[0]["trigger"].startswith("link exynos-1380-0")
+    off = _metrics("balance-fading", ["balancer.enabled=false"])
+    assert res.metrics["tokens_per_s"] > 1.2 * off.metrics["tokens_per_s"]
+
+
+def test_outputs_rebalances_csv_and_coordinator_track(tmp_path, capsys):
+    code, out, err = run_cli(["run", "balance-throttle", "--out", tmp_path / "r"], capsys)
+    assert code == 0
+    rows = (tmp_path / "r" / "rebalances.csv").read_text().splitlines()
+    assert rows[0].startswith("time_s,trigger,kind,predicted_cost_s,actual_stall_s") and len(rows) == 2
+    trace = json.loads((tmp_path / "r" / "timeline.json").read_text())
+    names = [e.get("name", "") for e in trace["traceEvents"] if e.get("pid") == 3]
+    assert any(n.startswith("shift") or n.startswith("replan") for n in names)
+    assert any("throttle" in e.get("name", "") for e in trace["traceEvents"] if e.get("pid") == 1)
+
+
+@pytest.mark.parametrize("sets,needle", [
+    (["events=[{at: 1, kind: explode, device: 0}]"], "events[0]"),
+    (["events=[{at: 1, kind: leave, device: nope}]"], "no device 'nope'"),
+])
+def test_bad_events_are_clear_errors(tmp_path, capsys, sets, needle):
+    code, out, err = run_cli(["run", "balance-throttle", "--out", tmp_path / "r", "--set", sets[0]], capsys)
+    assert code == 2 and needle in err and "Traceback" not in err
+
+
+def test_same_seed_same_files_with_random_bursts(tmp_path, capsys):
+    for k in (1, 2):
+        assert run_cli(["run", "balance-bursts", "--out", tmp_path / f"r{k}", "--set", "workload.requests=24"],
+                       capsys)[0] == 0
+    for f in ("tokens.csv", "rebalances.csv", "devices.csv", "timeline.json"):
+        assert (tmp_path / "r1" / f).read_bytes() == (tmp_path / "r2" / f).read_bytes(), f
+    with pytest.raises(LLSimError):
+        load_scenario("balance-bursts", sets=["events=[{kind: background_bursts, rate_per_s: -1, share: 0.5, "
+                                              "mean_duration_s: 3}]"])
