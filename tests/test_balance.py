@@ -303,3 +303,30 @@ def test_same_seed_same_files_with_random_bursts(tmp_path, capsys):
     with pytest.raises(LLSimError):
         load_scenario("balance-bursts", sets=["events=[{kind: background_bursts, rate_per_s: -1, share: 0.5, "
                                               "mean_duration_s: 3}]"])
+
+
+def test_thermal_throttling_from_the_profile_after_its_busy_time(tmp_path):
+    """A profile whose phone throttles after 5 s of busy time to its sustained speed (0.75 of peak
+    for the Snapdragon 8 Gen 2): the coordinator's monitor ends up seeing exactly 1/0.75."""
+    import yaml
+
+    from llsim.device.profile import resolve_profile_path
+    from llsim.sim.engine import Simulation
+    from llsim.sim.run import make_plan
+
+    d = yaml.safe_load(open(resolve_profile_path("snapdragon-8gen2")).read())
+    d["thermal"]["time_to_throttle_s"] = 5.0
+    (tmp_path / "hot.yaml").write_text(yaml.safe_dump(d))
+    sc = load_scenario("balance-throttle", sets=[f"devices=[{{profile: {tmp_path / 'hot.yaml'}, threads: 4}}]",
+                                                 "events=[{kind: thermal}]", "balancer.sustain_s=1000",
+                                                 "workload.requests=8", "workload.concurrency=2"])
+    devs = expand_devices(sc)
+    sim = Simulation(sc, devs, make_plan(sc, devs))
+    res = sim.run()
+    assert res.metrics["requests_completed"] == 8
+    marks = [e for e in res.timeline if e["kind"] == "instant" and e["name"] == "thermal throttled"]
+    assert marks, "the phone never throttled"
+    busy_before = sum(e["end"] - e["start"] for e in res.timeline
+                      if e["kind"] == "compute" and e["end"] <= marks[0]["start"])
+    assert busy_before == pytest.approx(5.0, abs=0.5)  # throttles once 5 s of busy time have accumulated
+    assert sim.monitor.snapshot(sim.env.now).slowdown[0] == pytest.approx(1 / 0.75, rel=1e-3)
