@@ -77,7 +77,7 @@ def main() -> None:
     from rich.table import Table
 
     t = Table(title="allocator (milp) solve time: Llama-7B-shaped fp16, phones from the shipped profiles, 3 seeds")
-    for c in ("devices x modules", "objective", "device types", "one MILP solve: median s", "gap", "status",
+    for c in ("devices x modules", "objective", "device types", "one exact solve: median s", "gap", "status",
               "milp strategy: median s", "max s"):
         t.add_column(c, justify="right")
     for r in run():
