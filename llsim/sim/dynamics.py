@@ -78,7 +78,6 @@ def setup_dynamics(sim) -> None:
             sim.present = {d: frozenset(range(lo, hi + 1)) for d, (lo, hi) in held.items()} | {
                 d: frozenset() for d in sim.nodes if d not in held}
             sim.epoch = sim._make_epoch(sim.plan, 0, replicas=held)
-            sim.steps, sim._step_costs = sim.epoch.steps, sim.epoch.costs
         sim.env.process(_coordinator(sim))
 
 

@@ -217,8 +217,6 @@ class Simulation:
         self.nodes = {d.index: Node(d, PhoneLock(self.env), 0, 0) for d in devices}
         self.present: dict[int, frozenset[int]] = {d.index: frozenset() for d in devices}
         self.epoch = self._make_epoch(plan, 0, check=True)
-        self.steps = self.epoch.steps
-        self._step_costs = self.epoch.costs
         self.tokens: list[dict] = []
         self.submitted = 0
         self.completed = 0
@@ -311,89 +309,12 @@ class Simulation:
                           "lower concurrency or context, or give that phone fewer modules")
             raise MemoryOverflow(self.error)
 
-    def _step_cost(self, step: int) -> tuple[int, StepCost]:
-        """(new tokens, costs) of generation step ``step`` under the initial plan."""
-        return self.epoch.step_cost(step)
-
-    def request(self, rid: int):
-        if self.dynamic:
-            yield from self._request_dynamic(rid)
-            return
-        env, w = self.env, self.sc.workload
-        ep = self.epoch
-        stages = ep.plan.stages
-        n_st = len(stages)
-        devs = ep.devs
-        nodes = ep.nodes
-        transfer = self.net.send  # we only wait for arrivals: no TransferRecord values
-        costs = ep.costs
-        kv_mode = w.mode == "kv_cache"
-        tags = self.want_timeline  # transfer tags only show in the timeline
-        timeline = self.timeline
-        submit = env.now
-        self.submitted += 1
-        if w.tokenize_ms:
-            yield env.timeout(w.tokenize_ms / 1e3)
-        last = submit
-        cached = 0
-        try:
-            for step in range(w.new_tokens):
-                S, cost = costs[step] if step < len(costs) else ep.step_cost(step)
-                pending: list[list] = [[] for _ in range(n_st)]
-                for s in range(n_st):
-                    for ev in pending[s]:  # every tensor routed to this stage has arrived
-                        if ev.callbacks is not None:
-                            yield ev
-                    node = nodes[s]
-                    lock = node.lock
-                    grant = lock.request()
-                    if grant is not None:
-                        yield grant
-                    if kv_mode:
-                        try:
-                            self._kv(node, S)
-                        except MemoryOverflow:
-                            lock.release()
-                            raise
-                    t0 = env.now
-                    yield env.timeout(cost.stage_seconds[s] / node.speed)
-                    t1 = env.now
-                    node.busy_s += t1 - t0
-                    if tags and len(timeline) < 400_000:
-                        timeline.append({"kind": "compute", "device": devs[s], "start": t0,
-                                         "end": t1, "request": rid, "step": step, "stage": s})
-                    lock.release()
-                    src = devs[s]
-                    for dst, nb in cost.routes[s]:
-                        pending[dst].append(transfer(src, devs[dst], nb, f"r{rid}s{step}:{s}->{dst}" if tags else ""))
-                cached += S
-                if w.sample_ms:
-                    yield env.timeout(w.sample_ms / 1e3)
-                if devs[-1] != devs[0]:
-                    yield transfer(devs[-1], devs[0], 4 * w.batch, f"r{rid}s{step}:token" if tags else "")
-                now = env.now
-                self.tokens.append({"request": rid, "token": step, "kind": "prefill" if step == 0 else "decode",
-                                    "time_s": now, "latency_ms": (now - last) * 1e3,
-                                    "since_submit_ms": (now - submit) * 1e3})
-                last = now
-                if self.progress:
-                    self.progress(1)
-        except MemoryOverflow:
-            if not self.done.triggered:
-                self.done.succeed()
-            return
-        finally:
-            if kv_mode:
-                for nd in nodes:
-                    nd.kv_tokens = max(0, nd.kv_tokens - cached)
-        self._finished()
-
     def _finished(self) -> None:
         self.completed += 1
         if self.completed == self.sc.workload.requests and not self.done.triggered:
             self.done.succeed()
 
-    # ---- the request loop with dynamics: epochs, drains, retries -------------------------------
+    # ---- a request: its steps under the plan in force (epochs), drains and retries -------------
     def _park(self):
         """This step waits outside the pipeline (not counted by a drain)."""
         self.active -= 1
@@ -401,9 +322,17 @@ class Simulation:
             ev, self._drained = self._drained, None
             ev.succeed()
 
-    def _request_dynamic(self, rid: int):
+    def request(self, rid: int):
+        """One request's steps, each under the plan in force when it starts (an epoch). A step that
+        meets a phone that is gone waits outside the pipeline (:meth:`_stall`) and, like a step of a
+        plan declared broken, is retried under the next plan. (The stage loop is inline: each event
+        resumes this one generator, no delegation.)"""
         env, w = self.env, self.sc.workload
         kv_mode = w.mode == "kv_cache"
+        transfer = self.net.send  # we only wait for arrivals: no TransferRecord values
+        tags = self.want_timeline  # transfer tags only show in the timeline
+        timeline = self.timeline
+        mon = self.monitor
         submit = env.now
         self.submitted += 1
         if w.tokenize_ms:
@@ -418,6 +347,7 @@ class Simulation:
                 if self.done.triggered:
                     return  # a terminal event ended the run
                 ep = self.epoch
+                devs, nodes = ep.devs, ep.nodes
                 if rid in self.lost_kv:  # a phone left with part of this request's KV cache: recompute it
                     self.lost_kv.discard(rid)
                     self.req_cached[rid] = 0
@@ -428,7 +358,66 @@ class Simulation:
                 else:
                     S, cost = ep.step_cost(step)
                 self.active += 1
-                ok = yield from self._run_step(ep, rid, step, S, cost)
+                ok = True
+                pending: list[list] = [[] for _ in devs]
+                for s in range(len(devs)):
+                    for ev in pending[s]:  # every tensor routed to this stage has arrived
+                        if ev.callbacks is not None:
+                            yield ev
+                    node = nodes[s]
+                    if ep.broken or node.dead:
+                        ok = False if ep.broken else (yield from self._stall(ep))
+                        break
+                    lock = node.lock
+                    grant = lock.request()
+                    if grant is not None:
+                        yield grant
+                    if ep.broken or node.dead:
+                        lock.release()
+                        ok = False if ep.broken else (yield from self._stall(ep))
+                        break
+                    if kv_mode:
+                        try:
+                            self._kv(node, S)
+                        except MemoryOverflow:
+                            lock.release()
+                            raise
+                    t0 = env.now
+                    if node.thermal is not None:
+                        node.heat_s = max(0.0, node.heat_s - (t0 - node.last_end))
+                        hot = node.heat_s >= node.thermal[0] if not node.hot else node.heat_s > node.thermal[0] / 2
+                        if hot != node.hot:
+                            node.hot = hot
+                            node.update_speed()
+                            self.mark("thermal throttled" if hot else "thermal recovered", devs[s])
+                    dur = cost.stage_seconds[s] / node.speed
+                    if node.noise:
+                        dur *= float(self.dyn_rng.lognormal(0.0, node.noise))
+                    yield env.timeout(dur)
+                    t1 = env.now
+                    node.busy_s += t1 - t0
+                    node.last_end = t1
+                    if node.thermal is not None:
+                        node.heat_s += t1 - t0
+                    if mon is not None and not node.dead:
+                        mon.stage_time(devs[s], t1, t1 - t0, cost.stage_seconds[s])  # what the phone reports
+                    if tags and len(timeline) < 400_000:
+                        timeline.append({"kind": "compute", "device": devs[s], "start": t0,
+                                         "end": t1, "request": rid, "step": step, "stage": s})
+                    lock.release()
+                    if node.dead:  # died mid-step: its outputs never leave
+                        ok = yield from self._stall(ep)
+                        break
+                    src = devs[s]
+                    for dst, nb in cost.routes[s]:
+                        pending[dst].append(transfer(src, devs[dst], nb, f"r{rid}s{step}:{s}->{dst}" if tags else ""))
+                else:
+                    if w.sample_ms:
+                        yield env.timeout(w.sample_ms / 1e3)
+                    if devs[-1] != devs[0]:
+                        yield transfer(devs[-1], devs[0], 4 * w.batch, f"r{rid}s{step}:token" if tags else "")
+                    if ep.broken or nodes[0].dead:
+                        ok = False if ep.broken else (yield from self._stall(ep))
                 self._park()
                 if not ok:
                     self.retried_steps += 1
@@ -461,75 +450,6 @@ class Simulation:
             yield ep.ended
         self.active += 1
         return False
-
-    def _run_step(self, ep: Epoch, rid: int, step: int, S: int, cost: StepCost):
-        env, w = self.env, self.sc.workload
-        devs, nodes = ep.devs, ep.nodes
-        transfer = self.net.send
-        tags = self.want_timeline
-        timeline = self.timeline
-        kv_mode = w.mode == "kv_cache"
-        mon = self.monitor
-        pending: list[list] = [[] for _ in devs]
-        for s in range(len(devs)):
-            for ev in pending[s]:
-                if ev.callbacks is not None:
-                    yield ev
-            node = nodes[s]
-            if ep.broken:
-                return False
-            if node.dead:
-                return (yield from self._stall(ep))
-            lock = node.lock
-            grant = lock.request()
-            if grant is not None:
-                yield grant
-            if ep.broken or node.dead:
-                lock.release()
-                return False if ep.broken else (yield from self._stall(ep))
-            if kv_mode:
-                try:
-                    self._kv(node, S)
-                except MemoryOverflow:
-                    lock.release()
-                    raise
-            t0 = env.now
-            if node.thermal is not None:
-                node.heat_s = max(0.0, node.heat_s - (t0 - node.last_end))
-                hot = node.heat_s >= node.thermal[0] if not node.hot else node.heat_s > node.thermal[0] / 2
-                if hot != node.hot:
-                    node.hot = hot
-                    node.update_speed()
-                    self.mark("thermal throttled" if hot else "thermal recovered", devs[s])
-            dur = cost.stage_seconds[s] / node.speed
-            if node.noise:
-                dur *= float(self.dyn_rng.lognormal(0.0, node.noise))
-            yield env.timeout(dur)
-            t1 = env.now
-            node.busy_s += t1 - t0
-            node.last_end = t1
-            if node.thermal is not None:
-                node.heat_s += t1 - t0
-            if mon is not None and not node.dead:
-                mon.stage_time(devs[s], t1, t1 - t0, cost.stage_seconds[s])  # what the phone reports
-            if tags and len(timeline) < 400_000:
-                timeline.append({"kind": "compute", "device": devs[s], "start": t0,
-                                 "end": t1, "request": rid, "step": step, "stage": s})
-            lock.release()
-            if node.dead:
-                return (yield from self._stall(ep))  # died mid-step: its outputs never leave
-            src = devs[s]
-            for dst, nb in cost.routes[s]:
-                pending[dst].append(transfer(src, devs[dst], nb, f"r{rid}s{step}:{s}->{dst}" if tags else ""))
-        if w.sample_ms:
-            yield env.timeout(w.sample_ms / 1e3)
-        if devs[-1] != devs[0]:
-            yield transfer(devs[-1], devs[0], 4 * w.batch, f"r{rid}s{step}:token" if tags else "")
-        if ep.broken:
-            return False
-        if nodes[0].dead:
-            return (yield from self._stall(ep))
-        return True
 
     def _closed_loop(self, counter):
         w = self.sc.workload
