@@ -7,8 +7,6 @@
 * **Heartbeats.** Every phone sends one every ``heartbeat_s``; each carries the phone's current
   Wi-Fi link rate (Android: ``WifiInfo.getLinkSpeed``), so a fading signal is seen as a lower rate.
   A phone whose heartbeats stop for ``misses x heartbeat_s`` is declared gone.
-* **Transfers.** Observed goodput per link (reported, not used for decisions: per-phone link
-  rates explain the airtime, and goodput mixes in contention).
 
 The simulator feeds a :class:`Monitor` from its events; it never reads the simulator's ground truth
 (speed factors, event list). A real coordinator would feed the same calls from phone reports.
@@ -51,7 +49,6 @@ class Monitor:
     last_beat: dict[int, float] = field(default_factory=dict)
     first_beat: dict[int, float] = field(default_factory=dict)
     link_mbps: dict[int, float] = field(default_factory=dict)
-    goodput: dict[tuple[int, int], _Ratio] = field(default_factory=dict)
 
     def __post_init__(self):
         if not self.ratios:
@@ -84,15 +81,6 @@ class Monitor:
         self.last_beat[device] = t
         if link_mbps is not None:
             self.link_mbps[device] = link_mbps
-
-    def transfer(self, src: int, dst: int, t: float, nbytes: int, seconds: float) -> None:
-        if seconds > 0 and nbytes > 0:
-            self._smooth(self.goodput.setdefault((src, dst), _Ratio()), t, nbytes * 8 / seconds / 1e6)
-
-    def reset(self, device: int) -> None:
-        """Forget a phone's history (it left, or its work changed so much that old samples mislead)."""
-        self.ratios[device] = _Ratio()
-        self.fast[device] = _Ratio()
 
     # ---- the view ------------------------------------------------------------------------------
     def alive(self, device: int, t: float) -> bool:

@@ -19,6 +19,7 @@ class DeviceInstance:
     rssi_dbm: float | None
     streams: int | None
     worker: str | None
+    absent: bool = False  # not in the cluster at the start (joins later)
 
 
 def expand_devices(sc: Scenario) -> list[DeviceInstance]:
@@ -33,5 +34,5 @@ def expand_devices(sc: Scenario) -> list[DeviceInstance]:
             cm = CostModel(prof, speed=spec.speed)
             cm.coefs(threads)  # clear error for an unmeasured thread count
             out.append(DeviceInstance(i, name, prof, threads, int(avail * prof.memory.budget_fraction * 1e9), cm,
-                                      spec.rssi_dbm, spec.streams, spec.worker))
+                                      spec.rssi_dbm, spec.streams, spec.worker, spec.absent))
     return out

@@ -57,8 +57,8 @@ def setup_dynamics(sim) -> None:
         else:
             d = _device(sim, spec_ev.device, where)
             sim.env.process(_event(sim, d, spec_ev))
-    for spec, dev in zip(_spec_per_device(sc), sim.devices):
-        if spec.absent:
+    for dev in sim.devices:
+        if dev.absent:
             sim.nodes[dev.index].dead = True
     if sc.balancer.enabled:
         from llsim.alloc.problem import build_problem
@@ -81,15 +81,8 @@ def setup_dynamics(sim) -> None:
         sim.env.process(_coordinator(sim))
 
 
-def _spec_per_device(sc):
-    for spec in sc.devices:
-        for _ in range(spec.count):
-            yield spec
-
-
 def _event(sim, d: int, ev):
     env, node = sim.env, sim.nodes[d]
-    name = sim.devices[d].name
     yield env.timeout(ev.at)
     if ev.kind == "throttle":
         node.throttle = ev.factor
@@ -121,7 +114,6 @@ def _event(sim, d: int, ev):
             node.dead = False
             node.kv_tokens = 0
             sim.mark("join", d)
-    return name
 
 
 def _leave(sim, d: int, reason: str) -> None:

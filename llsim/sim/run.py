@@ -21,7 +21,7 @@ def make_plan(sc: Scenario, devices: list[DeviceInstance]) -> Plan:
     n = n_modules(sc)
     a = sc.allocation
     names = [d.name for d in devices]
-    present = [d.index for d, spec in zip(devices, _specs(sc)) if not spec.absent]
+    present = [d.index for d in devices if not d.absent]
     if not present:
         raise LLSimError("every device is marked absent: at least one must be present at the start")
     if a.strategy == "explicit":
@@ -48,12 +48,6 @@ def make_plan(sc: Scenario, devices: list[DeviceInstance]) -> Plan:
     if absent:
         raise LLSimError(f"allocation: the plan gives modules to {', '.join(absent)}, marked absent at the start")
     return validate_plan(plan, n, len(devices))
-
-
-def _specs(sc: Scenario):
-    for spec in sc.devices:
-        for _ in range(spec.count):
-            yield spec
 
 
 def simulate(sc: Scenario, plan: Plan | None = None, progress=None, timeline: bool = True) -> tuple[SimResult, list[DeviceInstance], Plan]:
