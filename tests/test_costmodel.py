@@ -48,6 +48,22 @@ def test_op_latency_is_hand_arithmetic(tmp_path):
     assert cm.op_seconds(_op("elementwise", bytes_in=2e9, bytes_out=2e9), 1) == pytest.approx(1 + 2e-6)
 
 
+def test_narrow_gemm_term_is_flops_over_sqrt_rows(tmp_path):
+    data = _set(BASE, "compute.threads.1.classes.matmul.narrow_gflops", 20)
+    cm = CostModel(_profile(tmp_path, data, "narrow.yaml"))
+    plain = CostModel(_profile(tmp_path))
+
+    def mm(rows):
+        return OpCost("mm", "MatMul", "matmul", 2.0 * rows * 1000 * 1000, 0, 0, 0, (1, rows, 1000, 1000))
+
+    for rows in (1, 4, 16, 256):
+        extra = mm(rows).flops / math.sqrt(rows) / 20e9  # the narrow-GEMM charge, by hand
+        assert cm.op_seconds(mm(rows), 1) - plain.op_seconds(mm(rows), 1) == pytest.approx(extra, rel=1e-9)
+    # per FLOP, a 4-row GEMM pays twice the narrow charge of a 16-row one
+    per_flop = lambda r: (cm.op_seconds(mm(r), 1) - plain.op_seconds(mm(r), 1)) / mm(r).flops  # noqa: E731
+    assert per_flop(4) == pytest.approx(2 * per_flop(16))
+
+
 def test_segment_uses_fused_calibration_and_skips_folded_ops(tmp_path):
     cm = CostModel(_profile(tmp_path))
     ops = [_op("matmul", flops=1e9), _op("elementwise", bytes_in=4e9), _op("matmul", flops=1e12, const=True)]
@@ -171,7 +187,7 @@ def test_profiler_recovers_a_synthetic_device(tmp_path):
     from llsim.device.profiler import profile_host
 
     truth_data = _set(BASE, "compute.threads.1.classes", {
-        "matmul": {"overhead_us": 8, "gflops": 40, "gbps": 30, "weight_gbps": 12},
+        "matmul": {"overhead_us": 8, "gflops": 40, "gbps": 30, "weight_gbps": 12, "narrow_gflops": 25},
         "elementwise": {"overhead_us": 3, "gflops": 0, "gbps": 6},
         "gather": {"overhead_us": 4, "gflops": 0, "gbps": 10},
         "norm": {"overhead_us": 5, "gflops": 20, "gbps": 0},
@@ -188,6 +204,7 @@ def test_profiler_recovers_a_synthetic_device(tmp_path):
         assert got[cls].overhead_us == pytest.approx(want[cls].overhead_us, rel=0.02), cls
     assert got["matmul"].gflops == pytest.approx(40, rel=0.02)
     assert got["matmul"].weight_gbps == pytest.approx(12, rel=0.02)
+    assert got["matmul"].narrow_gflops == pytest.approx(25, rel=0.02)
     assert got["elementwise"].gbps == pytest.approx(6, rel=0.02)
     tc = prof.compute.threads[1]
     assert tc.fused_scale["matmul"] == pytest.approx(1.0, rel=0.02)

@@ -47,23 +47,42 @@ def bench_onnx_ingestion() -> None:
 
 def bench_costmodel_accuracy() -> None:
     """Predicted vs measured optimised segment latency on this host, for models whose shapes the
-    host profile was not fitted on (device_profiles/host.yaml; re-measure with `llsim profile host`)."""
-    from llsim.device.accuracy import evaluate, summary
-    from llsim.device.profile import load_profile
+    cost model was not fitted on.
 
-    prof = load_profile("host")
-    threads = [t for t in (1, 2) if t in prof.compute.threads]
-    rows = evaluate(prof, threads)
-    t = Table(title=f"cost-model accuracy on {prof.device} (profile measured {prof.provenance.date})")
+    The host is profiled first (`llsim profile host`, into a temporary file), then the held-out segments
+    are measured: fit and test on one machine in one sitting, as Vidur does. A shared VM's speed
+    drifts by 10-20% between days, so the committed ``device_profiles/host.yaml`` is also set against
+    the same measurements; its median predicted/measured ratio is that drift, not the model's error.
+    """
+    import tempfile
+    from pathlib import Path
+
+    from llsim.device.accuracy import measure_holdout, predict, summary
+    from llsim.device.profile import load_profile
+    from llsim.device.profiler import profile_host
+
+    shipped = load_profile("host")
+    threads = [t for t in (1, 2) if t in shipped.compute.threads]
+    with tempfile.TemporaryDirectory() as d:
+        fresh, secs = profile_host(Path(d) / "host-now.yaml", threads, log=lambda m: None)
+    measured = measure_holdout(threads)
+    rows = predict(measured, fresh)
+    t = Table(title=f"cost-model accuracy on {fresh.device}: profiled in {secs:.0f} s, then held-out segments "
+                    f"measured")
     for c in ("model", "seq", "threads", "segment", "predicted ms", "measured ms", "error %"):
         t.add_column(c, justify="right")
     for r in rows:
         t.add_row(r.model, str(r.seq_len), str(r.threads), r.segment, f"{r.predicted_ms:.3f}", f"{r.measured_ms:.3f}",
-                  f"{r.ape * 100:.1f}")
+                  f"{(r.predicted_ms / r.measured_ms - 1) * 100:+.1f}")
     console.print(t)
     s = summary(rows)
     console.print(f"held-out segments: {s['n']}   median APE {s['median_ape'] * 100:.1f}%   "
-                  f"p90 APE {s['p90_ape'] * 100:.1f}%   (targets: <= 10% and <= 20%)")
+                  f"p90 APE {s['p90_ape'] * 100:.1f}%   max {s['max_ape'] * 100:.1f}%   "
+                  f"(targets: <= 10% and <= 20%)")
+    o = summary(predict(measured, shipped))
+    console.print(f"committed host profile (measured {shipped.provenance.date}) on the same measurements: median APE "
+                  f"{o['median_ape'] * 100:.1f}%, p90 {o['p90_ape'] * 100:.1f}%, median predicted/measured "
+                  f"{o['median_ratio']:.2f} (the host's drift since; re-profile before trusting host figures)")
 
 
 def bench_simulator_speed() -> None:

@@ -155,10 +155,11 @@ def cmd_profile_show(args) -> int:
         tc = p.compute.threads[th]
         t = Table(title=f"{th} thread(s): run overhead {tc.run_overhead_us:g} us, fused scale {tc.fused_scale}, "
                         f"fused per-op overhead {tc.fused_op_overhead_us} us")
-        for c in ("class", "overhead us", "GFLOP/s", "act GB/s", "weight GB/s"):
+        for c in ("class", "overhead us", "GFLOP/s", "act GB/s", "weight GB/s", "narrow GFLOP/s"):
             t.add_column(c, justify="right")
         for cls, c in tc.classes.items():
-            t.add_row(cls, f"{c.overhead_us:.2f}", f"{c.gflops:.1f}", f"{c.gbps:.1f}", f"{c.weight_gbps:.1f}")
+            t.add_row(cls, f"{c.overhead_us:.2f}", f"{c.gflops:.1f}", f"{c.gbps:.1f}", f"{c.weight_gbps:.1f}",
+                      f"{c.narrow_gflops:.1f}")
         console.print(t)
     prov = p.provenance
     if prov.kind == "measured":

@@ -3,10 +3,14 @@
 Per op class c and thread count T (coefficients fitted by the profiler, see :mod:`llsim.device.fit`)::
 
     t(op) = overhead_c + flops / F_c + (bytes_in + bytes_out) / BW_c + weight_bytes / WBW_c
+            + flops / sqrt(M) / NF_c
 
 Compute-bound ops (matmul) are governed by F, memory-bound ones (elementwise, gather, norms) by BW,
 and matmuls at decode shapes by WBW: weights are streamed from DRAM on every call because a
-model's weights are far larger than the caches. Ops computed from weights alone (``const``) are
+model's weights are far larger than the caches. NF charges narrow GEMMs (M = 2..64 rows: decode
+steps of a batch, short prompts), which run below the kernel's peak rate: on the dev VM a 768x768
+weight costs 118 ps per element at M=1, 255 at M=8, 370 at M=16 and then ~9.3 ps per extra row,
+a concave curve a FLOP term plus a weight term cannot follow. Ops computed from weights alone (``const``) are
 folded away by the runtime and cost nothing in a deployment. Whole segments
 are what a deployment sees, an onnxruntime session with its default fusions on, so the unfused
 per-op sum is scaled by the profile's ``fused_scale`` (matmul part, rest), fitted against optimised
@@ -14,6 +18,7 @@ whole-segment runs, plus one ``run_overhead`` per call.
 """
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
 from typing import Iterable
@@ -23,6 +28,11 @@ from llsim.errors import LLSimError
 from llsim.model.graph import Module, OpCost
 
 MATMUL_GROUP = {"matmul", "attention"}
+
+
+def gemm_rows(dims: tuple[int, ...]) -> int:
+    """M of a matmul's ``(batch, M, K, N)``; 1 for anything else."""
+    return max(int(dims[1]), 1) if len(dims) == 4 else 1
 
 
 @dataclass
@@ -72,6 +82,8 @@ class CostModel:
             s += act / (c.gbps * 1e9 * self.speed)
         if wb:
             s += wb / (c.weight_gbps * 1e9 * self.speed)
+        if c.narrow_gflops > 0:
+            s += op.flops / math.sqrt(gemm_rows(op.dims)) / (c.narrow_gflops * 1e9 * self.speed)
         return s
 
     def ops_seconds(self, ops: Iterable[OpCost], threads: int | None = None, fused: bool = True) -> float:

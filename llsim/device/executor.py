@@ -27,6 +27,24 @@ class Executor(Protocol):
         """Median wall time (seconds) of one session.run, default graph optimisations on."""
 
 
+def interleaved(measure, jobs: list, rounds: int) -> list:
+    """``measure(job, first)`` for every job, ``rounds`` times round-robin; per job the minimum (per key
+    when ``measure`` returns a dict). A host slowed for a while (a noisy neighbour on a shared VM, a
+    phone's governor) then spoils one round of many jobs, not all rounds of a few: the minimum
+    drops it, where measuring each job in one block would bias that block."""
+    best: list = [None] * len(jobs)
+    for r in range(rounds):
+        for i, job in enumerate(jobs):
+            v = measure(job, r == 0)
+            if best[i] is None:
+                best[i] = v
+            elif isinstance(v, dict):
+                best[i] = {k: min(x, best[i].get(k, x)) for k, x in v.items()}
+            else:
+                best[i] = min(best[i], v)
+    return best
+
+
 def _host_cpu() -> str:
     try:
         for line in open("/proc/cpuinfo"):

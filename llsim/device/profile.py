@@ -49,13 +49,16 @@ class Memory(_Strict):
 
 class ClassCoef(_Strict):
     """t(op) = overhead_us + flops / (gflops * 1e9) + activation bytes / (gbps * 1e9)
-    + weight bytes / (weight_gbps * 1e9). A 0 throughput means the term is not used (weight bytes then
-    count as activation bytes)."""
+    + weight bytes / (weight_gbps * 1e9) + flops / sqrt(rows) / (narrow_gflops * 1e9). A 0 throughput
+    means the term is not used (weight bytes then count as activation bytes). ``rows`` is a GEMM's M;
+    the last term is the inefficiency of narrow GEMMs (decode and short-prompt shapes), fitted where
+    measured, 0 (off) in calibrated profiles."""
 
     overhead_us: float = Field(ge=0)
     gflops: float = Field(0.0, ge=0)
     gbps: float = Field(0.0, ge=0)
     weight_gbps: float = Field(0.0, ge=0)  # streaming weights from DRAM (decode-shaped matmuls)
+    narrow_gflops: float = Field(0.0, ge=0)  # extra cost of few-row GEMMs, charged as flops / sqrt(rows)
 
     @model_validator(mode="after")
     def _some(self):

@@ -23,8 +23,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from llsim.device.costmodel import MATMUL_GROUP, CostModel
-from llsim.device.executor import Executor, LocalExecutor
+from llsim.device.costmodel import MATMUL_GROUP, CostModel, gemm_rows
+from llsim.device.executor import Executor, LocalExecutor, interleaved
 from llsim.device.fit import nnls_relative
 from llsim.device.profile import (ClassCoef, Cluster, Compute, DeviceProfile, Memory, NetworkIf, Provenance, Thermal,
                                   ThreadCoefs, dump_profile)
@@ -47,6 +47,10 @@ class Sample:
     dims: str
     threads: int
     seconds: float
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(int(x) for x in self.dims.split("x")) if self.dims else ()
 
 
 # ---- micro-graphs ---------------------------------------------------------------------------------
@@ -174,18 +178,21 @@ def collect_samples(executor: Executor, threads: list[int], runs: int = 10, warm
             seg_runs.append((f"{FIT_MODEL}@{seq}:seg{j}", proto.SerializeToString(), f,
                              [op for m in b.graph.modules[bounds[j]:bounds[j + 1]] for op in m.ops]))
     for t in threads:
-        for src, model, feeds, _, mg in graphs:
-            t0 = time.perf_counter()
-            med = executor.profile_nodes(model, feeds, t, runs, warmup)
+        t0 = time.perf_counter()
+        # per-op medians, the best of 3 interleaved passes; segment timings, the best of 4
+        meds = interleaved(lambda g, first: executor.profile_nodes(g[1], g[2], t, runs, warmup if first else 1),
+                           graphs, 3)
+        for (src, model, feeds, _, mg), med in zip(graphs, meds):
             # the ops a deployment runs: constant-folded ones are left out of the fit
             for cost in (op for m in mg.modules for op in m.ops if not op.const):
                 if cost.name in med:
                     samples.append(Sample(src, cost.name, cost.op_type, cost.op_class, cost.flops,
                                           cost.bytes_in + cost.bytes_out, cost.param_bytes,
                                           "x".join(map(str, cost.dims)), t, med[cost.name]))
-            log(f"  threads={t} {src}: {len(med)} ops profiled in {time.perf_counter() - t0:.1f}s")
-        for name, model, feeds, ops in seg_runs:
-            sec = executor.time_runs(model, feeds, t, max(runs, 10), warmup)
+        log(f"  threads={t}: {len(graphs)} graphs profiled per op in {time.perf_counter() - t0:.1f}s")
+        secs = interleaved(lambda j, first: executor.time_runs(j[1], j[2], t, max(runs // 2, 5), warmup if first else 1),
+                           seg_runs, 4)
+        for (name, model, feeds, ops), sec in zip(seg_runs, secs):
             segments.append({"segment": name, "threads": t, "seconds": sec, "ops": ops})
         log(f"  threads={t}: {len(seg_runs)} optimised segment timings")
     return samples, segments
@@ -203,12 +210,13 @@ def fit_coefficients(samples: list[Sample], segments: list[dict], threads: list[
             split_w = cls in MATMUL_GROUP
             X = np.array([[1.0, s.flops if has_flops else 0.0,
                            float(s.bytes if split_w else s.bytes + s.weight_bytes),
-                           float(s.weight_bytes if split_w else 0.0)] for s in rows])
+                           float(s.weight_bytes if split_w else 0.0),
+                           s.flops / np.sqrt(gemm_rows(s.shape)) if split_w else 0.0] for s in rows])
             y = np.array([s.seconds for s in rows])
             b = nnls_relative(X, y)
             inv = lambda v: round(1.0 / v / 1e9, 4) if v > 0 else 0.0  # noqa: E731
             classes[cls] = ClassCoef(overhead_us=round(b[0] * 1e6, 4), gflops=inv(b[1]), gbps=inv(b[2]),
-                                     weight_gbps=inv(b[3]))
+                                     weight_gbps=inv(b[3]), narrow_gflops=inv(b[4]))
             if (classes[cls].gflops == 0 and classes[cls].gbps == 0 and classes[cls].overhead_us == 0
                     and classes[cls].weight_gbps == 0):
                 classes[cls] = ClassCoef(overhead_us=round(float(np.median(y)) * 1e6, 4))
