@@ -227,3 +227,26 @@ def test_cli_profile_predict_json(tmp_path, capsys):
     assert d["total_ms"] > 0
     code, out, err = run_cli(["profile", "predict", p, "tiny-llama", "--threads", "4"], capsys)
     assert code == 2 and "no coefficients for 4 threads" in err
+
+
+def test_interleaved_rounds_drop_a_slow_spell():
+    """A host slowed for a while (calls 3-6 of 9 take 1.5x) spoils one round of several jobs; with
+    interleaved rounds each job keeps an unspoilt value, where timing jobs in blocks would not."""
+    from llsim.device.executor import interleaved
+
+    truth = {"a": 1.0, "b": 2.0, "c": 3.0}
+    calls = []
+
+    def measure(job, first):
+        calls.append((job, first))
+        slow = 1.5 if 3 <= len(calls) <= 6 else 1.0
+        return truth[job] * slow
+
+    assert interleaved(measure, ["a", "b", "c"], 3) == [1.0, 2.0, 3.0]
+    assert calls[:4] == [("a", True), ("b", True), ("c", True), ("a", False)]  # round-robin; warm-up once
+    calls.clear()
+    blocks = [min(measure(j, True) for _ in range(3)) for j in ("a", "b", "c")]  # the same calls, in blocks
+    assert blocks[1] == 3.0  # job b was measured only inside the slow spell
+    # dict results (per-op medians): the minimum per key
+    seq = iter([{"x": 2.0, "y": 1.0}, {"x": 1.0, "y": 3.0}])
+    assert interleaved(lambda j, f: next(seq), ["g"], 2) == [{"x": 1.0, "y": 1.0}]

@@ -53,9 +53,11 @@ class AccuracyRow:
 
 
 def measure_holdout(threads: list[int], executor: Executor | None = None, models: list[ModelConfig] = HOLDOUT,
-                    seqs=HOLDOUT_SEQS, runs: int = 7, rounds: int = 3,
+                    seqs=HOLDOUT_SEQS, runs: int = 5, rounds: int = 4,
                     log=None) -> list[Measured]:
-    """Each held-out model at each sequence length, cut into three segments, timed per thread count."""
+    """Each held-out model at each sequence length, cut into three segments, timed per thread count
+    with the protocol the profiler's segment timings use (5 runs x 3 inner rounds, 4 interleaved rounds,
+    the minimum of medians): the same estimator on both sides, so its bias cancels."""
     from llsim.model.builder import build_model
     from llsim.model.cuts import analyse_cuts, model_graph_from_onnx
     from llsim.model.onnx_graph import analyse, random_inputs
@@ -91,10 +93,6 @@ def predict(measured: list[Measured], profile: DeviceProfile) -> list[AccuracyRo
     cm = CostModel(profile)
     return [AccuracyRow(m.model, m.seq_len, m.threads, m.segment, cm.segment_seconds(m.modules, m.threads) * 1e3,
                         m.measured_ms) for m in measured]
-
-
-def evaluate(profile: DeviceProfile, threads: list[int], executor: Executor | None = None, **kw) -> list[AccuracyRow]:
-    return predict(measure_holdout(threads, executor, **kw), profile)
 
 
 def summary(rows: list[AccuracyRow]) -> dict:
