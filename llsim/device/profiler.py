@@ -269,8 +269,9 @@ def profile_host(out: Path, threads: list[int], executor: Executor | None = None
     write_samples(samples_path, samples, segments)
     today = dt.date.today().isoformat()
     how = (f"llsim profile host: onnxruntime per-op profiling (graph optimisations off) over micro-graphs and "
-           f"{FIT_MODEL} at seq {', '.join(map(str, FIT_SEQS))}; {warmup} warm-up runs discarded, median of {runs}; "
-           f"NNLS fit on relative error; fused_scale/run_overhead fitted on optimised whole-segment runs")
+           f"{FIT_MODEL} at seq {', '.join(map(str, FIT_SEQS))}; {warmup} warm-up runs discarded, per-op median of {runs} "
+           f"runs, best of 3 interleaved passes; NNLS fit on relative error; fused_scale/run_overhead fitted on "
+           f"optimised whole-segment runs (min over 4 interleaved rounds of median-of-{max(runs // 2, 5)})")
     total, avail = info.get("ram_total_gb") or 1.0, info.get("ram_available_gb") or 1.0
     prof = DeviceProfile(
         name=name or out.stem, kind="host", device=info["host"], soc=info["cpu"],
