@@ -17,6 +17,7 @@ import numpy as np
 from llsim.device.costmodel import CostModel
 from llsim.device.executor import Executor, LocalExecutor, interleaved
 from llsim.device.profile import DeviceProfile
+from llsim.device.profiler import RUNS, SEGMENT_ROUNDS, segment_runs
 from llsim.model.graph import Module
 from llsim.model.zoo import ModelConfig, get_config
 
@@ -53,11 +54,11 @@ class AccuracyRow:
 
 
 def measure_holdout(threads: list[int], executor: Executor | None = None, models: list[ModelConfig] = HOLDOUT,
-                    seqs=HOLDOUT_SEQS, runs: int = 5, rounds: int = 4,
+                    seqs=HOLDOUT_SEQS, runs: int = segment_runs(RUNS), rounds: int = SEGMENT_ROUNDS,
                     log=None) -> list[Measured]:
     """Each held-out model at each sequence length, cut into three segments, timed per thread count
-    with the protocol the profiler's segment timings use (5 runs x 3 inner rounds, 4 interleaved rounds,
-    the minimum of medians): the same estimator on both sides, so its bias cancels."""
+    with the protocol the profiler's segment timings use (the minimum over interleaved rounds of
+    ``time_runs``): the same estimator on both sides, so its bias cancels."""
     from llsim.model.builder import build_model
     from llsim.model.cuts import analyse_cuts, model_graph_from_onnx
     from llsim.model.onnx_graph import analyse, random_inputs

@@ -33,6 +33,16 @@ from llsim.model.onnx_graph import analyse
 
 FIT_MODEL = "small-gpt2"
 FIT_SEQS = (2, 4, 16, 64, 128)
+#: timing protocol (the accuracy bench times its held-out segments the same way): per-op medians of
+#: RUNS runs, the best of OP_PASSES interleaved passes; whole segments, the minimum over
+#: SEGMENT_ROUNDS interleaved rounds of LocalExecutor.time_runs with segment_runs(RUNS) runs
+RUNS = 10
+OP_PASSES = 3
+SEGMENT_ROUNDS = 4
+
+
+def segment_runs(runs: int) -> int:
+    return max(runs // 2, 5)
 
 
 @dataclass
@@ -44,13 +54,9 @@ class Sample:
     flops: float
     bytes: int  # activations read + written
     weight_bytes: int
-    dims: str
+    dims: tuple[int, ...]
     threads: int
     seconds: float
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return tuple(int(x) for x in self.dims.split("x")) if self.dims else ()
 
 
 # ---- micro-graphs ---------------------------------------------------------------------------------
@@ -150,7 +156,7 @@ def micro_graphs(quick: bool = False) -> list[tuple[str, bytes, dict]]:
 
 
 # ---- the sweep ---------------------------------------------------------------------------------------
-def collect_samples(executor: Executor, threads: list[int], runs: int = 10, warmup: int = 3,
+def collect_samples(executor: Executor, threads: list[int], runs: int = RUNS, warmup: int = 3,
                     log=print, quick: bool = False) -> tuple[list[Sample], list[dict]]:
     """Per-op samples (unfused) and whole-segment optimised timings."""
     from llsim.model.load import onnx_bundle
@@ -179,19 +185,18 @@ def collect_samples(executor: Executor, threads: list[int], runs: int = 10, warm
                              [op for m in b.graph.modules[bounds[j]:bounds[j + 1]] for op in m.ops]))
     for t in threads:
         t0 = time.perf_counter()
-        # per-op medians, the best of 3 interleaved passes; segment timings, the best of 4
         meds = interleaved(lambda g, first: executor.profile_nodes(g[1], g[2], t, runs, warmup if first else 1),
-                           graphs, 3)
+                           graphs, OP_PASSES)
         for (src, model, feeds, _, mg), med in zip(graphs, meds):
             # the ops a deployment runs: constant-folded ones are left out of the fit
             for cost in (op for m in mg.modules for op in m.ops if not op.const):
                 if cost.name in med:
                     samples.append(Sample(src, cost.name, cost.op_type, cost.op_class, cost.flops,
                                           cost.bytes_in + cost.bytes_out, cost.param_bytes,
-                                          "x".join(map(str, cost.dims)), t, med[cost.name]))
+                                          cost.dims, t, med[cost.name]))
         log(f"  threads={t}: {len(graphs)} graphs profiled per op in {time.perf_counter() - t0:.1f}s")
-        secs = interleaved(lambda j, first: executor.time_runs(j[1], j[2], t, max(runs // 2, 5), warmup if first else 1),
-                           seg_runs, 4)
+        secs = interleaved(lambda j, first: executor.time_runs(j[1], j[2], t, segment_runs(runs),
+                                                               warmup if first else 1), seg_runs, SEGMENT_ROUNDS)
         for (name, model, feeds, ops), sec in zip(seg_runs, secs):
             segments.append({"segment": name, "threads": t, "seconds": sec, "ops": ops})
         log(f"  threads={t}: {len(seg_runs)} optimised segment timings")
@@ -211,7 +216,7 @@ def fit_coefficients(samples: list[Sample], segments: list[dict], threads: list[
             X = np.array([[1.0, s.flops if has_flops else 0.0,
                            float(s.bytes if split_w else s.bytes + s.weight_bytes),
                            float(s.weight_bytes if split_w else 0.0),
-                           s.flops / np.sqrt(gemm_rows(s.shape)) if split_w else 0.0] for s in rows])
+                           s.flops / np.sqrt(gemm_rows(s.dims)) if split_w else 0.0] for s in rows])
             y = np.array([s.seconds for s in rows])
             b = nnls_relative(X, y)
             inv = lambda v: round(1.0 / v / 1e9, 4) if v > 0 else 0.0  # noqa: E731
@@ -246,7 +251,7 @@ def write_samples(path: Path, samples: list[Sample], segments: list[dict]) -> No
                     "threads", "seconds"])
         for s in samples:
             w.writerow(["op", s.source, s.node, s.op_type, s.op_class, f"{s.flops:.0f}", s.bytes, s.weight_bytes,
-                        s.dims, s.threads, f"{s.seconds:.9f}"])
+                        "x".join(map(str, s.dims)), s.threads, f"{s.seconds:.9f}"])
         for s in segments:
             live = [o for o in s["ops"] if not o.const]
             w.writerow(["segment", s["segment"], "", "", "", f"{sum(o.flops for o in live):.0f}",
@@ -254,7 +259,7 @@ def write_samples(path: Path, samples: list[Sample], segments: list[dict]) -> No
                         s["threads"], f"{s['seconds']:.9f}"])
 
 
-def profile_host(out: Path, threads: list[int], executor: Executor | None = None, runs: int = 10, warmup: int = 3,
+def profile_host(out: Path, threads: list[int], executor: Executor | None = None, runs: int = RUNS, warmup: int = 3,
                  name: str | None = None, log=print, quick: bool = False) -> tuple[DeviceProfile, float]:
     executor = executor or LocalExecutor()
     t0 = time.perf_counter()
@@ -270,8 +275,9 @@ def profile_host(out: Path, threads: list[int], executor: Executor | None = None
     today = dt.date.today().isoformat()
     how = (f"llsim profile host: onnxruntime per-op profiling (graph optimisations off) over micro-graphs and "
            f"{FIT_MODEL} at seq {', '.join(map(str, FIT_SEQS))}; {warmup} warm-up runs discarded, per-op median of {runs} "
-           f"runs, best of 3 interleaved passes; NNLS fit on relative error; fused_scale/run_overhead fitted on "
-           f"optimised whole-segment runs (min over 4 interleaved rounds of median-of-{max(runs // 2, 5)})")
+           f"runs, best of {OP_PASSES} interleaved passes; NNLS fit on relative error; fused_scale/run_overhead "
+           f"fitted on optimised whole-segment runs (min over {SEGMENT_ROUNDS} interleaved rounds of "
+           f"median-of-{segment_runs(runs)})")
     total, avail = info.get("ram_total_gb") or 1.0, info.get("ram_available_gb") or 1.0
     prof = DeviceProfile(
         name=name or out.stem, kind="host", device=info["host"], soc=info["cpu"],
