@@ -250,3 +250,11 @@ def test_interleaved_rounds_drop_a_slow_spell():
     # dict results (per-op medians): the minimum per key
     seq = iter([{"x": 2.0, "y": 1.0}, {"x": 1.0, "y": 3.0}])
     assert interleaved(lambda j, f: next(seq), ["g"], 2) == [{"x": 1.0, "y": 1.0}]
+
+
+def test_a_class_with_only_the_narrow_term_is_not_all_zero(tmp_path):
+    data = _set(BASE, "compute.threads.1.classes.matmul", {"overhead_us": 0, "narrow_gflops": 20})
+    assert _profile(tmp_path, data, "narrow-only.yaml").compute.threads[1].classes["matmul"].narrow_gflops == 20
+    data = _set(BASE, "compute.threads.1.classes.matmul", {"overhead_us": 0})
+    with pytest.raises(LLSimError, match="all coefficients are zero"):
+        _profile(tmp_path, data, "all-zero.yaml")

@@ -62,7 +62,7 @@ class ClassCoef(_Strict):
 
     @model_validator(mode="after")
     def _some(self):
-        if self.gflops == 0 and self.gbps == 0 and self.overhead_us == 0 and self.weight_gbps == 0:
+        if not (self.gflops or self.gbps or self.overhead_us or self.weight_gbps or self.narrow_gflops):
             raise ValueError("all coefficients are zero: the op would take no time")
         return self
 

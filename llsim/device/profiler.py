@@ -220,11 +220,11 @@ def fit_coefficients(samples: list[Sample], segments: list[dict], threads: list[
             y = np.array([s.seconds for s in rows])
             b = nnls_relative(X, y)
             inv = lambda v: round(1.0 / v / 1e9, 4) if v > 0 else 0.0  # noqa: E731
+            if not np.any(b > 0):  # nothing fitted (ClassCoef rejects all zeros): the median time as overhead
+                classes[cls] = ClassCoef(overhead_us=round(float(np.median(y)) * 1e6, 4))
+                continue
             classes[cls] = ClassCoef(overhead_us=round(b[0] * 1e6, 4), gflops=inv(b[1]), gbps=inv(b[2]),
                                      weight_gbps=inv(b[3]), narrow_gflops=inv(b[4]))
-            if (classes[cls].gflops == 0 and classes[cls].gbps == 0 and classes[cls].overhead_us == 0
-                    and classes[cls].weight_gbps == 0):
-                classes[cls] = ClassCoef(overhead_us=round(float(np.median(y)) * 1e6, 4))
         tc = ThreadCoefs(classes=classes)
         segs = [s for s in segments if s["threads"] == t]
         if segs:
