@@ -8,6 +8,7 @@ import pytest
 import simpy
 
 from llsim.errors import LLSimError
+from llsim.network.wifi import RTT_BLOCK
 from llsim.network import (
     AP,
     Network,
@@ -424,14 +425,15 @@ def test_accounting_and_callback():
 
 # ---------------------------------------------------------------- engine internals (speed work)
 def test_rtt_draws_are_the_distributions_samples_bit_for_bit():
-    # transfer() draws the RTT without RttDistribution.sample's array round trip; the values must be
-    # the same bits as sample() on the same stream (one normal draw per transfer).
+    # transfer() takes its RTTs from blocks of RTT_BLOCK draws; they must be the same bits as
+    # sample() on a replica of the stream, in transfer order, across block boundaries.
     cfg = {"power_save": {"enabled": False}, "rtt_ms": {"median": 3, "p90": 20, "p99": 250}}
     net = make(cfg, seed=11)
-    recs = run(net, [(0.001 * i, i % 4, (i + 1) % 4, 10_000) for i in range(400)])
+    n = 2 * RTT_BLOCK + 17
+    recs = run(net, [(0.001 * i, i % 4, (i + 1) % 4, 10_000) for i in range(n)])
     dist = RttDistribution.from_ms(3, 20, 250)
     replica = np.random.default_rng(11)
-    expected = [0.5 * dist.sample(replica) for _ in recs]
+    expected = np.concatenate([0.5 * dist.sample(replica, RTT_BLOCK) for _ in range(3)])[:n].tolist()
     assert [r.latency_s for r in recs] == expected  # exact, not approx
     assert any(r.latency_s > 0.5 * dist.p90 for r in recs)  # both branches of the splice were drawn
 

@@ -13,9 +13,10 @@ scheduled event whose callback reacts only if it is still the current timer. A f
 ``callback(flow)`` is called directly at its completion (or, without a callback, its ``done``
 event is succeeded).
 
-The rate function also returns, per flow, its airtime share and how that share splits over the
-flow's transmitters, which the medium integrates into airtime accounting (``tx_airtime``, and
-``on_airtime(tx, seconds)`` if given).
+The rate function also returns each flow's airtime share and each transmitter's airtime per
+second, which the medium integrates into airtime accounting (``Flow.airtime`` and
+``FluidMedium.tx_airtime``). The medium schedules its events on simpy's queue directly (the body of
+``Environment.schedule``): the kick and the timer run for every transfer.
 
 simpy cannot cancel a scheduled event; a superseded timer simply fires unused. The rate functions
 used by :mod:`llsim.network.wifi` never speed up a flow when another one arrives, so a superseded
@@ -24,6 +25,7 @@ of a run).
 """
 from __future__ import annotations
 
+from heapq import heappush
 from typing import Callable, NamedTuple, Optional, Sequence
 
 import simpy
@@ -44,15 +46,16 @@ class Flow:
 
     ``callback(flow)`` (optional) is called when the last byte has been sent; ``meta`` is whatever
     the rate function needs (e.g. the hops' PHY rates); ``airtime`` integrates the flow's airtime
-    share over time. The medium uses only these attributes and ``remaining``, so any object that
-    has them (with a ``callback``) can be submitted (:mod:`llsim.network.wifi`'s transfer events are
-    their own flows).
+    share over time. ``alone`` (optional) is the flow's :class:`Rates` when it is the only active
+    flow, if those never change (the medium then skips the rate function). The medium uses only
+    these attributes and ``remaining``, so any object that has them (with a ``callback``) can be
+    submitted (:mod:`llsim.network.wifi`'s transfer events are their own flows).
     """
 
-    __slots__ = ("size", "hops", "remaining", "airtime", "done", "meta", "callback")
+    __slots__ = ("size", "hops", "remaining", "airtime", "done", "meta", "callback", "alone")
 
     def __init__(self, size: float, hops: tuple = (), meta: object = None,
-                 callback: Optional[Callable[["Flow"], None]] = None):
+                 callback: Optional[Callable[["Flow"], None]] = None, alone: Optional["Rates"] = None):
         self.size = size
         self.hops = hops
         self.remaining = float(size)
@@ -60,39 +63,54 @@ class Flow:
         self.done: Optional[simpy.Event] = None
         self.meta = meta
         self.callback = callback
+        self.alone = alone
 
     def __repr__(self) -> str:
         return f"Flow(size={self.size!r}, hops={self.hops!r}, remaining={self.remaining!r})"
 
 
-class RateInfo(NamedTuple):
-    """Rate of one flow between two events (a rate function may return plain 3-tuples)."""
+class Rates(NamedTuple):
+    """Rates of a set of active flows between two events.
 
-    bytes_per_s: float
-    share: float  # fraction of the medium's time the flow occupies (airtime share)
-    tx_split: Sequence[tuple[object, float]] = ()  # (transmitter id, fraction of the share)
+    ``bytes_per_s`` and ``share`` (the fraction of the medium's time each flow occupies, its airtime
+    share) are per flow, in the order of the flows; ``tx_airtime`` is the medium's airtime per
+    second of each transmitter, summed over the flows: ``(transmitter id, seconds per second)``.
+    Rate functions may return the same object for the same set of flows (a cache): the medium
+    never modifies it.
+    """
+
+    bytes_per_s: Sequence[float]
+    share: Sequence[float]
+    tx_airtime: Sequence[tuple[object, float]] = ()
+
+    @classmethod
+    def of(cls, per_flow: Sequence[tuple]) -> "Rates":
+        """From one ``(bytes_per_s, share, tx_split)`` per flow, ``tx_split`` being
+        ``(transmitter id, fraction of the flow's share)`` pairs."""
+        air: dict = {}
+        for _, share, split in per_flow:
+            for tx, frac in split:
+                air[tx] = air.get(tx, 0.0) + share * frac
+        return cls(tuple(r[0] for r in per_flow), tuple(r[1] for r in per_flow), tuple(air.items()))
 
 
-RateFn = Callable[[Sequence[Flow], float], Sequence[tuple]]
+RateFn = Callable[[Sequence[Flow], float], Rates]
+
+_new = object.__new__
 
 
 class FluidMedium:
-    """A processor-sharing medium driven by ``rate_fn(flows, now)``.
+    """A processor-sharing medium driven by ``rate_fn(flows, now)``, which returns the flows'
+    :class:`Rates`."""
 
-    ``rate_fn`` returns one ``(bytes_per_s, share, tx_split)`` tuple (or :class:`RateInfo`) per
-    flow, in the order of ``flows``.
-    """
-
-    def __init__(self, env: simpy.Environment, rate_fn: RateFn, breakpoint_fn: Callable[[float], float] | None = None,
-                 on_airtime: Callable[[object, float], None] | None = None):
+    def __init__(self, env: simpy.Environment, rate_fn: RateFn, breakpoint_fn: Callable[[float], float] | None = None):
         self.env = env
         self.rate_fn = rate_fn
         self.breakpoint_fn = breakpoint_fn
-        self.on_airtime = on_airtime
         #: transmitter id -> airtime (s) it spent transmitting, integrated at every event
         self.tx_airtime: dict[object, float] = {}
         self.flows: list[Flow] = []
-        self._rates: Sequence[tuple] = ()  # parallel to self.flows, valid since self._t0
+        self._rates: Rates | None = None  # of self.flows, valid since self._t0
         self._t0 = env.now
         self._pending: list[Flow] = []
         self._kick: Event | None = None
@@ -110,12 +128,20 @@ class FluidMedium:
             return done
         self._pending.append(flow)
         if self._kick is None:
-            self._kick = ev = Event(self.env)
-            ev._ok = True
-            ev._value = None
-            ev.callbacks.append(self._on_kick)
-            self.env.schedule(ev)
+            self._kick = self._at(0.0, self._react)
         return done
+
+    def _at(self, delay: float, callback: Callable[[Event], None]) -> Event:
+        """A bare event with one callback, scheduled ``delay`` from now (``Event(env)`` and
+        ``env.schedule`` inlined: this runs for every transfer)."""
+        env = self.env
+        ev = _new(Event)
+        ev.env = env
+        ev.callbacks = [callback]
+        ev._ok = True
+        ev._value = None
+        heappush(env._queue, (env._now + delay, NORMAL, next(env._eid), ev))
+        return ev
 
     @staticmethod
     def _finish(flow: Flow) -> None:
@@ -125,45 +151,49 @@ class FluidMedium:
             flow.done.succeed(flow)
 
     # -------------------------------------------------------------------- reactions
-    def _on_kick(self, ev: Event) -> None:
-        if ev is self._kick:
-            self._kick = None
-        if self._pending:
-            self._react()
-
-    def _on_timer(self, ev: Event) -> None:
+    def _react(self, ev: Event) -> None:
+        """Callback of the kick and of the timer: advance every flow to now, finish the completed
+        ones, admit the pending ones and set the timer for the next completion or breakpoint. A
+        superseded timer does nothing."""
         if ev is self._timer:
             self._timer = None
-            self._react()
-
-    def _react(self) -> None:
-        """Advance every flow to now, finish the completed ones, admit the pending ones and set the
-        timer for the next completion or breakpoint."""
-        env = self.env
-        now = env.now
-        air = self.tx_airtime
-        on_airtime = self.on_airtime
+        elif ev is self._kick:
+            self._kick = None
+            if not self._pending:  # a timer at the same instant has already admitted them
+                return
+        else:
+            return
+        now = self.env._now
         while True:
             flows = self.flows
             if flows:
+                rates = self._rates
                 elapsed = now - self._t0
-                finished = None
-                for flow, (rate, share, split) in zip(flows, self._rates):
+                if elapsed > 0:
+                    air = self.tx_airtime
+                    for tx, a in rates.tx_airtime:
+                        air[tx] = air.get(tx, 0.0) + a * elapsed
+                if len(flows) == 1:  # the common case, unrolled: a transfer alone on the air
+                    flow = flows[0]
+                    rate = rates.bytes_per_s[0]
                     if elapsed > 0:
                         flow.remaining -= rate * elapsed
-                        busy = share * elapsed
-                        flow.airtime += busy
-                        for tx, frac in split:
-                            a = busy * frac
-                            air[tx] = air.get(tx, 0.0) + a
-                            if on_airtime is not None:
-                                on_airtime(tx, a)
+                        flow.airtime += rates.share[0] * elapsed
                     rem = flow.remaining
-                    if rem <= REL_TOL * flow.size or (rate > 0 and rem / rate <= EPS_T):
-                        if finished is None:
-                            finished = [flow]
-                        else:
-                            finished.append(flow)
+                    finished = (flow,) if rem <= REL_TOL * flow.size or rem <= EPS_T * rate else None
+                else:
+                    finished = None
+                    for flow, rate, share in zip(flows, rates.bytes_per_s, rates.share):
+                        if elapsed > 0:
+                            flow.remaining -= rate * elapsed
+                            flow.airtime += share * elapsed
+                        rem = flow.remaining
+                        # done: bytes left within the relative tolerance, or left for less than EPS_T
+                        if rem <= REL_TOL * flow.size or rem <= EPS_T * rate:
+                            if finished is None:
+                                finished = [flow]
+                            else:
+                                finished.append(flow)
                 if finished is not None:
                     if len(finished) == len(flows):
                         self.flows = flows = []
@@ -176,32 +206,43 @@ class FluidMedium:
                             cb(flow)
                         else:
                             flow.done.succeed(flow)
-            if self._pending:
-                flows.extend(self._pending)
-                self._pending.clear()
+            pending = self._pending
+            if pending:
+                flows.extend(pending)
+                pending.clear()
             self._t0 = now
             if not flows:
-                self._rates = ()
+                self._rates = None
                 self._timer = None
                 return
-            self._rates = infos = self.rate_fn(flows, now)
-            dt = _INF
-            for flow, info in zip(flows, infos):
-                rate = info[0]
-                if rate > 0:
-                    d = flow.remaining / rate
-                    if d < dt:
-                        dt = d
+            if len(flows) == 1:
+                flow = flows[0]
+                rates = flow.alone
+                if rates is None:
+                    rates = self.rate_fn(flows, now)
+                self._rates = rates
+                rate = rates.bytes_per_s[0]
+                dt = flow.remaining / rate if rate > 0 else _INF
+            else:
+                self._rates = rates = self.rate_fn(flows, now)
+                dt = _INF
+                for flow, rate in zip(flows, rates.bytes_per_s):
+                    if rate > 0:
+                        d = flow.remaining / rate
+                        if d < dt:
+                            dt = d
             if self.breakpoint_fn is not None:
                 dt = min(dt, max(self.breakpoint_fn(now) - now, 0.0))
             if dt == _INF:
                 self._timer = None  # nothing progresses: wait for a submission
                 return
-            if dt > EPS_T:
-                self._timer = ev = Event(env)
-                ev._ok = True
-                ev._value = None
-                ev.callbacks.append(self._on_timer)
-                env.schedule(ev, NORMAL, dt)
+            if dt > EPS_T:  # the timer: self._at(dt, self._react), inlined
+                env = self.env
+                self._timer = timer = _new(Event)
+                timer.env = env
+                timer.callbacks = [self._react]
+                timer._ok = True
+                timer._value = None
+                heappush(env._queue, (now + dt, NORMAL, next(env._eid), timer))
                 return
             # a completion or breakpoint below the clock's resolution: react again at once

@@ -28,8 +28,9 @@ Around the transmission (wireless kinds only):
   dozes; the transfer first waits ``wake_delay`` (the AP buffers until the next beacon). Phones
   start awake (idle clock at the network's creation).
 * **Latency**: after the last byte is sent, ``RTT/2`` with RTT drawn per transfer from
-  :class:`llsim.network.latency.RttDistribution` (one normal draw per transfer). One RTT per
-  transfer, whatever the number of hops (the measured RTTs are end to end).
+  :class:`llsim.network.latency.RttDistribution` (one normal draw per transfer, drawn
+  :data:`RTT_BLOCK` at a time). One RTT per transfer, whatever the number of hops (the measured
+  RTTs are end to end).
 * **Loss**: ``k ~ Binomial(ceil(nbytes / packet_bytes), loss_rate)`` lost packets, each adding
   ``retransmit_delay`` (a delay only: the resent bytes' airtime is neglected).
 * ``rtt_sampling: expected`` replaces both draws by their expectations (mean RTT, expected
@@ -41,7 +42,8 @@ Around the transmission (wireless kinds only):
 Simulated time of one transfer = wake + transmission (shared) + RTT/2 + k x retransmit_delay.
 The analytic helpers (:meth:`Network.goodput_bps`, :meth:`Network.expected_transfer_s`,
 :meth:`Network.rtt_s`) use the same formulas without simpy. All randomness comes from the ``rng``
-passed in, drawn at each transfer's start in a fixed order, so a seed fixes every time.
+passed in, drawn at each transfer's start in a fixed order (a block of RTTs when the previous
+block is used up, then that transfer's losses), so a seed fixes every time.
 
 **Signal changes** (wireless kinds): :meth:`Network.set_rssi` moves a phone to a new RSSI during the
 run (fading Wi-Fi). Transfers that start after the call use the new MCS / PHY rate; a transfer
@@ -53,22 +55,25 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from heapq import heappush
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 import simpy
-from simpy.events import NORMAL, Event
+from simpy.events import NORMAL, PENDING, Event
 
 from llsim.errors import LLSimError
 from llsim.network import mac, phy
 from llsim.network.config import FixedConfig, InfrastructureConfig, TraceConfig, WifiDirectConfig, parse_network_config
-from llsim.network.fluid import Flow, FluidMedium
-from llsim.network.latency import Z90, RttDistribution
+from llsim.network.fluid import Flow, FluidMedium, Rates
+from llsim.network.latency import RttDistribution
 from llsim.network.trace import Trace, load_trace
 
 #: Transmitter id of the infrastructure access point (and of the relay in fixed/trace ``ap_relay``).
 AP = -1
+#: RTTs are drawn this many at a time (one standard normal each, in transfer order).
+RTT_BLOCK = 256
 
 
 @dataclass(frozen=True)
@@ -113,7 +118,7 @@ class _Hop:
     key: tuple  # (standard, mcs, width, streams, gi, rts_cts) for the contention factor
 
 
-@dataclass
+@dataclass(slots=True)
 class _LinkStats:
     transfers: int = 0
     bytes: int = 0
@@ -123,7 +128,18 @@ class _LinkStats:
     retransmits: int = 0
 
 
-_np_exp = np.exp
+class _Route:
+    """What every transfer src -> dst shares (cached per pair; the PHY-rate part is rebuilt after
+    :meth:`Network.set_rssi`): ``meta`` is the wireless hops (``None`` for the capacity kinds),
+    ``hops`` the transmitter ids, ``link`` the pair's statistics (kept for the whole run)."""
+
+    __slots__ = ("meta", "hops", "link", "alone")
+
+    def __init__(self, meta, hops: tuple, link: _LinkStats, alone: Rates | None):
+        self.meta, self.hops, self.link = meta, hops, link
+        self.alone = alone  # rates of a transfer alone on the medium (None when they vary: trace)
+
+
 _new = object.__new__
 
 
@@ -143,8 +159,8 @@ class _Transfer(Event):
     has the attributes :class:`~llsim.network.fluid.Flow` has). It is scheduled for the arrival of
     the last byte; its first callback, :meth:`Network._arrived`, accounts and sets the value."""
 
-    __slots__ = ("net", "src", "dst", "nbytes", "tag", "start", "wake", "latency", "k", "retx", "record",
-                 "t_in", "t_out", "size", "hops", "remaining", "airtime", "meta")
+    __slots__ = ("net", "route", "src", "dst", "tag", "start", "wake", "latency", "k", "retx", "record",
+                 "t_in", "t_out", "size", "hops", "remaining", "airtime", "meta", "alone")
 
     def _enter(self, _timer: Event) -> None:
         """The receiver is awake: enter the medium."""
@@ -152,11 +168,12 @@ class _Transfer(Event):
         self.net._medium.submit(self)
 
     def callback(self, _flow) -> None:
-        """Medium callback at the last byte sent: arrive RTT/2 (+ retransmission delays) later."""
+        """Medium callback at the last byte sent: arrive RTT/2 (+ retransmission delays) later
+        (``env.schedule`` inlined: once per transfer)."""
         env = self.env
-        self.t_out = env.now
+        now = self.t_out = env._now
         self._ok = True
-        env.schedule(self, NORMAL, self.latency + self.retx)
+        heappush(env._queue, (now + (self.latency + self.retx), NORMAL, next(env._eid), self))
 
 
 class Network:
@@ -195,22 +212,17 @@ class Network:
         self._phy_mbps: list[float | None] = [None] * n
         self._hop_cache: dict[tuple[int, int], tuple[_Hop, ...]] = {}
         self._links: dict[tuple[int, int], _LinkStats] = {}
-        self._sent = [0] * n
-        self._received = [0] * n
-        self._n_sent = [0] * n
-        self._n_received = [0] * n
         self._last_active = [env.now] * n
         self._awake_at = [env.now] * n
         self._busy = [0] * n
         # per-run constants of the transfer hot path (same expressions as the formulas they replace);
-        # set_rssi empties the ones that depend on PHY rates (_clear_rate_caches). The id(hops) keys
-        # stay unique because each _rate_cache value holds its hops tuple (alive while the entry is),
-        # and every _alone_cache entry is made together with a _rate_cache entry for the same hops.
-        self._route_cache: dict[tuple[int, int], tuple[tuple, tuple]] = {}  # (src, dst) -> (hops, tx ids)
-        # (id(hops), n_tx) -> (s/B, split, hops)
-        self._rate_cache: dict[tuple[int, int], tuple[float, tuple, tuple]] = {}
-        self._split_cache: dict[tuple, tuple] = {}  # capacity kinds: tx ids -> split (no PHY rate in it)
-        self._alone_cache: dict[int, list[tuple]] = {}  # id(hops) -> rates of that flow alone
+        # set_rssi empties the ones that depend on PHY rates (_clear_rate_caches).
+        self._routes: list[list[_Route | None]] = [[None] * n for _ in range(n)]  # [src][dst]
+        # rates of a set of active flows, keyed by the tuple of id(flow.meta) (wireless) or of
+        # id(flow.hops) (capacity kinds), in the flows' order. Each value holds those objects (its
+        # last element), so the ids stay unique while the entry exists.
+        self._rates_cache: dict[tuple, tuple[Rates, tuple]] = {}
+        self._per_flow_cache: dict[tuple[int, int], tuple[float, tuple]] = {}  # (id(hops), n_tx) -> (s/B, split)
 
         if self._wireless:
             self._setup_wireless()
@@ -230,8 +242,7 @@ class Network:
             self._expected = cfg.rtt_sampling == "expected"
             self._lossy = cfg.loss_rate > 0
             self._half_rtt_mean = 0.5 * self._rtt_mean
-            r = self._rtt  # RttDistribution.from_z for one draw, without the numpy array round trip
-            self._rtt_consts = (r.median, r.s1, r.p90, r.s2)
+            self._half_rtts: list[float] = []  # the current block of one-way latencies, consumed from the end
         elif self.kind == "fixed":
             self._half_rtt_fixed = 0.5 * cfg.rtt_ms / 1e3
 
@@ -312,52 +323,90 @@ class Network:
     def _capacity_tx(self, src: int) -> tuple:
         return (src, AP) if self._relay() == 2 else (src,)
 
+    def _route(self, src: int, dst: int) -> _Route:
+        """The cached :class:`_Route` of src -> dst (built on first use, and again after set_rssi)."""
+        route = self._routes[src][dst]
+        if route is None:
+            link = self._links.get((src, dst))
+            if link is None:
+                link = self._links[(src, dst)] = _LinkStats()
+            if self._wireless:
+                meta = self._hops(src, dst)
+                route = _Route(meta, tuple(h.tx for h in meta), link, None)
+                route.alone = self._make_wireless_rates([route])
+            else:
+                route = _Route(None, self._capacity_tx(src), link, None)
+                if self.kind == "fixed":
+                    route.alone = self._make_capacity_shares([route])
+            self._routes[src][dst] = route
+        return route
+
     # ------------------------------------------------------------------ rates
     @staticmethod
     def _per_byte_airtime(hops: Sequence[_Hop], n_tx: int) -> list[float]:
         return [8.0 / (h.rate_bps * mac.contention_factor(n_tx, *h.key)) for h in hops]
 
-    def _wireless_rates(self, flows: Sequence[Flow], now: float) -> list[tuple]:
-        if len(flows) == 1:  # the common case: one transfer alone on the air (its list is cached)
-            meta = flows[0].meta
-            out = self._alone_cache.get(id(meta))
-            if out is None:
-                out = self._alone_cache[id(meta)] = self._wireless_rates_of(flows, len(set(flows[0].hops)))
-            return out
+    def _cached_rates(self, flows: Sequence[Flow], attr: str, make: Callable[[Sequence[Flow]], Rates]) -> Rates:
+        """``make(flows)``, cached per sequence of the flows' ``attr`` objects (by identity)."""
+        cache = self._rates_cache
+        if len(flows) == 1:  # the common case: one transfer alone on the air
+            key = id(getattr(flows[0], attr))
+        else:
+            key = tuple([id(getattr(f, attr)) for f in flows])
+        hit = cache.get(key)
+        if hit is not None:
+            return hit[0]
+        if len(cache) >= 65536:  # bound the memory of long runs with many distinct mixes
+            cache.clear()
+        rates = make(flows)
+        cache[key] = (rates, tuple(getattr(f, attr) for f in flows))
+        return rates
+
+    def _wireless_rates(self, flows: Sequence[Flow], now: float) -> Rates:
+        # _cached_rates(flows, "meta", ...), with its lookup inlined for the common case
+        if len(flows) == 1:
+            hit = self._rates_cache.get(id(flows[0].meta))
+            if hit is not None:
+                return hit[0]
+        return self._cached_rates(flows, "meta", self._make_wireless_rates)
+
+    def _make_wireless_rates(self, flows: Sequence[Flow]) -> Rates:
+        """Airtime fairness: each of F flows gets 1/F of the airtime; its byte rate is that share over
+        its hops' seconds per byte, with the contention factor of the n distinct transmitters."""
         txs = set()
         for f in flows:
             txs.update(f.hops)
-        return self._wireless_rates_of(flows, len(txs))
-
-    def _wireless_rates_of(self, flows: Sequence[Flow], n_tx: int) -> list[tuple]:
+        n_tx = len(txs)
         share = 1.0 / len(flows)
-        cache = self._rate_cache
+        per_flow = self._per_flow_cache
         out = []
         for f in flows:
-            key = (id(f.meta), n_tx)  # f.meta: the hops tuple, one object per (src, dst) for the run
-            c = cache.get(key)
+            key = (id(f.meta), n_tx)  # f.meta: the hops tuple, one object per (src, dst) and PHY rates
+            c = per_flow.get(key)
             if c is None:
                 per = self._per_byte_airtime(f.meta, n_tx)
                 total = sum(per)
-                c = cache[key] = (total, tuple((h.tx, a / total) for h, a in zip(f.meta, per)), f.meta)
+                c = per_flow[key] = (total, tuple((h.tx, a / total) for h, a in zip(f.meta, per)), f.meta)
             out.append((share / c[0], share, c[1]))
-        return out
+        return Rates.of(out)
 
     def _capacity_bps(self, now: float) -> float:
         return self.cfg.goodput_mbps * 1e6 if self.kind == "fixed" else self.trace.throughput_at(now)
 
-    def _capacity_rates(self, flows: Sequence[Flow], now: float) -> list[tuple]:
+    def _capacity_rates(self, flows: Sequence[Flow], now: float) -> Rates:
+        shape = self._cached_rates(flows, "hops", self._make_capacity_shares)
+        if self.kind == "fixed":
+            return shape
+        rate = self._capacity_bps(now) / 8.0 * shape.share[0] / self._relay()
+        return Rates((rate,) * len(flows), shape.share, shape.tx_airtime)
+
+    def _make_capacity_shares(self, flows: Sequence[Flow]) -> Rates:
+        """Shares and airtime of capacity kinds; byte rates at the ``fixed`` goodput (a trace's
+        replaces them at each event)."""
         share = 1.0 / len(flows) if self.cfg.shared else 1.0
         relay = self._relay()
-        rate = self._capacity_bps(now) / 8.0 * share / relay
-        splits = self._split_cache
-        out = []
-        for f in flows:
-            split = splits.get(f.hops)
-            if split is None:
-                split = splits[f.hops] = tuple((tx, 1.0 / relay) for tx in f.hops)
-            out.append((rate, share, split))
-        return out
+        rate = self.cfg.goodput_mbps * 1e6 / 8.0 * share / relay if self.kind == "fixed" else 0.0
+        return Rates.of([(rate, share, tuple((tx, 1.0 / relay) for tx in f.hops)) for f in flows])
 
     # ------------------------------------------------------------------ signal changes
     def set_rssi(self, station: int, rssi_dbm: float) -> None:
@@ -390,12 +439,11 @@ class Network:
 
     def _clear_rate_caches(self) -> None:
         """Forget every cached hop and rate (they embed PHY rates). In-flight transfers keep their own
-        hops tuple (``meta``): their rates are recomputed from it, under new cache entries.
-        ``_split_cache`` (capacity kinds only) holds no PHY rate."""
+        hops tuple (``meta``): their rates are recomputed from it, under new cache entries."""
         self._hop_cache.clear()
-        self._route_cache.clear()
-        self._rate_cache.clear()
-        self._alone_cache.clear()
+        self._routes = [[None] * self._n for _ in range(self._n)]
+        self._rates_cache.clear()
+        self._per_flow_cache.clear()
 
     def rssi_dbm(self, station: int) -> float | None:
         """Current RSSI (dBm) of a phone's link to its AP (``None`` for the hotspot phone or non-Wi-Fi kinds)."""
@@ -414,15 +462,12 @@ class Network:
         involved: the medium calls back at the last byte, and the returned event itself is
         scheduled for the arrival time, with the accounting as its first callback.
         """
-        return self._start(src, dst, nbytes, tag, True)
+        return self.send(src, dst, nbytes, tag, True)
 
-    def send(self, src: int, dst: int, nbytes: int, tag: str = "") -> simpy.Event:
+    def send(self, src: int, dst: int, nbytes: int, tag: str = "", _record: bool = False) -> simpy.Event:
         """:meth:`transfer` for callers that only wait for the arrival: same simulation and
         accounting, but the event's value is ``None`` (no :class:`TransferRecord` is built unless
         ``on_transfer`` wants one)."""
-        return self._start(src, dst, nbytes, tag, False)
-
-    def _start(self, src: int, dst: int, nbytes: int, tag: str, record: bool) -> simpy.Event:
         n = self._n
         if not (0 <= src < n and 0 <= dst < n):
             raise ValueError(f"transfer {src}->{dst}: device indices must be in 0..{n - 1}")
@@ -430,13 +475,21 @@ class Network:
             raise ValueError(f"transfer {src}->{dst}: nbytes must be >= 0, not {nbytes}")
         nbytes = int(nbytes)
         env = self.env
-        ev = _Transfer(env)
-        start = env.now
+        start = env._now
+        # the event (Event.__init__ inlined), which is also the flow (see fluid.Flow)
+        ev = _new(_Transfer)
+        ev.env = env
+        ev._value = PENDING
         if src == dst:
+            ev.callbacks = []
             ev._ok = True
-            ev._value = TransferRecord(src, dst, nbytes, start, start, tag, hops=0) if record else None
+            ev._value = TransferRecord(src, dst, nbytes, start, start, tag, hops=0) if _record else None
             env.schedule(ev)
             return ev
+        ev.callbacks = [self._arrived]
+        route = self._routes[src][dst]
+        if route is None:
+            route = self._route(src, dst)
         # Random draws, always in this order: RTT, then losses.
         wake = retx = 0.0
         k = 0
@@ -446,32 +499,29 @@ class Network:
                 latency = self._half_rtt_mean
                 retx = math.ceil(nbytes / cfg.packet_bytes) * cfg.loss_rate * cfg.retransmit_delay_ms / 1e3
             else:
-                # == 0.5 * self._rtt.sample(self.rng) (RttDistribution.from_z of one normal draw),
-                # with the same numpy exp, so the same bits
-                z = self.rng.standard_normal()
-                median, s1, p90, s2 = self._rtt_consts
-                if z <= Z90:
-                    latency = 0.5 * (median * float(_np_exp(s1 * z)))
-                else:
-                    latency = 0.5 * (p90 * float(_np_exp(s2 * (z - Z90))))
+                half = self._half_rtts
+                if not half:
+                    half = self._half_rtts = self._draw_half_rtts()
+                latency = half.pop()
                 if self._lossy and nbytes > 0:
                     k = int(self.rng.binomial(math.ceil(nbytes / cfg.packet_bytes), cfg.loss_rate))
                     retx = k * cfg.retransmit_delay_ms / 1e3
             if self._sleeper[dst]:
-                wake = self._wake_delay(dst, start)
-            route = self._route_cache.get((src, dst))
-            if route is None:
-                hops = self._hops(src, dst)
-                route = self._route_cache[(src, dst)] = (hops, tuple(h.tx for h in hops))
-            ev.meta, ev.hops = route
+                # power save: a receiver idle past the timeout (no transfer to or from it, since
+                # last_active) dozes, and this transfer waits until it is awake again
+                awake = self._awake_at
+                if self._busy[dst] == 0 and start >= awake[dst] and start - self._last_active[dst] > self._idle_timeout_s:
+                    awake[dst] = start + self._wake_delay_s
+                if awake[dst] > start:
+                    wake = awake[dst] - start
+        elif self.kind == "fixed":
+            latency = self._half_rtt_fixed
         else:
-            if self.kind == "fixed":
-                latency = self._half_rtt_fixed
-            else:
-                latency = 0.5 * self.trace.rtt_at(start)
-            ev.meta = None
-            ev.hops = self._capacity_tx(src)
-        # the event is also the flow (see fluid.Flow)
+            latency = 0.5 * self.trace.rtt_at(start)
+        ev.meta = route.meta
+        ev.hops = route.hops
+        ev.alone = route.alone
+        ev.route = route
         ev.size = nbytes
         ev.remaining = float(nbytes)
         ev.airtime = 0.0
@@ -481,15 +531,13 @@ class Network:
         ev.net = self
         ev.src = src
         ev.dst = dst
-        ev.nbytes = nbytes
         ev.tag = tag
         ev.start = start
         ev.wake = wake
         ev.latency = latency
         ev.k = k
         ev.retx = retx
-        ev.record = record
-        ev.callbacks.append(self._arrived)
+        ev.record = _record
         if wake > 0:
             t = Event(env)
             t._ok = True
@@ -508,26 +556,20 @@ class Network:
         busy = self._busy
         busy[src] -= 1
         busy[dst] -= 1
-        end = self.env.now
+        end = self.env._now
         last = self._last_active
         if end > last[src]:
             last[src] = end
         if end > last[dst]:
             last[dst] = end
-        nbytes = ev.nbytes
-        link = self._links.get((src, dst))
-        if link is None:
-            link = self._links[(src, dst)] = _LinkStats()
+        nbytes = ev.size
+        link = ev.route.link
         link.transfers += 1
         link.bytes += nbytes
         link.total_time_s += end - ev.start
         link.airtime_s += ev.airtime
         link.wake_s += ev.wake
         link.retransmits += ev.k
-        self._sent[src] += nbytes
-        self._received[dst] += nbytes
-        self._n_sent[src] += 1
-        self._n_received[dst] += 1
         if ev.record or self.on_transfer is not None:
             rec = _record(src, dst, nbytes, ev.start, end, ev.tag, len(ev.hops), ev.wake, ev.t_out - ev.t_in,
                           ev.airtime, ev.latency, ev.k, ev.retx)
@@ -537,22 +579,22 @@ class Network:
         else:
             ev._value = None
 
+    def _draw_half_rtts(self) -> list[float]:
+        """The next :data:`RTT_BLOCK` one-way latencies (RTT/2), reversed so that ``pop()`` takes them
+        in draw order: one normal draw per transfer, drawn a block at a time (a scalar numpy draw
+        per transfer cost more than the rest of the RTT's handling)."""
+        return (0.5 * self._rtt.sample(self.rng, RTT_BLOCK))[::-1].tolist()
+
     def _sleeps(self, i: int) -> bool:
         return self._wireless and self.cfg.power_save.enabled and i != self.ap_index
-
-    def _wake_delay(self, dst: int, now: float) -> float:
-        if not self._sleeper[dst]:
-            return 0.0
-        idle = now - self._last_active[dst]
-        if self._busy[dst] == 0 and now >= self._awake_at[dst] and idle > self._idle_timeout_s:
-            self._awake_at[dst] = now + self._wake_delay_s
-        return max(0.0, self._awake_at[dst] - now)
 
     # ------------------------------------------------------------------ statistics
     def link_stats(self) -> list[dict]:
         """One row per directed link that carried a transfer (plain values, CSV-ready)."""
         rows = []
         for (s, d), st in sorted(self._links.items()):
+            if not st.transfers:
+                continue  # a route that was used, but no transfer on it arrived (yet)
             rows.append({
                 "src": s, "dst": d,
                 "src_name": self.stations[s].name, "dst_name": self.stations[d].name,
@@ -569,14 +611,21 @@ class Network:
 
         ``airtime_s`` is the airtime the node spent transmitting.
         """
+        n = self._n
+        sent, received, n_sent, n_received = [0] * n, [0] * n, [0] * n, [0] * n
+        for (s, d), link in self._links.items():
+            sent[s] += link.bytes
+            received[d] += link.bytes
+            n_sent[s] += link.transfers
+            n_received[d] += link.transfers
         rows = []
         for i, st in enumerate(self.stations):
             rows.append({
                 "index": i, "name": st.name,
                 "role": "ap" if self._wireless and i == self.ap_index else "station",
                 "mcs": self._mcs[i], "phy_rate_mbps": self._phy_mbps[i],
-                "bytes_sent": self._sent[i], "bytes_received": self._received[i],
-                "transfers_sent": self._n_sent[i], "transfers_received": self._n_received[i],
+                "bytes_sent": sent[i], "bytes_received": received[i],
+                "transfers_sent": n_sent[i], "transfers_received": n_received[i],
                 "airtime_s": self._tx_airtime.get(i, 0.0),
             })
         if self.kind == "infrastructure" or AP in self._tx_airtime:

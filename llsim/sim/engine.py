@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from heapq import heappop
 from dataclasses import dataclass, field
 
 import numpy as np
 import simpy
-from simpy.events import Event
+from simpy.events import PENDING, Event
 
 from llsim.alloc.plan import Plan
 from llsim.errors import LLSimError
@@ -27,6 +28,8 @@ from llsim.scenario import Scenario
 from llsim.sim.cluster import DeviceInstance
 
 ACT = 4
+CHUNK = 20000  # events between two checks of the wall-clock budget
+INF = float("inf")
 
 
 @dataclass
@@ -298,16 +301,12 @@ class Simulation:
                               "device": -1 if device is None else device, "args": args})
 
     # ---- processes -----------------------------------------------------------------------------
-    def _kv(self, node: Node, tokens: int) -> None:
-        node.kv_tokens += tokens
-        used = node.used_bytes
-        if used > node.peak_bytes:
-            node.peak_bytes = used
-        if used > node.dev.budget_bytes:
-            self.error = (f"memory overflow at t={self.env.now:.3f}s on {node.dev.name}: {used / 1e9:.2f} GB used "
-                          f"> budget {node.dev.budget_bytes / 1e9:.2f} GB ({node.kv_tokens} cached tokens); "
-                          "lower concurrency or context, or give that phone fewer modules")
-            raise MemoryOverflow(self.error)
+    def _overflow(self, node: Node, used: int) -> None:
+        """``node`` now holds ``used`` bytes, over its budget: the run's terminal error."""
+        self.error = (f"memory overflow at t={self.env.now:.3f}s on {node.dev.name}: {used / 1e9:.2f} GB used "
+                      f"> budget {node.dev.budget_bytes / 1e9:.2f} GB ({node.kv_tokens} cached tokens); "
+                      "lower concurrency or context, or give that phone fewer modules")
+        raise MemoryOverflow(self.error)
 
     def _finished(self) -> None:
         self.completed += 1
@@ -376,12 +375,14 @@ class Simulation:
                         lock.release()
                         ok = False if ep.broken else (yield from self._stall(ep))
                         break
-                    if kv_mode:
-                        try:
-                            self._kv(node, S)
-                        except MemoryOverflow:
+                    if kv_mode:  # this step's tokens join the phone's KV cache
+                        node.kv_tokens += S
+                        used = node.static_bytes + node.kv_tokens * node.kv_per_token  # node.used_bytes
+                        if used > node.peak_bytes:
+                            node.peak_bytes = used
+                        if used > node.dev.budget_bytes:
                             lock.release()
-                            raise
+                            self._overflow(node, used)
                     t0 = env.now
                     if node.thermal is not None:
                         node.heat_s = max(0.0, node.heat_s - (t0 - node.last_end))
@@ -478,25 +479,32 @@ class Simulation:
         events = 0
         stop_reason = None
         env = self.env
-        step, peek, done = env.step, env.peek, self.done
+        queue = env._queue
+        done = self.done
         max_sim_s = dur.max_sim_s
         while stop_reason is None:
-            # a chunk of events, then the wall-clock budget check
+            # a chunk of events (the body of simpy's Environment.step, inlined), then the wall-clock check
             n = 0
-            for n in range(20000):
-                if done.triggered:
+            for n in range(CHUNK):
+                if done._value is not PENDING:
                     stop_reason = "completed"
                     break
-                if peek() > max_sim_s:
-                    stop_reason = "stalled" if peek() == float("inf") else "max_sim_s"
+                if not queue:
+                    stop_reason = "deadlock" if max_sim_s == INF else "stalled"
                     break
-                try:
-                    step()
-                except simpy.core.EmptySchedule:
-                    stop_reason = "deadlock"
+                if queue[0][0] > max_sim_s:
+                    stop_reason = "max_sim_s"
                     break
+                env._now, _, _, event = heappop(queue)
+                callbacks, event.callbacks = event.callbacks, None
+                for callback in callbacks:
+                    callback(event)
+                if not event._ok and not hasattr(event, "_defused"):
+                    exc = type(event._value)(*event._value.args)  # as Environment.step: the run fails
+                    exc.__cause__ = event._value
+                    raise exc
             else:
-                n = 20000
+                n = CHUNK
                 if time.perf_counter() - wall0 > dur.max_wall_s:
                     stop_reason = "max_wall_s"
             events += n
