@@ -9,9 +9,8 @@ to float rounding), not stepped.
 The medium is driven by callbacks, not by a simpy process: :meth:`FluidMedium.submit` queues the
 flow and schedules one zero-delay "kick" event for all flows submitted at the same simulated
 time (they enter the medium together, with one rate computation), and the timer is a plain
-scheduled event whose callback reacts only if it is still the current timer. A finished flow's
-``callback(flow)`` is called directly at its completion (or, without a callback, its ``done``
-event is succeeded).
+scheduled event whose callback reacts only if it is still the current timer. A flow is itself a
+simpy event: at its last byte the medium schedules it ``flow.delay`` later (its delivery).
 
 The rate function also returns each flow's airtime share and each transmitter's airtime per
 second, which the medium integrates into airtime accounting (``Flow.airtime`` and
@@ -41,29 +40,32 @@ EPS_T = 1e-12
 _INF = float("inf")
 
 
-class Flow:
-    """Bytes to push through the medium. ``hops`` lists the transmitter id of each hop.
+class Flow(Event):
+    """Bytes to push through the medium; a flow is also the simpy event of its delivery.
 
-    ``callback(flow)`` (optional) is called when the last byte has been sent; ``meta`` is whatever
-    the rate function needs (e.g. the hops' PHY rates); ``airtime`` integrates the flow's airtime
-    share over time. ``alone`` (optional) is the flow's :class:`Rates` when it is the only active
-    flow, if those never change (the medium then skips the rate function). The medium uses only
-    these attributes and ``remaining``, so any object that has them (with a ``callback``) can be
-    submitted (:mod:`llsim.network.wifi`'s transfer events are their own flows).
+    The medium schedules the flow ``delay`` seconds after its last byte has been sent (a
+    propagation or protocol latency; ``t_out`` records when the last byte went), so yielding it
+    waits for the delivery; its callbacks run then. ``hops`` and ``meta`` are whatever the rate
+    function needs (e.g. the transmitter ids and the hops' PHY rates); ``airtime`` integrates the
+    flow's airtime share over time. ``alone`` (optional) is the flow's :class:`Rates` when it is
+    the only active flow, if those never change (the medium then skips the rate function). The
+    medium uses only these attributes and ``size``, ``remaining``, so a subclass may set them
+    without calling ``__init__`` (:mod:`llsim.network.wifi`'s transfers do).
     """
 
-    __slots__ = ("size", "hops", "remaining", "airtime", "done", "meta", "callback", "alone")
+    __slots__ = ("size", "hops", "remaining", "airtime", "meta", "delay", "alone", "t_out")
 
-    def __init__(self, size: float, hops: tuple = (), meta: object = None,
-                 callback: Optional[Callable[["Flow"], None]] = None, alone: Optional["Rates"] = None):
+    def __init__(self, env: simpy.Environment, size: float, hops: tuple = (), meta: object = None,
+                 delay: float = 0.0, alone: Optional["Rates"] = None):
+        super().__init__(env)
         self.size = size
         self.hops = hops
         self.remaining = float(size)
         self.airtime = 0.0
-        self.done: Optional[simpy.Event] = None
         self.meta = meta
-        self.callback = callback
+        self.delay = delay
         self.alone = alone
+        self.t_out: float | None = None
 
     def __repr__(self) -> str:
         return f"Flow(size={self.size!r}, hops={self.hops!r}, remaining={self.remaining!r})"
@@ -116,39 +118,20 @@ class FluidMedium:
         self._kick: Event | None = None
         self._timer: Event | None = None
 
-    def submit(self, flow: Flow) -> simpy.Event | None:
-        """Start ``flow`` now. Without a ``flow.callback``, returns an event that fires when its last
-        byte has been sent (value: the flow); with one, the callback is called then and ``None``
-        is returned."""
-        done = None
-        if flow.callback is None:
-            flow.done = done = Event(self.env)
-        if flow.remaining <= 0:
-            self._finish(flow)
-            return done
+    def submit(self, flow: Flow) -> None:
+        """Start ``flow`` now; yield the flow to wait for its delivery. (An empty flow goes through
+        the medium too: it finishes at its first reaction, at once.)"""
         self._pending.append(flow)
         if self._kick is None:
-            self._kick = self._at(0.0, self._react)
-        return done
-
-    def _at(self, delay: float, callback: Callable[[Event], None]) -> Event:
-        """A bare event with one callback, scheduled ``delay`` from now (``Event(env)`` and
-        ``env.schedule`` inlined: this runs for every transfer)."""
-        env = self.env
-        ev = _new(Event)
-        ev.env = env
-        ev.callbacks = [callback]
-        ev._ok = True
-        ev._value = None
-        heappush(env._queue, (env._now + delay, NORMAL, next(env._eid), ev))
-        return ev
-
-    @staticmethod
-    def _finish(flow: Flow) -> None:
-        if flow.callback is not None:
-            flow.callback(flow)
-        else:
-            flow.done.succeed(flow)
+            # the kick: a bare event calling _react now, after the other callbacks of this instant
+            # (Event(env) and env.schedule inlined, as for the timer: both run for every transfer)
+            env = self.env
+            self._kick = kick = _new(Event)
+            kick.env = env
+            kick.callbacks = [self._react]
+            kick._ok = True
+            kick._value = None
+            heappush(env._queue, (env._now, NORMAL, next(env._eid), kick))
 
     # -------------------------------------------------------------------- reactions
     def _react(self, ev: Event) -> None:
@@ -199,13 +182,13 @@ class FluidMedium:
                         self.flows = flows = []
                     else:
                         self.flows = flows = [f for f in flows if f not in finished]
-                    for flow in finished:
+                    env = self.env
+                    for flow in finished:  # delivered flow.delay after its last byte
                         flow.remaining = 0.0
-                        cb = flow.callback
-                        if cb is not None:
-                            cb(flow)
-                        else:
-                            flow.done.succeed(flow)
+                        flow.t_out = now
+                        flow._ok = True
+                        flow._value = None
+                        heappush(env._queue, (now + flow.delay, NORMAL, next(env._eid), flow))
             pending = self._pending
             if pending:
                 flows.extend(pending)
@@ -236,7 +219,7 @@ class FluidMedium:
             if dt == _INF:
                 self._timer = None  # nothing progresses: wait for a submission
                 return
-            if dt > EPS_T:  # the timer: self._at(dt, self._react), inlined
+            if dt > EPS_T:  # the timer (built as the kick is)
                 env = self.env
                 self._timer = timer = _new(Event)
                 timer.env = env

@@ -55,7 +55,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from heapq import heappush
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -154,26 +153,18 @@ def _record(src, dst, nbytes, start, end, tag, hops, wake_s, transmit_s, airtime
     return rec
 
 
-class _Transfer(Event):
-    """The event :meth:`Network.transfer` returns, and also the transfer's flow in the medium (it
-    has the attributes :class:`~llsim.network.fluid.Flow` has). It is scheduled for the arrival of
-    the last byte; its first callback, :meth:`Network._arrived`, accounts and sets the value."""
+class _Transfer(Flow):
+    """The event :meth:`Network.transfer` returns, which is also the transfer's flow in the medium:
+    the medium schedules it for the arrival of the last byte, ``delay`` = RTT/2 + retransmission
+    delays after it was sent. Its first callback, :meth:`Network._arrived`, accounts and sets the
+    value. (:meth:`Network.send` sets its attributes directly, without ``Flow.__init__``.)"""
 
-    __slots__ = ("net", "route", "src", "dst", "tag", "start", "wake", "latency", "k", "retx", "record",
-                 "t_in", "t_out", "size", "hops", "remaining", "airtime", "meta", "alone")
+    __slots__ = ("net", "route", "src", "dst", "tag", "start", "wake", "latency", "k", "retx", "record", "t_in")
 
     def _enter(self, _timer: Event) -> None:
         """The receiver is awake: enter the medium."""
         self.t_in = self.env.now
         self.net._medium.submit(self)
-
-    def callback(self, _flow) -> None:
-        """Medium callback at the last byte sent: arrive RTT/2 (+ retransmission delays) later
-        (``env.schedule`` inlined: once per transfer)."""
-        env = self.env
-        now = self.t_out = env._now
-        self._ok = True
-        heappush(env._queue, (now + (self.latency + self.retx), NORMAL, next(env._eid), self))
 
 
 class Network:
@@ -537,6 +528,7 @@ class Network:
         ev.latency = latency
         ev.k = k
         ev.retx = retx
+        ev.delay = latency + retx
         ev.record = _record
         if wake > 0:
             t = Event(env)

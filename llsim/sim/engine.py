@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from heapq import heappop
+from heapq import heappop, heappush
 from dataclasses import dataclass, field
 
 import numpy as np
 import simpy
-from simpy.events import PENDING, Event
+from simpy.events import NORMAL, PENDING, Event
 
 from llsim.alloc.plan import Plan
 from llsim.errors import LLSimError
@@ -28,6 +28,7 @@ from llsim.scenario import Scenario
 from llsim.sim.cluster import DeviceInstance
 
 ACT = 4
+_new = object.__new__
 CHUNK = 20000  # events between two checks of the wall-clock budget
 INF = float("inf")
 
@@ -124,8 +125,12 @@ class PhoneLock:
         return ev
 
     def release(self) -> None:
-        if self.queue:
-            self.queue.popleft().succeed()  # still held: now by the next requester
+        if self.queue:  # still held: now by the next requester (its event's succeed(), inlined)
+            ev = self.queue.popleft()
+            ev._ok = True
+            ev._value = None
+            env = self.env
+            heappush(env._queue, (env._now, NORMAL, next(env._eid), ev))
         else:
             self.held = False
 
@@ -328,6 +333,7 @@ class Simulation:
         resumes this one generator, no delegation.)"""
         env, w = self.env, self.sc.workload
         kv_mode = w.mode == "kv_cache"
+        queue, eid = env._queue, env._eid
         transfer = self.net.send  # we only wait for arrivals: no TransferRecord values
         tags = self.want_timeline  # transfer tags only show in the timeline
         timeline = self.timeline
@@ -354,6 +360,8 @@ class Simulation:
                 if reprefill:
                     S = w.prompt_tokens + step
                     cost = ep.steps.get(S, 0)
+                elif step < len(ep.costs):
+                    S, cost = ep.costs[step]
                 else:
                     S, cost = ep.step_cost(step)
                 self.active += 1
@@ -394,7 +402,14 @@ class Simulation:
                     dur = cost.stage_seconds[s] / node.speed
                     if node.noise:
                         dur *= float(self.dyn_rng.lognormal(0.0, node.noise))
-                    yield env.timeout(dur)
+                    # compute: env.timeout(dur), with Timeout.__init__ and Environment.schedule inlined
+                    tm = _new(Event)
+                    tm.env = env
+                    tm.callbacks = []
+                    tm._ok = True
+                    tm._value = None
+                    heappush(queue, (env._now + dur, NORMAL, next(eid), tm))
+                    yield tm
                     t1 = env.now
                     node.busy_s += t1 - t0
                     node.last_end = t1
@@ -489,13 +504,18 @@ class Simulation:
                 if done._value is not PENDING:
                     stop_reason = "completed"
                     break
-                if not queue:
+                try:
+                    item = heappop(queue)
+                except IndexError:
                     stop_reason = "deadlock" if max_sim_s == INF else "stalled"
                     break
-                if queue[0][0] > max_sim_s:
+                t = item[0]
+                if t > max_sim_s:
+                    heappush(queue, item)  # left unprocessed, as simpy's run(until=...) leaves it
                     stop_reason = "max_sim_s"
                     break
-                env._now, _, _, event = heappop(queue)
+                env._now = t
+                event = item[3]
                 callbacks, event.callbacks = event.callbacks, None
                 for callback in callbacks:
                     callback(event)
