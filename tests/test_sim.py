@@ -16,8 +16,10 @@ Bad scenarios tried (each exits 2 naming file, field and fix):
 """
 import csv
 import json
+import math
 
 import pytest
+import simpy
 import yaml
 
 from llsim.device.costmodel import CostModel
@@ -25,7 +27,9 @@ from llsim.device.profile import load_profile
 from llsim.model.analytic import analytic_graph
 from llsim.model.zoo import get_config
 from llsim.scenario import load_scenario
-from llsim.sim.run import run_to_dir, simulate
+from llsim.sim.cluster import expand_devices
+from llsim.sim.engine import Simulation
+from llsim.sim.run import make_plan, run_to_dir, simulate
 
 from conftest import run_cli
 
@@ -298,3 +302,58 @@ def test_timeline_off_simulates_the_same_tokens(tmp_path, toy):
     off = simulate(sc, timeline=False)[0]
     assert on.tokens == off.tokens and on.link_rows == off.link_rows and on.device_rows == off.device_rows
     assert on.timeline and not off.timeline
+
+
+# ---------------------------------------------------------------- the event loop (speed work)
+class _SteppedSimulation(Simulation):
+    """The reference for Simulation._advance (which inlines simpy's Environment.step): simpy's own
+    ``peek`` and ``step`` drive the run."""
+
+    def _advance(self, limit):
+        env, max_sim_s = self.env, self.sc.duration.max_sim_s
+        for n in range(limit):
+            if self.done.triggered:
+                return n, "completed"
+            nxt = env.peek()
+            if nxt > max_sim_s:
+                return n, "stalled" if nxt == math.inf else "max_sim_s"
+            try:
+                env.step()
+            except simpy.core.EmptySchedule:
+                return n, "deadlock"
+        return limit, None
+
+
+def _run_with(cls, sc):
+    devices = expand_devices(sc)
+    res = cls(sc, devices, make_plan(sc, devices)).run()
+    wall = {"wall_time_s", "events_per_wall_s"}
+    return ({k: v for k, v in res.metrics.items() if k not in wall}, res.tokens, res.device_rows, res.link_rows,
+            res.timeline, res.rebalances)
+
+
+@pytest.mark.parametrize("name, sets, stop", [
+    ("demo", [], "completed"),  # Wi-Fi, 4 requests in flight
+    ("demo", ["duration.max_sim_s=3"], "max_sim_s"),  # stopped by the simulated-time limit
+    ("poor-wifi", ["workload.concurrency=3"], "completed"),  # losses, power save
+    ("balance-leave-rejoin", [], "completed"),  # a phone leaves and rejoins: stalls, rebalances, retries
+    ("memory-tight", ["workload.concurrency=8", "workload.requests=8"], "memory_overflow"),
+])
+def test_inlined_event_loop_matches_simpy_step(name, sets, stop):
+    sc = load_scenario(name, sets)
+    fast, ref = _run_with(Simulation, sc), _run_with(_SteppedSimulation, sc)
+    assert fast[0]["stop_reason"] == stop and fast[0]["events"] > 100 and fast[1]
+    if name.startswith("balance"):
+        assert fast[0]["retried_steps"] > 0 and len(fast[5]) >= 2
+    assert fast == ref
+
+
+def test_an_exception_inside_the_simulation_fails_the_run_as_with_simpy_step(tmp_path, toy):
+    # a bug in a process must surface, not be swallowed by the inlined loop
+    sc = scenario(tmp_path, toy, n=2)
+    for cls in (Simulation, _SteppedSimulation):
+        devices = expand_devices(sc)
+        sim = cls(sc, devices, make_plan(sc, devices))
+        sim.net.send = lambda *a, **k: 1 / 0
+        with pytest.raises(ZeroDivisionError):
+            sim.run()

@@ -126,10 +126,7 @@ def bench_simulator_speed() -> None:
         return {"events": m["events"], "tokens": m["tokens_generated"], "loop": med(loops), "total": med(totals),
                 "raw": med(raws), "rate": m["events"] / med(loops), "devices": len(res.device_rows)}
 
-    sc = load_scenario("lingualinked-bloom-1b1", ["workload.requests=64", "workload.concurrency=64",
-                                                  "workload.new_tokens=128", "workload.mode=kv_cache",
-                                                  "workload.prompt_tokens=32", "duration.max_wall_s=1200"])
-    bloom = measure(sc)
+    bloom = measure(load_scenario("speed-bloom-1b1"))  # 4 phones, 64 in flight x 128 tokens, kv_cache
     c32 = measure(load_scenario("cluster-32"))
     t = Table(title="simulator speed (medians of 3 runs)")
     for c in ("case", "events", "loop s", "total s", "events/s", "empty loop/s", "ratio"):

@@ -354,11 +354,11 @@ class Network:
         return rates
 
     def _wireless_rates(self, flows: Sequence[Flow], now: float) -> Rates:
-        # _cached_rates(flows, "meta", ...), with its lookup inlined for the common case
-        if len(flows) == 1:
-            hit = self._rates_cache.get(id(flows[0].meta))
-            if hit is not None:
-                return hit[0]
+        # _cached_rates(flows, "meta", ...), with its lookup inlined
+        key = id(flows[0].meta) if len(flows) == 1 else tuple([id(f.meta) for f in flows])
+        hit = self._rates_cache.get(key)
+        if hit is not None:
+            return hit[0]
         return self._cached_rates(flows, "meta", self._make_wireless_rates)
 
     def _make_wireless_rates(self, flows: Sequence[Flow]) -> Rates:

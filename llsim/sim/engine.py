@@ -391,7 +391,7 @@ class Simulation:
                         if used > node.dev.budget_bytes:
                             lock.release()
                             self._overflow(node, used)
-                    t0 = env.now
+                    t0 = env._now
                     if node.thermal is not None:
                         node.heat_s = max(0.0, node.heat_s - (t0 - node.last_end))
                         hot = node.heat_s >= node.thermal[0] if not node.hot else node.heat_s > node.thermal[0] / 2
@@ -410,7 +410,7 @@ class Simulation:
                     tm._value = None
                     heappush(queue, (env._now + dur, NORMAL, next(eid), tm))
                     yield tm
-                    t1 = env.now
+                    t1 = env._now
                     node.busy_s += t1 - t0
                     node.last_end = t1
                     if node.thermal is not None:
@@ -493,47 +493,51 @@ class Simulation:
         wall0 = time.perf_counter()
         events = 0
         stop_reason = None
-        env = self.env
-        queue = env._queue
-        done = self.done
-        max_sim_s = dur.max_sim_s
         while stop_reason is None:
-            # a chunk of events (the body of simpy's Environment.step, inlined), then the wall-clock check
-            n = 0
-            for n in range(CHUNK):
-                if done._value is not PENDING:
-                    stop_reason = "completed"
-                    break
-                try:
-                    item = heappop(queue)
-                except IndexError:
-                    stop_reason = "deadlock" if max_sim_s == INF else "stalled"
-                    break
-                t = item[0]
-                if t > max_sim_s:
-                    heappush(queue, item)  # left unprocessed, as simpy's run(until=...) leaves it
-                    stop_reason = "max_sim_s"
-                    break
-                env._now = t
-                event = item[3]
-                callbacks, event.callbacks = event.callbacks, None
-                for callback in callbacks:
-                    callback(event)
-                if not event._ok and not hasattr(event, "_defused"):
-                    exc = type(event._value)(*event._value.args)  # as Environment.step: the run fails
-                    exc.__cause__ = event._value
-                    raise exc
-            else:
-                n = CHUNK
-                if time.perf_counter() - wall0 > dur.max_wall_s:
-                    stop_reason = "max_wall_s"
+            # a chunk of events, then the wall-clock check
+            n, stop_reason = self._advance(CHUNK)
             events += n
+            if stop_reason is None and time.perf_counter() - wall0 > dur.max_wall_s:
+                stop_reason = "max_wall_s"
         if self.error:
             stop_reason = "memory_overflow" if self.error.startswith("memory overflow") else "terminal"
         elif stop_reason != "completed" and self.stop_note:
             stop_reason = f"{stop_reason}: {self.stop_note}"
         wall = time.perf_counter() - wall0
         return self._result(events, wall, stop_reason)
+
+    def _advance(self, limit: int) -> tuple[int, str | None]:
+        """Process up to ``limit`` events; returns how many were processed and why it stopped early
+        (``None``: it did not). Each event is processed as ``Environment.step`` does (its body,
+        inlined: it is the innermost loop of every run): pop the earliest, advance the clock, run
+        its callbacks, and fail the run on a failed event nobody handled. It stops before an event
+        later than ``duration.max_sim_s`` (left in the queue), when the run is done, or when no
+        event is left."""
+        env = self.env
+        queue = env._queue
+        done = self.done
+        max_sim_s = self.sc.duration.max_sim_s
+        for n in range(limit):
+            if done._value is not PENDING:
+                return n, "completed"
+            try:
+                item = heappop(queue)
+            except IndexError:
+                return n, "deadlock" if max_sim_s == INF else "stalled"
+            t = item[0]
+            if t > max_sim_s:
+                heappush(queue, item)
+                return n, "max_sim_s"
+            env._now = t
+            event = item[3]
+            callbacks, event.callbacks = event.callbacks, None
+            for callback in callbacks:
+                callback(event)
+            if not event._ok and not hasattr(event, "_defused"):
+                exc = type(event._value)(*event._value.args)  # as Environment.step
+                exc.__cause__ = event._value
+                raise exc
+        return limit, None
 
     def _result(self, events: int, wall: float, stop_reason: str) -> SimResult:
         env, w = self.env, self.sc.workload
