@@ -8,6 +8,7 @@ import pytest
 import simpy
 
 from llsim.errors import LLSimError
+from llsim.network.fluid import Flow, FluidMedium, Rates
 from llsim.network.wifi import RTT_BLOCK
 from llsim.network import (
     AP,
@@ -478,6 +479,51 @@ def test_shared_medium_matches_an_independent_processor_sharing_reference():
     assert net.env.now == pytest.approx(max(ref), abs=1e-9)  # no superseded timer outlives the medium
     air = sum(r.airtime_s for r in recs)
     assert air == pytest.approx(sum(b for _, b in jobs) / 1e6, rel=1e-9)  # busy exactly while bytes flow
+
+
+def test_fluid_medium_with_plain_flows_matches_the_reference_plus_delay():
+    # The medium on its own: plain Flow events, a rate function for a 1 MB/s shared capacity, a
+    # delivery delay per flow, an empty flow; the same with each flow's `alone` rates given (the
+    # medium then skips the rate function when a flow is alone): the same times either way.
+    rng = np.random.default_rng(9)
+    jobs = [(float(round(s, 3)), int(b)) for s, b in zip(np.sort(rng.uniform(0, 2, 30)), rng.integers(1, 300_000, 30))]
+    jobs[5] = (jobs[4][0], 0)  # an empty flow, submitted with another one
+    delays = [0.001 * (i % 3) for i in range(len(jobs))]
+
+    def capacity(flows, now):
+        f = len(flows)
+        return Rates.of([(1e6 / f, 1.0 / f, ((0, 1.0),))] * f)
+
+    def simulate_medium(with_alone):
+        env = simpy.Environment()
+        calls = []
+
+        def rate_fn(flows, now):
+            calls.append(len(flows))
+            return capacity(flows, now)
+        medium = FluidMedium(env, rate_fn)
+        ends = [None] * len(jobs)
+
+        def job(i, t, b):
+            yield env.timeout(t)
+            flow = Flow(env, b, hops=(0,), delay=delays[i], alone=capacity([None], 0) if with_alone else None)
+            medium.submit(flow)
+            yield flow
+            ends[i] = (env.now, flow.t_out)
+        for i, (t, b) in enumerate(jobs):
+            env.process(job(i, t, b))
+        env.run()
+        return ends, calls, medium.tx_airtime[0]
+
+    ends, calls, air = simulate_medium(False)
+    ref = _ps_reference(1e6, jobs)
+    assert [t_out for _, t_out in ends] == pytest.approx(ref, rel=1e-9, abs=1e-9)
+    assert [end - t_out for end, t_out in ends] == pytest.approx(delays, abs=1e-12)
+    assert ends[5][1] == jobs[5][0]  # the empty flow is sent at once
+    assert air == pytest.approx(sum(b for _, b in jobs) / 1e6, rel=1e-9)
+    ends2, calls2, air2 = simulate_medium(True)
+    assert ends2 == ends and air2 == pytest.approx(air, rel=1e-12)
+    assert 1 in calls and 1 not in calls2 and len(calls2) < len(calls)
 
 
 def test_send_is_transfer_without_the_record():
