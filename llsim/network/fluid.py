@@ -115,23 +115,22 @@ class FluidMedium:
         self._rates: Rates | None = None  # of self.flows, valid since self._t0
         self._t0 = env.now
         self._pending: list[Flow] = []
-        self._kick: Event | None = None
+        # the kick: one event, re-armed for each instant that has new flows (never two in the queue)
+        self._kick = Event(env)
+        self._kick._ok = True
+        self._kick._value = None
+        self._kicked = False
         self._timer: Event | None = None
 
     def submit(self, flow: Flow) -> None:
         """Start ``flow`` now; yield the flow to wait for its delivery. (An empty flow goes through
         the medium too: it finishes at its first reaction, at once.)"""
         self._pending.append(flow)
-        if self._kick is None:
-            # the kick: a bare event calling _react now, after the other callbacks of this instant
-            # (Event(env) and env.schedule inlined, as for the timer: both run for every transfer)
+        if not self._kicked:  # _react now, after the other callbacks of this instant (env.schedule inlined)
+            self._kicked = True
+            self._kick.callbacks = [self._react]
             env = self.env
-            self._kick = kick = _new(Event)
-            kick.env = env
-            kick.callbacks = [self._react]
-            kick._ok = True
-            kick._value = None
-            heappush(env._queue, (env._now, NORMAL, next(env._eid), kick))
+            heappush(env._queue, (env._now, NORMAL, next(env._eid), self._kick))
 
     # -------------------------------------------------------------------- reactions
     def _react(self, ev: Event) -> None:
@@ -141,7 +140,7 @@ class FluidMedium:
         if ev is self._timer:
             self._timer = None
         elif ev is self._kick:
-            self._kick = None
+            self._kicked = False
             if not self._pending:  # a timer at the same instant has already admitted them
                 return
         else:
@@ -219,7 +218,7 @@ class FluidMedium:
             if dt == _INF:
                 self._timer = None  # nothing progresses: wait for a submission
                 return
-            if dt > EPS_T:  # the timer (built as the kick is)
+            if dt > EPS_T:  # the timer: a new bare event (Event(env) and env.schedule inlined)
                 env = self.env
                 self._timer = timer = _new(Event)
                 timer.env = env
