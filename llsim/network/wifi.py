@@ -213,7 +213,8 @@ class Network:
         # id(flow.hops) (capacity kinds), in the flows' order. Each value holds those objects (its
         # last element), so the ids stay unique while the entry exists.
         self._rates_cache: dict[tuple, tuple[Rates, tuple]] = {}
-        self._per_flow_cache: dict[tuple[int, int], tuple[float, tuple]] = {}  # (id(hops), n_tx) -> (s/B, split)
+        # (id(hops), n_tx) -> (seconds per byte, tx split, hops: keeps the id unique)
+        self._per_flow_cache: dict[tuple[int, int], tuple[float, tuple, tuple]] = {}
 
         if self._wireless:
             self._setup_wireless()
@@ -450,8 +451,9 @@ class Network:
         The transfer's random draws happen in this call, in call order: the RTT, then the losses.
         It then waits for the receiver to wake (power save), shares the medium until its last
         byte is sent, and arrives ``RTT/2`` (+ retransmission delays) later. No simpy process is
-        involved: the medium calls back at the last byte, and the returned event itself is
-        scheduled for the arrival time, with the accounting as its first callback.
+        involved: the returned event is also the transfer's flow in the medium, which schedules it
+        for the arrival time (``delay`` after its last byte), with the accounting as its first
+        callback.
         """
         return self.send(src, dst, nbytes, tag, True)
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from heapq import heappop, heappush
 from dataclasses import dataclass, field
+from heapq import heappop, heappush
 
 import numpy as np
 import simpy
