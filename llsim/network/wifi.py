@@ -338,40 +338,35 @@ class Network:
     def _per_byte_airtime(hops: Sequence[_Hop], n_tx: int) -> list[float]:
         return [8.0 / (h.rate_bps * mac.contention_factor(n_tx, *h.key)) for h in hops]
 
-    def _cached_rates(self, flows: Sequence[Flow], attr: str, make: Callable[[Sequence[Flow]], Rates]) -> Rates:
-        """``make(flows)``, cached per sequence of the flows' ``attr`` objects (by identity)."""
+    def _remember(self, key, rates: Rates, objs: tuple) -> Rates:
+        """Cache ``rates`` under ``key`` (ids of ``objs``, which the entry keeps alive)."""
         cache = self._rates_cache
-        if len(flows) == 1:  # the common case: one transfer alone on the air
-            key = id(getattr(flows[0], attr))
-        else:
-            key = tuple([id(getattr(f, attr)) for f in flows])
-        hit = cache.get(key)
-        if hit is not None:
-            return hit[0]
         if len(cache) >= 65536:  # bound the memory of long runs with many distinct mixes
             cache.clear()
-        rates = make(flows)
-        cache[key] = (rates, tuple(getattr(f, attr) for f in flows))
+        cache[key] = (rates, objs)
         return rates
 
     def _wireless_rates(self, flows: Sequence[Flow], now: float) -> Rates:
-        # _cached_rates(flows, "meta", ...), with its lookup inlined
+        """Rates of the active flows, cached per sequence of their hops tuples (``meta``, by identity)."""
         key = id(flows[0].meta) if len(flows) == 1 else tuple([id(f.meta) for f in flows])
         hit = self._rates_cache.get(key)
         if hit is not None:
             return hit[0]
-        return self._cached_rates(flows, "meta", self._make_wireless_rates)
+        return self._remember(key, self._make_wireless_rates(flows), tuple([f.meta for f in flows]))
 
     def _make_wireless_rates(self, flows: Sequence[Flow]) -> Rates:
         """Airtime fairness: each of F flows gets 1/F of the airtime; its byte rate is that share over
-        its hops' seconds per byte, with the contention factor of the n distinct transmitters."""
+        its hops' seconds per byte, with the contention factor of the n distinct transmitters.
+        (``Rates.of`` with its loops merged into this one: in a 32-phone run, mixes of flows are
+        often new.)"""
         txs = set()
         for f in flows:
             txs.update(f.hops)
         n_tx = len(txs)
         share = 1.0 / len(flows)
         per_flow = self._per_flow_cache
-        out = []
+        rates = []
+        air: dict = {}
         for f in flows:
             key = (id(f.meta), n_tx)  # f.meta: the hops tuple, one object per (src, dst) and PHY rates
             c = per_flow.get(key)
@@ -379,14 +374,21 @@ class Network:
                 per = self._per_byte_airtime(f.meta, n_tx)
                 total = sum(per)
                 c = per_flow[key] = (total, tuple((h.tx, a / total) for h, a in zip(f.meta, per)), f.meta)
-            out.append((share / c[0], share, c[1]))
-        return Rates.of(out)
+            rates.append(share / c[0])
+            for tx, frac in c[1]:
+                air[tx] = air.get(tx, 0.0) + share * frac
+        return Rates(tuple(rates), (share,) * len(flows), tuple(air.items()))
 
     def _capacity_bps(self, now: float) -> float:
         return self.cfg.goodput_mbps * 1e6 if self.kind == "fixed" else self.trace.throughput_at(now)
 
     def _capacity_rates(self, flows: Sequence[Flow], now: float) -> Rates:
-        shape = self._cached_rates(flows, "hops", self._make_capacity_shares)
+        key = id(flows[0].hops) if len(flows) == 1 else tuple([id(f.hops) for f in flows])
+        hit = self._rates_cache.get(key)
+        if hit is not None:
+            shape = hit[0]
+        else:
+            shape = self._remember(key, self._make_capacity_shares(flows), tuple([f.hops for f in flows]))
         if self.kind == "fixed":
             return shape
         rate = self._capacity_bps(now) / 8.0 * shape.share[0] / self._relay()
