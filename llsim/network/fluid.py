@@ -121,6 +121,9 @@ class FluidMedium:
         self._kick._value = None
         self._kicked = False
         self._timer: Event | None = None
+        # the callbacks of the kick and of every timer: one shared tuple (simpy only iterates over an
+        # event's callbacks when it processes it; nothing else waits on these events)
+        self._callbacks = (self._react,)
 
     def submit(self, flow: Flow) -> None:
         """Start ``flow`` now; yield the flow to wait for its delivery. (An empty flow goes through
@@ -128,7 +131,7 @@ class FluidMedium:
         self._pending.append(flow)
         if not self._kicked:  # _react now, after the other callbacks of this instant (env.schedule inlined)
             self._kicked = True
-            self._kick.callbacks = [self._react]
+            self._kick.callbacks = self._callbacks
             env = self.env
             heappush(env._queue, (env._now, NORMAL, next(env._eid), self._kick))
 
@@ -222,7 +225,7 @@ class FluidMedium:
                 env = self.env
                 self._timer = timer = _new(Event)
                 timer.env = env
-                timer.callbacks = [self._react]
+                timer.callbacks = self._callbacks
                 timer._ok = True
                 timer._value = None
                 heappush(env._queue, (now + dt, NORMAL, next(env._eid), timer))
