@@ -360,8 +360,6 @@ class Simulation:
                 if reprefill:
                     S = w.prompt_tokens + step
                     cost = ep.steps.get(S, 0)
-                elif step < len(ep.costs):
-                    S, cost = ep.costs[step]
                 else:
                     S, cost = ep.step_cost(step)
                 self.active += 1
@@ -385,7 +383,7 @@ class Simulation:
                         break
                     if kv_mode:  # this step's tokens join the phone's KV cache
                         node.kv_tokens += S
-                        used = node.static_bytes + node.kv_tokens * node.kv_per_token  # node.used_bytes
+                        used = node.used_bytes
                         if used > node.peak_bytes:
                             node.peak_bytes = used
                         if used > node.dev.budget_bytes:
