@@ -356,17 +356,14 @@ class Network:
 
     def _make_wireless_rates(self, flows: Sequence[Flow]) -> Rates:
         """Airtime fairness: each of F flows gets 1/F of the airtime; its byte rate is that share over
-        its hops' seconds per byte, with the contention factor of the n distinct transmitters.
-        (``Rates.of`` with its loops merged into this one: in a 32-phone run, mixes of flows are
-        often new.)"""
+        its hops' seconds per byte, with the contention factor of the n distinct transmitters."""
         txs = set()
         for f in flows:
             txs.update(f.hops)
         n_tx = len(txs)
         share = 1.0 / len(flows)
         per_flow = self._per_flow_cache
-        rates = []
-        air: dict = {}
+        out = []
         for f in flows:
             key = (id(f.meta), n_tx)  # f.meta: the hops tuple, one object per (src, dst) and PHY rates
             c = per_flow.get(key)
@@ -374,10 +371,8 @@ class Network:
                 per = self._per_byte_airtime(f.meta, n_tx)
                 total = sum(per)
                 c = per_flow[key] = (total, tuple((h.tx, a / total) for h, a in zip(f.meta, per)), f.meta)
-            rates.append(share / c[0])
-            for tx, frac in c[1]:
-                air[tx] = air.get(tx, 0.0) + share * frac
-        return Rates(tuple(rates), (share,) * len(flows), tuple(air.items()))
+            out.append((share / c[0], share, c[1]))
+        return Rates.of(out)
 
     def _capacity_bps(self, now: float) -> float:
         return self.cfg.goodput_mbps * 1e6 if self.kind == "fixed" else self.trace.throughput_at(now)
