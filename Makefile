@@ -3,13 +3,16 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+LOCK   := requirements.lock
 
-.PHONY: demo test bench clean venv
+.PHONY: demo test test-latest bench lock clean venv
 
-$(STAMP): pyproject.toml
+# The venv installs the exact versions of $(LOCK) (what the registry served when it was refreshed),
+# within the bounds of pyproject.toml.
+$(STAMP): pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -c $(LOCK) -e '.[dev]'
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -23,5 +26,24 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m llsim.bench
 
+# Refresh the lock: the newest versions pyproject.toml's bounds allow, today (commit the result).
+lock:
+	rm -rf .venv-lock
+	$(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/pip install --quiet --upgrade pip
+	.venv-lock/bin/pip install --quiet '.[dev]'
+	{ echo "# llsim's locked dependencies: written by 'make lock' on $$(date -u +%F) with $$(.venv-lock/bin/python -V)."; \
+	  echo "# Installed with 'pip install -c $(LOCK) -e .[dev]' by make; bounds live in pyproject.toml."; \
+	  .venv-lock/bin/pip freeze --exclude llsim; } > $(LOCK)
+	rm -rf .venv-lock
+
+# The test suite on the newest versions the bounds allow (no lock): tells whether `make lock` is safe.
+test-latest:
+	rm -rf .venv-latest
+	$(PYTHON) -m venv .venv-latest
+	.venv-latest/bin/pip install --quiet --upgrade pip
+	.venv-latest/bin/pip install --quiet -e '.[dev]'
+	.venv-latest/bin/python -m pytest $(PYTEST_ARGS)
+
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) .venv-latest .venv-lock build *.egg-info

@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pulp
 
+from llsim.alloc.highs import new_highs
 from llsim.alloc.plan import Plan, StagePlan
 from llsim.alloc.problem import TOKEN_BYTES, AllocProblem, View
 from llsim.errors import LLSimError
@@ -380,9 +381,7 @@ class _Highs:
         lp.a_matrix_.value_ = np.array(val, dtype=float)
         lp.integrality_ = [highspy.HighsVarType.kInteger if v.cat == pulp.LpInteger
                            else highspy.HighsVarType.kContinuous for v in vs]
-        self.h = highspy.Highs()
-        self.h.setOptionValue("output_flag", False)
-        self.h.setOptionValue("threads", 1)
+        self.h = new_highs()
         self.h.passModel(lp)
         self.n = len(vs)
         self.n_rows = len(rows)
