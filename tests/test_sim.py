@@ -336,7 +336,9 @@ def _run_with(cls, sc):
     ("demo", [], "completed"),  # Wi-Fi, 4 requests in flight
     ("demo", ["duration.max_sim_s=3"], "max_sim_s"),  # stopped by the simulated-time limit
     ("poor-wifi", ["workload.concurrency=3"], "completed"),  # losses, power save
-    ("balance-leave-rejoin", [], "completed"),  # a phone leaves and rejoins: stalls, rebalances, retries
+    # a phone leaves and rejoins, another is throttled: stalls, a failover and a re-plan, retries
+    ("balance-leave-rejoin", ["events=[{at: 15, kind: leave, device: 0}, {at: 45, kind: join, device: 0}, "
+                              "{at: 70, kind: throttle, device: 1, factor: 0.3}]"], "completed"),
     ("memory-tight", ["workload.concurrency=8", "workload.requests=8"], "memory_overflow"),
 ])
 def test_inlined_event_loop_matches_simpy_step(name, sets, stop):

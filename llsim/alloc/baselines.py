@@ -75,16 +75,25 @@ def _largest_remainder(weights: list[float], total: int, minimum: int = 1) -> li
 def _ordered_dp(pb: AllocProblem, order: list[int], name: str, fits, first, step) -> Plan:
     """Best contiguous plan over an ordered device list (devices may be skipped; order[0] starts).
 
-    ``fits(d, a, b)``: may device d hold modules a..b (False stops growing b); ``first(d, b)``: cost
-    of the first stage 0..b; ``step(cost, prev, d, a, b)``: cost after appending stage (d, a, b)
-    behind device ``prev``. Falls back to the uniform split when nothing fits.
+    ``fits(d, a, b)``: may device d hold modules a..b (monotone: False for every larger b once
+    False); ``first(d, bs)``: costs of the first stage 0..b for an array of ends; ``step(cost,
+    prev, d, a, bs)``: costs after appending stage (d, a, b) behind device ``prev``, for an array
+    of ends ``bs``. Falls back to the uniform split when nothing fits.
     """
     n = pb.n_modules
+    ends = np.arange(n)
+
+    def reach(d: int, a: int) -> np.ndarray:  # the ends b >= a that device d can hold from a
+        hi = a
+        while hi < n and fits(d, a, hi):
+            hi += 1
+        return ends[a:hi]
+
     best: dict[tuple[int, int], tuple[float, tuple | None, tuple]] = {}  # (position, next module)
     h = order[0]
-    for b in range(n):
-        if fits(h, 0, b):
-            best[(0, b + 1)] = (first(h, b), None, (h, 0, b))
+    bs = reach(h, 0)
+    for b, c in zip(bs, first(h, bs) if len(bs) else []):
+        best[(0, int(b) + 1)] = (float(c), None, (h, 0, int(b)))
     for a in range(1, n):
         for i in range(len(order)):
             if (i, a) not in best:
@@ -92,17 +101,17 @@ def _ordered_dp(pb: AllocProblem, order: list[int], name: str, fits, first, step
             cost, prev = best[(i, a)][0], order[i]
             for j in range(i + 1, len(order)):
                 d = order[j]
-                for b in range(a, n):
-                    if not fits(d, a, b):
-                        break
-                    c = step(cost, prev, d, a, b)
+                bs = reach(d, a)
+                if not len(bs):
+                    continue
+                for b, c in zip(bs.tolist(), step(cost, prev, d, a, bs).tolist()):
                     key = (j, b + 1)
                     if key not in best or c < best[key][0] - 1e-15:
                         best[key] = (c, (i, a), (d, a, b))
-    ends = [(v[0], k) for k, v in best.items() if k[1] == n]
-    if not ends:
+    done = [(v[0], k) for k, v in best.items() if k[1] == n]
+    if not done:
         return Plan(uniform(pb).stages, name)
-    return plan_from_backpointers(best, min(ends)[1], name)
+    return plan_from_backpointers(best, min(done)[1], name)
 
 
 def uniform(pb: AllocProblem) -> Plan:
@@ -134,7 +143,7 @@ def lingualinked(pb: AllocProblem) -> Plan:
     wpre = np.concatenate([[0.0], np.cumsum(pb.weight_bytes)])
     out_bytes = pb.meta["mean_output_bytes"]  # per module boundary, averaged over 8-128 token inputs
     head_bytes = pb.meta["mean_head_bytes"]  # header -> each later device (mask tensors)
-    links = pb.lat.links
+    links = pb.meta.get("one_flow_links", pb.lat.links)  # measured pairwise: one flow
     ram = pb.ram_available * LINGUALINKED_RAM_FRACTION
     ping = 2 * links.one_way_s
 
@@ -146,13 +155,13 @@ def lingualinked(pb: AllocProblem) -> Plan:
     def fits(d, a, b):  # weights only, within 0.7 x available RAM
         return wpre[b + 1] - wpre[a] <= ram[d]
 
-    def step(cost, prev, d, a, b):
-        c = cost + (Fpre[b + 1] - Fpre[a]) / S[d] + comm(prev, d, out_bytes[a - 1])
+    def step(cost, prev, d, a, bs):
+        c = cost + (Fpre[bs + 1] - Fpre[a]) / S[d] + comm(prev, d, out_bytes[a - 1])
         if head_bytes and prev != h:
-            c += comm(h, d, head_bytes)
+            c = c + comm(h, d, head_bytes)
         return c
 
-    return _ordered_dp(pb, order, "lingualinked", fits, lambda d, b: Fpre[b + 1] / S[d], step)
+    return _ordered_dp(pb, order, "lingualinked", fits, lambda d, bs: Fpre[bs + 1] / S[d], step)
 
 
 def halda(pb: AllocProblem) -> Plan:
@@ -185,15 +194,15 @@ def pipeedge(pb: AllocProblem) -> Plan:
     order = _order(pb, list(range(pb.n_devices)))
     pre = np.concatenate([np.zeros((pb.n_devices, 1)), np.cumsum(pb.thr.compute, axis=1)], axis=1)
     out_bytes = pb.meta["mean_output_bytes"]
-    links = pb.lat.links
+    links = pb.meta.get("one_flow_links", pb.lat.links)  # measured pairwise: one flow
 
-    def compute(d, a, b):
-        return pb.overhead[d] + pre[d, b + 1] - pre[d, a]
+    def compute(d, a, bs):
+        return pb.overhead[d] + pre[d, bs + 1] - pre[d, a]
 
-    def step(cost, prev, d, a, b):  # the bottleneck of compute and bytes / pair bandwidth
-        return max(cost, out_bytes[a - 1] * links.per_byte(prev, d), compute(d, a, b))
+    def step(cost, prev, d, a, bs):  # the bottleneck of compute and bytes / pair bandwidth
+        return np.maximum(max(cost, out_bytes[a - 1] * links.per_byte(prev, d)), compute(d, a, bs))
 
-    return _ordered_dp(pb, order, "pipeedge", pb.fits, lambda d, b: compute(d, 0, b), step)
+    return _ordered_dp(pb, order, "pipeedge", pb.fits, lambda d, bs: compute(d, 0, bs), step)
 
 
 def greedy(pb: AllocProblem) -> Plan:

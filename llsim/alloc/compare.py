@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from llsim.alloc.evaluate import evaluator_for
 from llsim.alloc.problem import build_problem
 from llsim.alloc.strategies import STRATEGIES, AllocResult, allocate_problem, memory_diagnosis
 from llsim.errors import LLSimError
@@ -41,14 +42,21 @@ class Judged:
             "feasible": self.feasible,
             "stages": [{"device": s.device, "device_name": names[s.device], "start_module": s.start_module,
                         "end_module": s.end_module} for s in r.plan.stages] if r.plan else [],
-            "predicted_token_latency_ms": p.latency_s * 1e3 if p else None,
+            "predicted_token_latency_ms": _ms(p.evaluated_latency_s) if p else None,
             "simulated_token_latency_ms": self.simulated_token_latency_ms,
-            "predicted_tokens_per_s": p.tokens_per_s if p else None,
+            "predicted_tokens_per_s": p.evaluated_tokens_per_s if p else None,
+            "predicted_by": p.evaluated_by if p else None,
+            "model_bound_token_latency_ms": p.latency_s * 1e3 if p else None,
+            "model_bound_tokens_per_s": p.tokens_per_s if p else None,
             "tokens_per_s": self.simulated_tokens_per_s,
             "solve_time_s": r.solve_time_s,
             "error": r.error or self.sim_error,
             **({"solver": r.info} if r.info else {}),
         }
+
+
+def _ms(s: float | None) -> float | None:
+    return None if s is None else s * 1e3
 
 
 def judge_scenario(sc: Scenario, expected_rtt: bool) -> Scenario:
@@ -70,10 +78,11 @@ def compare(sc: Scenario, strategies: list[str] | None = None, objective: str | 
     names = [d.name for d in devices]
     judge = judge_scenario(sc, expected_rtt)
     out = []
+    evaluate = evaluator_for(pb, sc, devices)  # one cache of evaluations for every strategy's plan
     for name in strategies or list(STRATEGIES):
         if name not in STRATEGIES:
             raise LLSimError(f"--strategy: unknown strategy '{name}'; use one of {', '.join(STRATEGIES)} or all")
-        res = allocate_problem(pb, name, sc, devices)
+        res = allocate_problem(pb, name, sc, devices, evaluate)
         j = Judged(res)
         if res.plan is not None and res.feasible and simulate_plans:
             try:

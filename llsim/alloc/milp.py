@@ -1,4 +1,4 @@
-"""The exact allocator: a mixed-integer linear program over stages, solved by HiGHS through pulp.
+"""The exact allocator: a mixed-integer linear program over stages, solved by HiGHS.
 
 Formulation (a path-flow / set-partitioning model):
 
@@ -21,20 +21,25 @@ Formulation (a path-flow / set-partitioning model):
   per-byte cost times the number of receiving stages exactly. (This disaggregated form has a
   tighter LP relaxation than ``y[t] >= count - M (1 - S[t])``: the LP cannot charge nobody.)
 
-Objectives (milliseconds): ``latency`` minimises the ring latency of
-:meth:`llsim.alloc.problem.AllocProblem.ring_latency` (one MILP); ``throughput`` minimises
-``max(slowest stage's compute, airtime of the shared medium, ring latency / N)`` exactly by a
-search over the bottleneck stage time (:func:`solve_once`): LP relaxations bracket it, then
-feasibility MILPs and at most one capped optimisation settle it (:func:`_throughput_highs`).
-With HiGHS the model is handed over once as arrays and only bounds and costs change between
-solves; with CBC (fallback) every step is an optimising MILP through pulp. Stages whose compute alone exceeds a known feasible plan's value are dropped before
-solving (they cannot be in a better plan), which keeps large instances small.
+Two objective kinds, on one *view* of the costs (:class:`llsim.alloc.problem.View`):
 
-Power save (one request in flight) charges a wake delay on a phone's input hop when it dozes,
-which depends on the cycle time (a threshold). The MILP takes those charges as data; :func:`solve`
-re-solves with the charges the evaluated plan actually incurs until they repeat
-(:meth:`AllocProblem.power_save_fixed_point`); the result says whether the final plan's charges
-were the ones it was solved with (then its objective is exact for the full model).
+``ring``
+    The additive ring latency (one request in flight, latency objective): one MILP.
+``cycle``
+    ``max(slowest stage's compute, airtime of the shared medium, ring latency / N)``: the time per
+    token of the whole ring with N requests in flight (the throughput objective on the all-steps
+    view; N times it bounds a request's decode token time from below for the latency objective on
+    the decode view). Solved exactly by a search over the bottleneck stage time
+    (:func:`_cycle_search`): LP relaxations bracket it, then feasibility MILPs and at most one
+    capped optimisation settle it.
+
+The model is handed to HiGHS once as arrays (no modelling layer); only bounds, costs and an extra
+row change between solves. Stages whose compute alone exceeds a known feasible plan's value are
+dropped before solving (they cannot be in a better plan), which keeps large instances small.
+
+:func:`solve_once` is one exact solve of the linear model. The ``milp`` *strategy* around it
+(candidates, power save, the finer evaluation that picks among them) is
+:func:`llsim.alloc.search.solve`.
 """
 from __future__ import annotations
 
@@ -42,21 +47,14 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
-import pulp
 
 from llsim.alloc.highs import new_highs
-from llsim.alloc.plan import Plan, StagePlan
+from llsim.alloc.plan import Plan, StagePlan, validate_plan
 from llsim.alloc.problem import TOKEN_BYTES, AllocProblem, View
 from llsim.errors import LLSimError
 
 MS = 1e3
-
-
-def _var(prob: pulp.LpProblem, name: str, low=None, up=None, cat: str = "Continuous") -> pulp.LpVariable:
-    """A variable of ``prob`` (PuLP >= 3.3 attaches variables to their model; older PuLP does not)."""
-    if hasattr(prob, "add_variable"):
-        return prob.add_variable(name, low, up, cat=cat)
-    return pulp.LpVariable(name, low, up, cat=cat)
+PRESOLVE = "off"  # HiGHS's presolve costs more than it saves on these models (re-run after every bound change)
 
 
 @dataclass
@@ -76,7 +74,17 @@ class MilpResult:
     info: dict = field(default_factory=dict)
 
 
-def _types(pb: AllocProblem, wake: dict[int, float]) -> list[list[int]]:
+def model_kind(pb: AllocProblem, objective: str) -> tuple[str, View, float]:
+    """(kind, view, scale): what :func:`solve_once` minimises for ``objective``, and the factor from
+    its value to the objective's seconds per token."""
+    if pb.in_flight == 1:  # one request: its ring latency bounds every stage and the airtime
+        return "ring", (pb.thr if objective == "throughput" else pb.lat), 1.0
+    if objective == "throughput":
+        return "cycle", pb.thr, 1.0
+    return "cycle", pb.lat, float(pb.in_flight)
+
+
+def _types(pb: AllocProblem) -> list[list[int]]:
     groups: dict[tuple, list[int]] = {}
     for d, k in enumerate(pb.device_keys):
         groups.setdefault((k, d == pb.header), []).append(d)
@@ -84,83 +92,63 @@ def _types(pb: AllocProblem, wake: dict[int, float]) -> list[list[int]]:
 
 
 class _Model:
-    def __init__(self, pb: AllocProblem, objective: str, wake: dict[int, float] | None, upper: float | None):
-        self.pb, self.objective = pb, objective
+    """The MILP of one view as arrays: columns ``[u arcs | y sender counts | Z]``; rows: flow
+    conservation, type counts, residual senders, and for ``cycle`` the airtime and ring rows."""
+
+    def __init__(self, pb: AllocProblem, kind: str, view: View, wake: dict[int, float] | None,
+                 upper: float | None):
+        self.pb, self.kind, self.view = pb, kind, view
         wake = wake or {}
         n = pb.n_modules
-        self.types = _types(pb, wake)
-        self._recv_cache: dict[tuple, np.ndarray] = {}
-        self.prob = pulp.LpProblem("llsim_alloc", pulp.LpMinimize)
-        tri = np.triu(np.ones((n, n), dtype=bool))  # a <= b
-        A, B = np.nonzero(tri)
-        stat = np.concatenate([[0.0], np.cumsum(pb.weight_bytes + pb.kv_bytes)])
-        act = np.array([pb.act_bytes[a:b + 1].max() for a, b in zip(A, B)])
-        need = stat[B + 1] - stat[A] + act
+        self.types = _types(pb)
+        A, B = np.nonzero(np.triu(np.ones((n, n), dtype=bool)))  # every (a, b), a <= b
         self.A, self.B = A, B
-        self.arcs: list[tuple[int, int, int, pulp.LpVariable]] = []  # (type, a, b, var)
-        lat_cost, thr_comp, air_cost, ring_cost = [], [], [], []
-        comp_l = self._compute(pb.lat)
-        comp_t = self._compute(pb.thr)
-        lat_tr = self._transfer_costs(pb.lat, pb.lat.links, True, wake)
-        ring_tr = self._transfer_costs(pb.thr, pb.thr.links, True, wake)
-        air_tr = self._transfer_costs(pb.thr, pb.thr.links, False, {})
+        need = pb.stage_bytes_table()[A, B]
+        links = view.links
+        self._recv: dict[tuple, np.ndarray] = {}
+        ts, ks, comp, ring, air = [], [], [], [], []
         for ti, members in enumerate(self.types):
             d = members[0]
+            c = self._compute(d) * MS
             ok = need <= pb.budget[d]
             if pb.header is not None:
                 ok &= (A == 0) == (d == pb.header)  # the header's type runs module 0, nobody else does
             if upper is not None:
-                bound = comp_l[ti] if objective == "latency" else comp_t[ti]
-                ok &= bound <= upper * MS * (1 + 1e-9)
-            for k in np.nonzero(ok)[0]:
-                a, b = int(A[k]), int(B[k])
-                v = _var(self.prob, f"u_{ti}_{a}_{b}", cat="Binary")
-                self.arcs.append((ti, a, b, v))
-                lat_cost.append(comp_l[ti][k] + lat_tr[ti][k])
-                thr_comp.append(comp_t[ti][k])
-                ring_cost.append(comp_t[ti][k] + ring_tr[ti][k])
-                air_cost.append(air_tr[ti][k])
-        if not self.arcs:
+                ok &= c <= upper * MS * (1 + 1e-9)
+            k = np.nonzero(ok)[0]
+            if not len(k):
+                continue
+            w = max(wake.get(m, 0.0) for m in members)
+            ts.append(np.full(len(k), ti))
+            ks.append(k)
+            comp.append(c[k])
+            ring.append(c[k] + self._transfers(d, links, True, w)[k] * MS)
+            air.append(self._transfers(d, links, False, 0.0)[k] * MS)
+        if not ks:
             raise LLSimError("no stage fits any device's memory budget")
-        self.lat_cost, self.thr_comp, self.air_cost, self.ring_cost = lat_cost, thr_comp, air_cost, ring_cost
-        P = self.prob
-        into: list[list] = [[] for _ in range(n + 1)]
-        out: list[list] = [[] for _ in range(n + 1)]
-        for _, a, b, v in self.arcs:
-            out[a].append(v)
-            into[b + 1].append(v)
-        for m in range(n + 1):
-            rhs = -1 if m == 0 else (1 if m == n else 0)
-            P += pulp.lpSum(into[m]) - pulp.lpSum(out[m]) == rhs, f"flow_{m}"
-        for ti, members in enumerate(self.types):
-            vs = [v for t, _, _, v in self.arcs if t == ti]
-            if len(vs) > len(members):
-                P += pulp.lpSum(vs) <= len(members), f"count_{ti}"
-        self._senders(wake)
+        self.t = np.concatenate(ts)
+        self.k = np.concatenate(ks)  # index into (A, B)
+        self.a, self.b = A[self.k], B[self.k]
+        self.comp, self.ring, self.air = np.concatenate(comp), np.concatenate(ring), np.concatenate(air)
+        self.n_arcs = len(self.k)
+        self.const = pb.sample_s * MS
+        self._build_rows()
 
-    # ---- per-stage costs (ms), vectorised over all (a, b) ------------------------------------
-    def _compute(self, view: View) -> list[np.ndarray]:
-        pb, A, B = self.pb, self.A, self.B
-        out = []
-        for members in self.types:
-            d = members[0]
-            pre = np.concatenate([[0.0], np.cumsum(view.compute[d])])
-            out.append((pb.overhead[d] + pre[B + 1] - pre[A]) * MS)
-        return out
+    # ---- per-stage costs (seconds), vectorised over all (a, b) --------------------------------
+    def _compute(self, d: int) -> np.ndarray:
+        pre = np.concatenate([[0.0], np.cumsum(self.view.compute[d])])
+        return self.pb.overhead[d] + pre[self.B + 1] - pre[self.A]
 
-    def _received(self, g) -> np.ndarray:
-        """Stages (a, b) that receive tensor group g: after its source, holding one of its consumers."""
-        key = (g.producer, g.consumers)  # the same for every view and type: computed once
-        if key not in self._recv_cache:
-            self._recv_cache[key] = self._receivers(g)
-        return self._recv_cache[key]
-
-    def _receivers(self, g) -> np.ndarray:
-        n = self.pb.n_modules
-        nxt = np.full(n + 1, n + 1)
-        for c in sorted(g.consumers, reverse=True):
-            nxt[:c + 1] = np.minimum(nxt[:c + 1], c)
-        return (self.A > g.source) & (nxt[self.A] <= self.B)
+    def received(self, g) -> np.ndarray:
+        """Over all (a, b): does a stage a..b receive tensor group g (after its source, holding a consumer)."""
+        key = (g.producer, g.consumers)
+        if key not in self._recv:
+            n = self.pb.n_modules
+            nxt = np.full(n + 1, n + 1)
+            for c in sorted(g.consumers, reverse=True):
+                nxt[:c + 1] = np.minimum(nxt[:c + 1], c)
+            self._recv[key] = (self.A > g.source) & (nxt[self.A] <= self.B)
+        return self._recv[key]
 
     def _uniform_sender(self, g, links) -> float | None:
         """The sender's per-byte cost when it does not depend on the plan, else None."""
@@ -171,232 +159,201 @@ class _Model:
         outs = {links.out[m[0]] for m in self.types}
         return outs.pop() if len(outs) == 1 else None
 
-    def _transfer_costs(self, view: View, links, with_latency: bool, wake: dict[int, float]) -> list[np.ndarray]:
+    def _transfers(self, d: int, links, with_latency: bool, w: float) -> np.ndarray:
         pb, A, B, n = self.pb, self.A, self.B, self.pb.n_modules
         loss = links.loss_per_byte_s if with_latency else 0.0
         tb = TOKEN_BYTES * pb.batch
-        out = []
-        for members in self.types:
-            d = members[0]
-            c = np.zeros(len(A))
-            for g in view.tensors:
-                recv = self._received(g)
-                c += recv * g.nbytes * (links.inb[d] + loss)
-                if g.consumers == (g.source + 1,):
-                    c += (B == g.source) * g.nbytes * links.out[d]
-                else:
-                    u = self._uniform_sender(g, links)
-                    if u is not None:
-                        c += recv * g.nbytes * u
-            c += ((A == 0) & (B < n - 1)) * tb * links.inb[d]  # the token comes back to the header
-            c += ((A > 0) & (B == n - 1)) * tb * (links.out[d] + loss)  # ... from the tail
-            if with_latency:
-                w = max(wake.get(m, 0.0) for m in members)
-                c += (A > 0) * (links.one_way_s + w)  # the hop into this stage
-                c += ((A == 0) & (B < n - 1)) * (links.one_way_s + w)  # the token's hop into the header
-            out.append(c * MS)
-        return out
+        c = np.zeros(len(A))
+        for g in self.view.tensors:
+            recv = self.received(g)
+            c += recv * g.nbytes * (links.inb[d] + loss)
+            if g.consumers == (g.source + 1,):
+                c += (B == g.source) * g.nbytes * links.out[d]
+            else:
+                u = self._uniform_sender(g, links)
+                if u is not None:
+                    c += recv * g.nbytes * u
+        c += ((A == 0) & (B < n - 1)) * tb * links.inb[d]  # the token comes back to the header
+        c += ((A > 0) & (B == n - 1)) * tb * (links.out[d] + loss)  # ... from the tail
+        if with_latency:
+            c += (A > 0) * (links.one_way_s + w)  # the hop into this stage
+            c += ((A == 0) & (B < n - 1)) * (links.one_way_s + w)  # the token's hop into the header
+        return c
 
-    def _senders(self, wake):
-        """Residual tensors whose sender (and its per-byte cost) depends on the plan: y[t] products."""
-        pb, P = self.pb, self.prob
-        self.sender_terms: dict[str, list] = {"lat": [], "ring": [], "air": []}
-        for gi, g in enumerate(pb.lat.tensors):
-            if g.consumers == (g.source + 1,) or self._uniform_sender(g, pb.lat.links) is not None:
+    # ---- rows ----------------------------------------------------------------------------------
+    def _build_rows(self) -> None:
+        pb, n, U = self.pb, self.pb.n_modules, self.n_arcs
+        links = self.view.links
+        rows: list[tuple[np.ndarray, np.ndarray, float, float]] = []  # (cols, values, lower, upper)
+        arcs = np.arange(U)
+        for m in range(n + 1):  # flow conservation: into m minus out of m
+            cols = np.concatenate([arcs[self.b + 1 == m], arcs[self.a == m]])
+            vals = np.concatenate([np.ones(int((self.b + 1 == m).sum())), -np.ones(int((self.a == m).sum()))])
+            rhs = -1.0 if m == 0 else (1.0 if m == n else 0.0)
+            rows.append((cols, vals, rhs, rhs))
+        for ti, members in enumerate(self.types):
+            cols = arcs[self.t == ti]
+            if len(cols) > len(members):
+                rows.append((cols, np.ones(len(cols)), -np.inf, float(len(members))))
+        # residual tensors whose sender (and its per-byte cost) depends on the plan
+        y_ring, y_air = [], []
+        max_stages = min(pb.n_devices, n)
+        for g in self.view.tensors:
+            if g.consumers == (g.source + 1,) or self._uniform_sender(g, links) is not None:
                 continue
-            recv = self._received(g)
-            idx = {(a, b): k for k, (a, b) in enumerate(zip(self.A, self.B))}
-            count = pulp.lpSum(v for t, a, b, v in self.arcs if recv[idx[(a, b)]])
-            M = len(g.consumers)
+            recv = self.received(g)[self.k]
+            # at most this many stages receive g: after its source's stage, one per consumer at most
+            M = float(min(len(g.consumers), max_stages - 1, n - 1 - g.source))
             ys = []
             for ti, members in enumerate(self.types):
-                holds = [v for t, a, b, v in self.arcs if t == ti and a <= g.source <= b]
-                if not holds:
+                holds = arcs[(self.t == ti) & (self.a <= g.source) & (self.b >= g.source)]
+                if not len(holds):
                     continue
-                y = _var(P, f"y_{gi}_{ti}", 0)
+                y = U + len(y_ring)
                 ys.append(y)
-                P += y <= M * pulp.lpSum(holds)  # only the type holding the source sends ...
-                d = members[0]
-                for key, view, links in (("lat", pb.lat, pb.lat.links), ("ring", pb.thr, pb.thr.links),
-                                         ("air", pb.thr, pb.thr.links)):
-                    nb = next(x.nbytes for x in view.tensors if (x.producer, x.consumers) == (g.producer, g.consumers))
-                    self.sender_terms[key].append((nb * links.out[d] * MS, y))
-            P += pulp.lpSum(ys) == count  # ... once per receiving stage
+                per = g.nbytes * links.out[members[0]] * MS
+                y_ring.append(per)
+                y_air.append(per)
+                # only the type holding the source sends ...
+                rows.append((np.concatenate([[y], holds]),
+                             np.concatenate([[1.0], -M * np.ones(len(holds))]), -np.inf, 0.0))
+            cnt = arcs[recv]  # ... once per receiving stage
+            rows.append((np.concatenate([ys, cnt]).astype(int), np.concatenate([np.ones(len(ys)), -np.ones(len(cnt))]),
+                         0.0, 0.0))
+        self.n_y = len(y_ring)
+        self.z = U + self.n_y
+        self.n_cols = self.z + 1
+        self.ring_y, self.air_y = np.array(y_ring), np.array(y_air)
+        if self.kind == "cycle":
+            N = float(pb.in_flight)
+            ycols = np.arange(U, U + self.n_y)
+            if links.shared:
+                rows.append((np.concatenate([arcs, ycols, [self.z]]), np.concatenate([self.air, self.air_y, [-1.0]]),
+                             -np.inf, 0.0))
+            rows.append((np.concatenate([arcs, ycols, [self.z]]), np.concatenate([self.ring, self.ring_y, [-N]]),
+                         -np.inf, -self.const))
+        self.rows = rows
 
-    def build_objective(self):
-        pb, P = self.pb, self.prob
-        us = [v for *_, v in self.arcs]
-        const = pb.sample_s * MS
+    def ring_costs(self) -> np.ndarray:
+        """Column costs of the additive ring latency (ms, without the constant)."""
+        c = np.zeros(self.n_cols)
+        c[:self.n_arcs] = self.ring
+        c[self.n_arcs:self.z] = self.ring_y
+        return c
 
-        def expr(costs, key):
-            return pulp.lpSum(c * v for c, v in zip(costs, us)) + pulp.lpSum(c * y for c, y in self.sender_terms[key])
+    def highs(self) -> "_Highs":
+        return _Highs(self)
 
-        if self.objective == "latency":
-            P += expr(self.lat_cost, "lat") + const
-            return
-        T = _var(P, "T", 0)
-        P += T
-        for c, v in zip(self.thr_comp, us):
-            P += T >= c * v
-        if pb.thr.links.shared:
-            P += T >= expr(self.air_cost, "air")
-        P += pb.in_flight * T >= expr(self.ring_cost, "ring") + const
+    def x_of(self, plan: Plan) -> np.ndarray | None:
+        """A column vector whose arcs are ``plan``'s stages (None if a stage is not in the model)."""
+        if not hasattr(self, "_arc_index"):
+            type_of = {d: ti for ti, members in enumerate(self.types) for d in members}
+            self._type_of = type_of
+            self._arc_index = {(int(t), int(a), int(b)): i for i, (t, a, b) in enumerate(zip(self.t, self.a, self.b))}
+        x = np.zeros(self.n_cols)
+        for s in plan.stages:
+            i = self._arc_index.get((self._type_of[s.device], s.start_module, s.end_module))
+            if i is None:
+                return None
+            x[i] = 1.0
+        return x
 
-    def build_inner(self):
-        """Throughput inner problem: min Z >= airtime, N Z >= ring (stage compute handled by thresholds)."""
-        pb, P = self.pb, self.prob
-        us = [v for *_, v in self.arcs]
-        Z = _var(P, "Z", 0)
-        P += Z
-        if pb.thr.links.shared:
-            P += Z >= pulp.lpSum(c * v for c, v in zip(self.air_cost, us)) \
-                + pulp.lpSum(c * y for c, y in self.sender_terms["air"])
-        P += pb.in_flight * Z >= pulp.lpSum(c * v for c, v in zip(self.ring_cost, us)) \
-            + pulp.lpSum(c * y for c, y in self.sender_terms["ring"]) + pb.sample_s * MS
+    def round(self, x: np.ndarray) -> Plan | None:
+        """A plan from a fractional solution: from module 0, take the heaviest arc whose type has a
+        phone left, until the last module (None if that walk gets stuck)."""
+        u = x[:self.n_arcs]
+        left = [len(m) for m in self.types]
+        used: list[tuple[int, int, int]] = []
+        m, n = 0, self.pb.n_modules
+        if not hasattr(self, "_out_of"):
+            order = np.lexsort((np.arange(self.n_arcs), self.a))
+            self._out_of = np.split(order, np.searchsorted(self.a[order], np.arange(1, n)))
+        while m < n:
+            best = None
+            for i in self._out_of[m]:
+                if u[i] > 1e-6 and left[self.t[i]] > 0 and (best is None or u[i] > u[best] + 1e-12):
+                    best = i
+            if best is None:
+                return None
+            left[self.t[best]] -= 1
+            used.append((int(self.a[best]), int(self.b[best]), int(self.t[best])))
+            m = int(self.b[best]) + 1
+        free = [list(mm) for mm in self.types]
+        return Plan(tuple(StagePlan(free[t].pop(0), a, b) for a, b, t in used), "milp")
 
-    def plan(self) -> Plan:
-        used = sorted((a, b, t) for t, a, b, v in self.arcs if (v.value() or 0) > 0.5)
+    def plan(self, x: np.ndarray) -> Plan:
+        used = sorted((int(self.a[i]), int(self.b[i]), int(self.t[i])) for i in np.nonzero(x[:self.n_arcs] > 0.5)[0])
         free = [list(m) for m in self.types]
         stages = [StagePlan(free[t].pop(0), a, b) for a, b, t in used]
-        from llsim.alloc.plan import validate_plan
-
         return validate_plan(Plan(tuple(stages), "milp"), self.pb.n_modules, self.pb.n_devices, "milp solution")
 
 
-def _solver(name: str, time_limit: float, gap: float):
-    if name == "highs":
-        return pulp.HiGHS(msg=False, timeLimit=time_limit, gapRel=gap, threads=1)
-    return pulp.PULP_CBC_CMD(msg=False, timeLimit=time_limit, gapRel=gap)
-
-
-def _run(prob: pulp.LpProblem, solver: str, time_limit: float, mip_gap: float) -> dict:
-    """Solve once; HiGHS first, CBC if HiGHS is unavailable."""
-    used = solver
-    try:
-        prob.solve(_solver(solver, time_limit, mip_gap))
-    except (pulp.PulpSolverError, OSError):
-        if solver != "highs":
-            raise
-        used = "cbc"
-        prob.solve(_solver("cbc", time_limit, mip_gap))
-    out = {"solver": used, "status": pulp.LpStatus[prob.status], "objective": pulp.value(prob.objective),
-           "bound": None, "gap": None}
-    sm = getattr(prob, "solverModel", None)
-    if used == "highs" and sm is not None:
-        info = sm.getInfo()
-        out["bound"] = info.mip_dual_bound + (prob.objective.constant or 0.0)  # HiGHS sees no constant term
-        out["gap"] = info.mip_gap
-        out["status"] = sm.modelStatusToString(sm.getModelStatus())
-        if info.primal_solution_status != 2:  # no feasible solution: pulp's values would be stale
-            out["objective"] = None
-    if out["status"] in ("Infeasible", "Not Solved", "Undefined"):
-        out["objective"] = None
-    return out
-
-
-def solve_once(pb: AllocProblem, objective: str, time_limit: float = 30.0, mip_gap: float = 1e-6,
-               wake: dict[int, float] | None = None, solver: str = "highs", upper: float | None = None,
-               tie_eps: float = 0.0) -> MilpResult:
-    """One MILP solve (latency), or the exact bottleneck search (throughput).
-
-    ``tie_eps``: then, among plans within that fraction of the optimum, take one with the fewest
-    stages (a second, lexicographic MILP).
-
-    Throughput: ``max(stage compute, airtime, ring/N)`` has a weak LP relaxation when written
-    as ``T >= c u``. Instead, for a threshold theta on stage compute, stages slower than theta
-    are removed and ``Z(theta) = min max(airtime, ring/N)`` is solved (two additive terms: a
-    strong LP). The optimum is ``min over theta of max(theta, Z(theta))`` with theta ranging over
-    the stages' compute times; Z is non-increasing in theta, so a binary search finds the first
-    theta with ``Z(theta) <= theta`` and the answer is the better of it and its predecessor.
-    ``info["bound_by"]`` says which: ``threshold`` (a stage's compute) or ``network`` (Z).
-    """
-    t0 = time.perf_counter()
-    mdl = _Model(pb, objective, wake, upper)
-    t1 = time.perf_counter()
-    hs = None
-    if solver == "highs":
-        try:
-            import highspy  # noqa: F401
-            hs = True
-        except ImportError:
-            hs = None
-    if objective == "latency" and hs:
-        mdl.build_objective()
-        return _latency_highs(mdl, _Highs(mdl.prob), time_limit, mip_gap, tie_eps, t0, t1)
-    if objective == "latency":
-        mdl.build_objective()
-        r = _run(mdl.prob, solver, time_limit, mip_gap)
-        plan = mdl.plan() if r["objective"] is not None else None
-        if plan is not None and tie_eps > 0 and r["status"] == "Optimal":
-            # among plans within tie_eps of the optimum, the fewest stages
-            mdl.prob += mdl.prob.objective <= r["objective"] * (1 + tie_eps), "near_optimal"
-            mdl.prob.setObjective(pulp.lpSum(v for *_, v in mdl.arcs))
-            r2 = _run(mdl.prob, solver, time_limit, mip_gap)
-            if r2["objective"] is not None and r2["status"] == "Optimal":
-                plan = mdl.plan()
-        t2 = time.perf_counter()
-        return MilpResult(plan, r["status"], r["solver"], r["objective"], r["bound"], r["gap"], t2 - t1, t1 - t0,
-                          len(mdl.prob.variables()), mdl.prob.numConstraints())
-    mdl.build_inner()
-    if hs:
-        return _throughput_highs(mdl, _Highs(mdl.prob), time_limit, mip_gap, tie_eps, t0, t1)
-    return _throughput_pulp(mdl, solver, time_limit, mip_gap, tie_eps, t0, t1)
-
-
 class _Highs:
-    """The pulp model handed to HiGHS once (as arrays); the throughput search then only changes
-    column bounds and costs between solves (pulp would rebuild the model column by column each time)."""
+    """A :class:`_Model` in one HiGHS instance; searches change only bounds, costs and added rows."""
 
-    def __init__(self, prob: pulp.LpProblem):
+    def __init__(self, mdl: _Model):
         import highspy
 
         self.hp = highspy
-        vs = prob.variables()
-        self.vars = vs
-        self.index = {v.name: i for i, v in enumerate(vs)}
         inf = highspy.kHighsInf
         lp = highspy.HighsLp()
-        lp.num_col_ = len(vs)
-        lp.col_cost_ = np.array([prob.objective.get(v, 0.0) for v in vs], dtype=float)
-        lp.col_lower_ = np.array([-inf if v.lowBound is None else v.lowBound for v in vs], dtype=float)
-        lp.col_upper_ = np.array([inf if v.upBound is None else v.upBound for v in vs], dtype=float)
-        rows = list(prob.constraints.values())
-        lo, up, starts, idx, val = [], [], [], [], []
-        for c in rows:
+        nc = mdl.n_cols
+        lp.num_col_ = nc
+        lp.col_cost_ = np.zeros(nc)
+        lp.col_lower_ = np.zeros(nc)
+        up = np.full(nc, inf)
+        up[:mdl.n_arcs] = 1.0
+        if mdl.kind != "cycle":
+            up[mdl.z] = 0.0
+        lp.col_upper_ = up
+        starts, idx, val, lo, hi = [], [], [], [], []
+        for cols, vals, l, u in mdl.rows:
             starts.append(len(idx))
-            for v, a in c.items():
-                if a != 0:
-                    idx.append(self.index[v.name])
-                    val.append(a)
-            lb, ub = c.getLb(), c.getUb()
-            lo.append(-inf if lb is None else lb)
-            up.append(inf if ub is None else ub)
-        starts.append(len(idx))
-        lp.num_row_ = len(rows)
+            idx.extend(int(c) for c in cols)
+            val.extend(float(v) for v in vals)
+            lo.append(-inf if l == -np.inf else l)
+            hi.append(inf if u == np.inf else u)
+        lp.num_row_ = len(mdl.rows)
         lp.row_lower_ = np.array(lo, dtype=float)
-        lp.row_upper_ = np.array(up, dtype=float)
+        lp.row_upper_ = np.array(hi, dtype=float)
         lp.a_matrix_.format_ = highspy.MatrixFormat.kRowwise
-        lp.a_matrix_.start_ = np.array(starts, dtype=np.int32)
+        lp.a_matrix_.start_ = np.array(starts + [len(idx)], dtype=np.int32)
         lp.a_matrix_.index_ = np.array(idx, dtype=np.int32)
         lp.a_matrix_.value_ = np.array(val, dtype=float)
-        lp.integrality_ = [highspy.HighsVarType.kInteger if v.cat == pulp.LpInteger
-                           else highspy.HighsVarType.kContinuous for v in vs]
+        integ = [highspy.HighsVarType.kContinuous] * nc
+        for i in range(mdl.n_arcs):
+            integ[i] = highspy.HighsVarType.kInteger
+        lp.integrality_ = integ
         self.h = new_highs()
+        # sub-MIP heuristics (RINS, RENS) cost seconds on these models' infeasibility proofs for nothing
+        self.h.setOptionValue("mip_heuristic_run_rins", False)
+        self.h.setOptionValue("mip_heuristic_run_rens", False)
         self.h.passModel(lp)
-        self.n = len(vs)
-        self.n_rows = len(rows)
+        self.n = nc
+        self.n_rows = len(mdl.rows)
+        self.inf = inf
 
     def set_upper(self, cols: np.ndarray, upper: np.ndarray) -> None:
-        self.h.changeColsBounds(len(cols), cols, np.zeros(len(cols)), upper.astype(float))
+        self.h.changeColsBounds(len(cols), cols.astype(np.int32), np.zeros(len(cols)), upper.astype(float))
 
     def set_costs(self, costs: np.ndarray) -> None:
         self.h.changeColsCost(self.n, np.arange(self.n, dtype=np.int32), costs.astype(float))
+
+    def add_row(self, lower: float, upper: float, cols: np.ndarray, vals: np.ndarray) -> int:
+        self.h.addRow(lower, upper, len(cols), cols.astype(np.int32), vals.astype(float))
+        self.n_rows += 1
+        return self.n_rows - 1
+
+    def drop_row(self, row: int) -> None:
+        self.h.deleteRows(1, np.array([row], dtype=np.int32))
+        self.n_rows -= 1
 
     def run(self, relax: bool, time_limit: float, gap: float) -> tuple[str, float | None, np.ndarray | None, dict]:
         h = self.h
         h.setOptionValue("solve_relaxation", relax)
         h.setOptionValue("time_limit", max(time_limit, 0.05))
         h.setOptionValue("mip_rel_gap", gap)
+        h.setOptionValue("presolve", PRESOLVE)
         h.run()
         status = h.modelStatusToString(h.getModelStatus())
         info = h.getInfo()
@@ -406,41 +363,37 @@ class _Highs:
         return status, (info.objective_function_value if has else None), x, extra
 
 
-def _latency_highs(mdl: _Model, hs: _Highs, time_limit: float, mip_gap: float, tie_eps: float,
-                   t0: float, t1: float) -> MilpResult:
+# ---- the two objective kinds ------------------------------------------------------------------
+def _ring_search(mdl: _Model, hs: _Highs, time_limit: float, mip_gap: float,
+                 tie_eps: float) -> tuple[str, float | None, float | None, float | None, np.ndarray | None, dict]:
     """One MILP for the ring latency; then, among plans within ``tie_eps`` of it, the fewest stages."""
-    const = mdl.prob.objective.constant or 0.0  # HiGHS sees no constant term
-    costs = np.array(hs.h.getLp().col_cost_)
+    costs = mdl.ring_costs()
+    hs.set_costs(costs)
     deadline = time.perf_counter() + time_limit
     st, obj, x, extra = hs.run(False, time_limit, mip_gap)
-    solves = 1
-    obj = None if x is None else obj + const
-    bound = extra["bound"] + const if x is not None else None
-    plan = _plan_from(mdl, hs, x) if x is not None else None
-    if plan is not None and tie_eps > 0 and st == "Optimal":
-        nz = np.nonzero(costs)[0].astype(np.int32)
-        hs.h.addRow(-hs.hp.kHighsInf, obj * (1 + tie_eps) - const, len(nz), nz, costs[nz])
+    stats = {"milp_solves": 1}
+    if x is None:
+        return st, None, None, None, None, stats
+    obj += mdl.const
+    bound = extra["bound"] + mdl.const
+    if tie_eps > 0 and st == "Optimal":
+        nz = np.nonzero(costs)[0]
+        r = hs.add_row(-hs.inf, obj * (1 + tie_eps) - mdl.const, nz, costs[nz])
         fewest = np.zeros(hs.n)
-        fewest[[hs.index[v.name] for *_, v in mdl.arcs]] = 1.0
+        fewest[:mdl.n_arcs] = 1.0
         hs.set_costs(fewest)
         st2, _, x2, _ = hs.run(False, deadline - time.perf_counter(), mip_gap)
-        solves += 1
+        stats["milp_solves"] += 1
+        hs.drop_row(r)
         if x2 is not None and st2 == "Optimal":
-            plan = _plan_from(mdl, hs, x2)
-    t2 = time.perf_counter()
-    return MilpResult(plan, st, "highs", obj, bound, extra.get("gap") if x is not None else None, t2 - t1,
-                      t1 - t0, hs.n, hs.n_rows, info={"milp_solves": solves})
+            stats["near_x"] = x2
+    return st, obj, bound, extra.get("gap"), x, stats
 
 
-def _plan_from(mdl: _Model, hs: _Highs, x: np.ndarray) -> Plan:
-    for v in mdl.prob.variables():
-        v.varValue = x[hs.index[v.name]]
-    return mdl.plan()
-
-
-def _throughput_highs(mdl: _Model, hs: _Highs, time_limit: float, mip_gap: float, tie_eps: float,
-                      t0: float, t1: float) -> MilpResult:
-    """The exact bottleneck search of :func:`solve_once`, with fewer and cheaper MILPs.
+def _cycle_search(mdl: _Model, hs: _Highs, time_limit: float, mip_gap: float, tie_eps: float,
+                  tol: float = 0.0, incumbents: list[tuple[float, np.ndarray]] = (), max_milps: int | None = None,
+                  value_of=None) -> tuple[str, float | None, float | None, float | None, np.ndarray | None, dict]:
+    """The exact bottleneck search for ``max(stage compute, Z)``, Z >= airtime, N Z >= ring.
 
     With ``ok(i)``: "some plan has every stage's compute <= theta_i and Z <= theta_i", monotone
     in i, the optimum is ``min(theta_lo, Z(lo - 1))`` for the first ``lo`` with ``ok(lo)``
@@ -451,14 +404,25 @@ def _throughput_highs(mdl: _Model, hs: _Highs, time_limit: float, mip_gap: float
        it gives ``i_lp <= lo``.
     2. ``ok`` is a feasibility MILP (objective 0, Z bounded by theta): searched upward from
        ``i_lp`` by galloping, then bisection. It usually holds at ``i_lp`` or just above.
-    3. ``Z(lo - 1)`` is needed only when its LP bound is below ``theta_lo``: one MILP with Z
-       capped at ``theta_lo``.
+    3. ``Z(lo - 1)`` is needed only when its LP bound is below ``theta_lo`` (by more than the
+       relative tolerance ``tol``): one MILP with Z capped at ``theta_lo``. When the LP bound is
+       within ``tol`` the MILP (hard: its LP relaxation is nearly tight) is skipped, and the
+       result is optimal within ``tol``, with that bound reported.
+
+    ``incumbents``: known plans as (value ms, column vector): a threshold one of them meets needs
+    no feasibility MILP, and step 3 only looks for plans better than the best of them.
+    ``max_milps``: at most that many MILPs in steps 2 and 3 (an effort limit: the search then
+    returns the best plan it has with the LP bound). ``value_of(plan) -> ms``: then every LP
+    relaxation is also rounded to a plan (the heaviest arcs from module 0 on, within the types'
+    counts), a new incumbent when it is better. With an incumbent, step 2 bisects between the LP
+    threshold and the incumbent's (every MILP halves the interval); without, it gallops up from
+    the LP threshold.
     """
-    us = np.array([hs.index[v.name] for *_, v in mdl.arcs], dtype=np.int32)
-    zi = hs.index["Z"]
-    comp = np.array(mdl.thr_comp)
+    us = np.arange(mdl.n_arcs, dtype=np.int32)
+    zi = mdl.z
+    comp = mdl.comp
     thetas = np.unique(comp)
-    inf = hs.hp.kHighsInf
+    inf = hs.inf
     deadline = time.perf_counter() + time_limit
     stats = {"lp_solves": 0, "milp_solves": 0}
     worst_gap, status = 0.0, "Optimal"
@@ -470,14 +434,20 @@ def _throughput_highs(mdl: _Model, hs: _Highs, time_limit: float, mip_gap: float
         hs.h.changeColBounds(zi, 0.0, z_cap)
 
     lp_cache: dict[int, float | None] = {}
+    known = sorted(incumbents, key=lambda k: k[0])
 
     def z_lp(i: int) -> float | None:  # the LP bound on Z(theta_i); None: no plan at all
         if i not in lp_cache:
             restrict(thetas[i], inf)
             hs.set_costs(z_cost)
-            st, obj, _, _ = hs.run(True, deadline - time.perf_counter(), mip_gap)
+            st, obj, x, _ = hs.run(True, deadline - time.perf_counter(), mip_gap)
             stats["lp_solves"] += 1
             lp_cache[i] = obj if st == "Optimal" else None
+            if value_of is not None and x is not None and st == "Optimal":
+                p = mdl.round(x)
+                if p is not None and (not known or value_of(p) < known[0][0]):
+                    known.insert(0, (value_of(p), mdl.x_of(p)))
+                    stats["lp_roundings"] = stats.get("lp_roundings", 0) + 1
         return lp_cache[i]
 
     def lp_ok(i: int) -> bool:
@@ -489,6 +459,13 @@ def _throughput_highs(mdl: _Model, hs: _Highs, time_limit: float, mip_gap: float
     def ok(i: int) -> np.ndarray | None:  # a plan with value <= theta_i, or None
         nonlocal status
         if i not in ok_cache:
+            meets = [x for v, x in known if v <= thetas[i] * (1 + 1e-9)]
+            if meets:
+                ok_cache[i] = meets[0]
+                return meets[0]
+            if max_milps is not None and stats["milp_solves"] >= max_milps:
+                status = "Effort limit reached"
+                return None
             if time.perf_counter() > deadline:
                 status = "Time limit reached"
                 return None
@@ -502,8 +479,7 @@ def _throughput_highs(mdl: _Model, hs: _Highs, time_limit: float, mip_gap: float
         return ok_cache[i]
 
     if z_lp(len(thetas) - 1) is None:
-        t2 = time.perf_counter()
-        return MilpResult(None, "Infeasible", "highs", None, None, None, t2 - t1, t1 - t0, len(us), hs.n_rows)
+        return "Infeasible", None, None, None, None, stats
     lo, hi = 0, len(thetas)  # 1. first i with the LP condition (len: none)
     while lo < hi:
         mid = (lo + hi) // 2
@@ -512,52 +488,76 @@ def _throughput_highs(mdl: _Model, hs: _Highs, time_limit: float, mip_gap: float
         else:
             lo = mid + 1
     i_lp = lo
-    # 2. first i >= i_lp with ok(i): gallop, then bisect
     n = len(thetas)
-    found, last_bad, step, i = None, i_lp - 1, 1, i_lp
-    while i < n:
-        if ok(i) is not None:
-            found = i
-            break
-        if status.startswith("Time"):
-            break
-        last_bad = i
-        if i == n - 1:
-            break
-        i, step = min(i + step, n - 1), step * 2
-    if found is not None:
-        a, b = last_bad + 1, found
-        while a < b:
-            mid = (a + b) // 2
-            if ok(mid) is not None:
-                b = mid
-            else:
-                a = mid + 1
-        found = b
-    cands = []
-    if found is not None:
-        cands.append((float(thetas[found]), ok_cache[found], "threshold"))
-    # 3. Z(lo - 1): every stage allowed up to theta_{lo-1}, value Z
-    j = (found if found is not None else len(thetas)) - 1
-    cap = float(thetas[found]) if found is not None else inf
-    if j >= 0 and z_lp(j) is not None and z_lp(j) < cap and time.perf_counter() < deadline:
-        restrict(thetas[j], cap)
-        hs.set_costs(z_cost)
-        st, obj, x, extra = hs.run(False, deadline - time.perf_counter(), mip_gap)
-        stats["milp_solves"] += 1
-        if x is not None:
-            cands.append((float(max(obj, thetas[j])), x, "network"))
-            worst_gap = max(worst_gap, extra.get("gap") or 0.0)
-        if st not in ("Optimal", "Infeasible"):
-            status = f"{st} (inner)"
+    # The LP bound on the optimum: a plan whose stages are all under theta_{i_lp} has Z >= the LP's
+    # Z at theta_{i_lp - 1} (the LP only loosens as thresholds rise); any other is >= theta_{i_lp}.
+    lp_bound = min(float(thetas[i_lp]) if i_lp < n else inf,
+                   (z_lp(i_lp - 1) if i_lp > 0 and z_lp(i_lp - 1) is not None else inf))
+    cut_short = False
+    cands: list[tuple[float, np.ndarray, str]] = []
+    if known and known[0][0] <= lp_bound * (1 + tol):
+        found = None  # a known plan is within tol of the LP bound: nothing to search
+        lower = lp_bound
+    else:
+        # 2. first i >= i_lp with ok(i)
+        i_ub = int(np.searchsorted(thetas, known[0][0] * (1 - 1e-9))) if known else n
+        found, last_bad = None, i_lp - 1
+        if i_ub < n and ok(i_ub) is not None:  # bisect between the LP's threshold and a known plan's
+            found = i_ub
+        else:  # gallop up from the LP's threshold
+            step, i = 1, i_lp
+            while i < n:
+                if ok(i) is not None:
+                    found = i
+                    break
+                if status != "Optimal":
+                    break
+                last_bad = i
+                if i == n - 1:
+                    break
+                i, step = min(i + step, n - 1), step * 2
+        if found is not None:
+            a, b = last_bad + 1, found
+            while a < b and status == "Optimal":
+                mid = (a + b) // 2
+                if ok(mid) is not None:
+                    b = mid
+                elif status == "Optimal":
+                    a = mid + 1
+            found = b
+        cut_short = status != "Optimal"
+        if found is not None:
+            cands.append((float(thetas[found]), ok_cache[found], "threshold"))
+        # 3. Z(lo - 1): every stage allowed up to theta_{lo-1}, value Z
+        j = (found if found is not None else len(thetas)) - 1
+        cap = min([float(thetas[found])] + [v for v, _ in known[:1]]) if found is not None else inf
+        lower = None if not cut_short else lp_bound
+        if j >= 0 and z_lp(j) is not None and z_lp(j) < cap and z_lp(j) * (1 + tol) >= cap:
+            lower = z_lp(j) if lower is None else min(lower, z_lp(j))  # plans under theta_j have Z >= it
+        elif j >= 0 and z_lp(j) is not None and z_lp(j) < cap and (cut_short or (
+                max_milps is not None and stats["milp_solves"] >= max_milps)):
+            lower = lp_bound if lower is None else lower  # no effort left for step 3
+            cut_short = True
+            status = "Effort limit reached"
+        elif j >= 0 and z_lp(j) is not None and z_lp(j) < cap and time.perf_counter() < deadline:
+            restrict(thetas[j], cap)
+            hs.set_costs(z_cost)
+            st, obj, x, extra = hs.run(False, deadline - time.perf_counter(), mip_gap)
+            stats["milp_solves"] += 1
+            if x is not None:
+                cands.append((float(max(obj, thetas[j])), x, "network"))
+                worst_gap = max(worst_gap, extra.get("gap") or 0.0)
+            if st not in ("Optimal", "Infeasible"):
+                status = f"{st} (inner)"
+                lower = lp_bound
+    cands += [(v, x, "known plan") for v, x in known[:1]]
     if not cands:
-        t2 = time.perf_counter()
-        st = status if status != "Optimal" else "Infeasible"
-        return MilpResult(None, st, "highs", None, None, None, t2 - t1, t1 - t0, len(us), hs.n_rows, info=stats)
-    val, x, stats["bound_by"] = min(cands, key=lambda c: c[0])
-    plan = _plan_from(mdl, hs, x)
-    if tie_eps > 0 and status == "Optimal":
-        # among plans within tie_eps of the optimum, the fewest stages
+        return (status if status != "Optimal" else "Infeasible"), None, None, None, None, stats
+    val, x, stats["found_by"] = min(cands, key=lambda c: c[0])
+    # what bounds the optimum: its slowest stage's compute, or the network/ring term below it
+    stats["bound_by"] = "threshold" if comp[x[:mdl.n_arcs] > 0.5].max() >= val * (1 - 1e-9) else "network"
+    if tie_eps > 0:
+        # among plans within tie_eps of the best, the fewest stages
         lim = val * (1 + tie_eps)
         restrict(lim, lim)
         costs = np.zeros(hs.n)
@@ -565,130 +565,65 @@ def _throughput_highs(mdl: _Model, hs: _Highs, time_limit: float, mip_gap: float
         hs.set_costs(costs)
         st, _, x2, _ = hs.run(False, deadline - time.perf_counter(), mip_gap)
         stats["milp_solves"] += 1
-        if x2 is not None and st == "Optimal":
-            plan = _plan_from(mdl, hs, x2)
-    t2 = time.perf_counter()
-    return MilpResult(plan, status, "highs", val, val if status == "Optimal" else None, worst_gap,
-                      t2 - t1, t1 - t0, len(us), hs.n_rows, info=stats)
+        if x2 is not None and st in ("Optimal", "Solution limit reached"):
+            stats["near_x"] = x2
+    bound = val if lower is None else min(val, lower)
+    worst_gap = max(worst_gap, (val - bound) / val if val > 0 else 0.0)
+    if cut_short or bound < val * (1 - 1e-9):
+        stats["proven_within"] = worst_gap
+    return ("Optimal" if not cut_short else status), val, bound, worst_gap, x, stats
 
 
-def _throughput_pulp(mdl: _Model, solver: str, time_limit: float, mip_gap: float, tie_eps: float,
-                     t0: float, t1: float) -> MilpResult:
-    """The bottleneck search through pulp (any solver; used for CBC): a binary search with one
-    optimising MILP per step."""
-    us = [v for *_, v in mdl.arcs]
-    comp = np.array(mdl.thr_comp)
-    thetas = np.unique(comp)
-    cache: dict[int, tuple] = {}
-    deadline = time.perf_counter() + time_limit
-    worst_gap, solves, status, used = 0.0, 0, "Optimal", solver
+def solve_once(pb: AllocProblem, objective: str, time_limit: float = 30.0, mip_gap: float = 1e-6,
+               wake: dict[int, float] | None = None, upper: float | None = None, tie_eps: float = 0.0,
+               stages: tuple[int, int] | None = None, tol: float = 0.0, incumbents: list[Plan] = (),
+               node_limit: int | None = None, max_milps: int | None = None) -> MilpResult:
+    """One exact solve of the linear model of ``objective`` (:func:`model_kind`).
 
-    def Z(i: int):
-        nonlocal worst_gap, solves, status, used
-        if i not in cache and time.perf_counter() > deadline:
-            status = "Time limit reached"  # unexplored thresholds count as infeasible: the result is feasible
-            return (None, None)            # but not proven optimal
-        if i not in cache:
-            th = thetas[i]
-            for v, c in zip(us, comp):
-                v.upBound = 1 if c <= th else 0
-            r = _run(mdl.prob, solver, max(deadline - time.perf_counter(), 0.1), mip_gap)
-            solves += 1
-            used = r["solver"]
-            if r["objective"] is not None:  # an infeasible threshold is expected (no stage fast enough)
-                if r["status"] != "Optimal":
-                    status = f"{r['status']} (inner)"
-                worst_gap = max(worst_gap, r["gap"] or 0.0)
-            elif r["status"] not in ("Infeasible",):
-                status = f"{r['status']} (inner)"
-            cache[i] = (r["objective"], mdl.plan() if r["objective"] is not None else None)
-        return cache[i]
-
-    lo, hi = 0, len(thetas) - 1
-    if Z(hi)[0] is None:
-        t2 = time.perf_counter()
-        return MilpResult(None, "Infeasible", used, None, None, None, t2 - t1, t1 - t0, len(us), 0)
-    while lo < hi:  # first i with Z(i) <= theta_i (Z infeasible counts as +inf)
-        mid = (lo + hi) // 2
-        z = Z(mid)[0]
-        if z is not None and z <= thetas[mid]:
-            hi = mid
-        else:
-            lo = mid + 1
-    cands = [(max(thetas[lo], Z(lo)[0]), Z(lo)[1])]
-    if lo > 0 and Z(lo - 1)[0] is not None:
-        cands.append((max(thetas[lo - 1], Z(lo - 1)[0]), Z(lo - 1)[1]))
-    val, plan = min(cands, key=lambda c: c[0])
-    if tie_eps > 0 and status == "Optimal":
-        # among plans within tie_eps of the optimum, the fewest stages
-        lim = val * (1 + tie_eps)
-        for v, c in zip(us, comp):
-            v.upBound = 1 if c <= lim else 0
-        zvar = next(v for v in mdl.prob.variables() if v.name == "Z")
-        zvar.upBound = lim
-        mdl.prob.setObjective(pulp.lpSum(us))
-        r2 = _run(mdl.prob, solver, max(deadline - time.perf_counter(), 0.1), mip_gap)
-        if r2["objective"] is not None and r2["status"] == "Optimal":
-            plan = mdl.plan()
-    t2 = time.perf_counter()
-    return MilpResult(plan, status, used, float(val), float(val) if status == "Optimal" else None, worst_gap,
-                      t2 - t1, t1 - t0, len(us), mdl.prob.numConstraints(), info={"inner_solves": solves})
-
-
-TIE_EPS = 0.005
-
-
-def solve(pb: AllocProblem, objective: str | None = None, time_limit: float = 30.0, mip_gap: float = 1e-6,
-          solver: str = "highs", tie_eps: float = TIE_EPS) -> MilpResult:
-    """The ``milp`` strategy.
-
-    1. MILP optimum of the model; among plans within ``tie_eps`` of it (the bench's resolution),
-       the fewest stages: a shallower ring has fewer hops, wake-ups and less queueing behind
-       other requests' prefills, which the linear model does not price.
-    2. With power save and one request in flight, re-solve under the wake charges the plan
-       actually incurs until they repeat.
-    3. Whether a phone dozes depends on the timeline (a residual mask arriving less than the
-       idle timeout before its input keeps it awake), which the per-device charges of step 2
-       cannot express. The final plan is the best under the full model
-       (:meth:`AllocProblem.evaluate`, which replays that timeline) among the MILP's rounds and
-       the baselines' plans; ``info["selected"]`` says which, and ``wake_consistent`` whether
-       the MILP's own objective was exact for it.
+    ``upper``: a known plan's value (seconds per token of the objective): stages whose compute
+    alone exceeds it are dropped. ``tie_eps``: also find, among plans within that fraction of
+    the optimum, one with the fewest stages (``info["near_plan"]``). ``stages``: (min, max) number of stages allowed. ``tol``:
+    the cycle search may stop within that relative distance of the optimum, proven by an LP bound
+    (``bound_ms`` and ``gap`` say how close). ``incumbents``: known plans that spare the cycle
+    search the feasibility MILPs they answer. ``node_limit``: branch-and-bound nodes per MILP (a
+    deterministic effort limit); ``max_milps``: MILPs per cycle search (the same). A search cut
+    short reports its status, its plan and the LP bound.
+    ``objective_ms`` is the objective's value (for ``latency`` with N in flight, N x the cycle);
+    ``info["bound_by"]`` (cycle kind) says whether a stage's compute (``threshold``) or the
+    network/ring term (``network``) bounds it.
     """
-    from llsim.alloc.baselines import BASELINES
+    kind, view, scale = model_kind(pb, objective)
+    t0 = time.perf_counter()
+    mdl = _Model(pb, kind, view, wake, None if upper is None else upper / scale)
+    hs = mdl.highs()
+    if node_limit is not None:
+        hs.h.setOptionValue("mip_max_nodes", int(node_limit))
+    if stages is not None:
+        lo, hi = stages
+        hs.add_row(float(lo), float(hi), np.arange(mdl.n_arcs), np.ones(mdl.n_arcs))
+    t1 = time.perf_counter()
+    if kind == "ring":
+        st, obj, bound, gap, x, stats = _ring_search(mdl, hs, time_limit, mip_gap, tie_eps)
+    else:
+        known = []
+        for p in incumbents:
+            x = mdl.x_of(p)
+            if x is not None and (stages is None or stages[0] <= len(p.stages) <= stages[1]):
+                known.append((pb.value(p, objective) * MS / scale, x))
+        st, obj, bound, gap, x, stats = _cycle_search(mdl, hs, time_limit, mip_gap, tie_eps, tol,
+                                                      sorted(known, key=lambda k: k[0]), max_milps,
+                                                      lambda p: pb.value(p, objective) * MS / scale)
+    plan = mdl.plan(x) if x is not None else None
+    if "near_x" in stats:  # the fewest-stage plan within tie_eps of the optimum
+        stats["near_plan"] = mdl.plan(stats.pop("near_x"))
+    t2 = time.perf_counter()
+    return MilpResult(plan, st if plan is not None or st != "Optimal" else "Infeasible", "highs",
+                      None if obj is None else obj * scale, None if bound is None else bound * scale, gap,
+                      t2 - t1, t1 - t0, hs.n, hs.n_rows, info=stats)
 
-    objective = objective or pb.objective
-    results: list[MilpResult] = []
-    # an upper bound from the baselines' feasible plans lets stages slower than it be dropped
-    ub = None
-    base_plans = {}
-    for name, f in BASELINES.items():
-        p = f(pb)
-        e = pb.evaluate(p)
-        if e.feasible:
-            base_plans[name] = p
-            v = e.latency_s if objective == "latency" else e.cycle_s
-            ub = v if ub is None else min(ub, v)
 
-    def once(wake):
-        upper = None if ub is None else ub + sum(wake.values())  # a plan's model value <= its value + charges
-        r = solve_once(pb, objective, time_limit, mip_gap, wake, solver, upper, tie_eps)
-        results.append(r)
-        return r.plan
+def solve(pb: AllocProblem, objective: str | None = None, **kw) -> MilpResult:
+    """The ``milp`` strategy (:func:`llsim.alloc.search.solve`)."""
+    from llsim.alloc.search import solve as strategy
 
-    plan, rounds, consistent = pb.power_save_fixed_point(once, objective)
-    best = next((r for r in results if r.plan == plan), results[-1])
-    best.iterations = rounds
-    best.wake_consistent = consistent
-    best.info["total_time_s"] = sum(r.solve_time_s + r.build_time_s for r in results)
-    best.info["selected"] = "milp"
-    if plan is not None and pb.doze(plan):
-        def val(p):
-            e = pb.evaluate(p)
-            return (e.latency_s if objective == "latency" else e.cycle_s), len(p.stages)
-        v0 = val(plan)
-        for name, p in base_plans.items():
-            v = val(p)
-            if v[0] < v0[0] * (1 - 1e-9):
-                best.plan, v0 = Plan(p.stages, "milp"), v
-                best.info["selected"] = f"{name} plan (full power-save model)"
-    return best
+    return strategy(pb, objective, **kw)

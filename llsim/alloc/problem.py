@@ -15,21 +15,31 @@ An :class:`AllocProblem` is built once from a scenario (:func:`build_problem`) a
   ``budget_fraction x available RAM``;
 * the network as separable per-byte costs (:mod:`llsim.network.planning`).
 
-The two objectives (:meth:`AllocProblem.evaluate`):
+The two objectives (:meth:`AllocProblem.evaluate`) are about the scenario's workload: N requests
+in flight in a closed loop (``workload.concurrency``; an open loop is planned as N = 1).
 
 ``latency``
-    One request's time per token around the ring: every stage's compute, every tensor's
-    transmission (residual ones included; a tensor reaches each later stage that uses it), half a
-    mean RTT per sequential hop and for the token's return to the header, expected retransmission
-    delay, and the tail's sampling time. Residual messages travel in parallel with the stages
-    they skip, so their latency is off the critical path; their bytes are not (they share the
-    medium with the sequential transfer sent at the same moment).
+    The mean time per decode token a request sees. With one request in flight it is the ring
+    latency: every stage's compute, every tensor's transmission (residual ones included; a
+    tensor reaches each later stage that uses it), half a mean RTT per sequential hop and for the
+    token's return to the header, expected retransmission delay, the tail's sampling time, and
+    power-save wake-ups. Residual messages travel in parallel with the stages they skip, so
+    their latency is off the critical path; their bytes are not (they share the medium with the
+    sequential transfer sent at the same moment). With N > 1 requests sharing the ring, a
+    request's token also waits for the other N - 1 at the busiest phone and on the shared medium,
+    so the token time is bounded below by ``max(ring latency, N x busiest stage, N x airtime
+    per token)`` (links priced at the contention of ``min(N, devices)`` flows); queueing near the
+    knee makes it larger, which only a finer evaluation of the closed ring sees
+    (:mod:`llsim.alloc.evaluate`).
 ``throughput``
     The steady-state time per token with N requests in flight (closed loop): the largest of the
     busiest phone's compute per token, the shared medium's airtime per token (all transfers, at
     the contention of ``min(N, devices)`` flows), and one request's latency / N (a request cannot
     go faster than its own ring). Sends run beside compute in the simulator (as in LinguaLinked,
     where tensors are sent by separate threads), so a stage's transfers do not block its phone.
+
+Both are linear bounds (exact for one request in flight); :meth:`AllocProblem.evaluate` returns
+them, and the allocator chooses among its best candidates by a finer evaluation.
 """
 from __future__ import annotations
 
@@ -43,6 +53,7 @@ from llsim.network.wifi import StationSpec
 from llsim.scenario import Scenario
 
 TOKEN_BYTES = 4
+INF = float("inf")
 
 
 @dataclass(frozen=True)
@@ -100,6 +111,8 @@ class AllocProblem:
     step_costs: list[tuple[np.ndarray, list[TensorGroup]]] | None = None  # per step (power-save replay)
     meta: dict = field(default_factory=dict)
     _stage_bytes: np.ndarray | None = field(default=None, init=False, repr=False, compare=False)
+    _routes_cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+    _step_pre: list | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def n_devices(self) -> int:
@@ -159,16 +172,24 @@ class AllocProblem:
         return comp + per + loss + hops + tok + self.sample_s
 
     def routes(self, view: View | list[TensorGroup], plan: Plan) -> dict[tuple[int, int], float]:
-        """Bytes per step from stage to stage (sequential and residual), as the simulator sends them."""
+        """Bytes per step from stage to stage (sequential and residual), as the simulator sends them.
+        They depend on the boundaries only (cached: a search prices many plans with the same cuts)."""
         tensors = view.tensors if isinstance(view, View) else view
-        seg_of = np.empty(self.n_modules, dtype=int)
-        for k, st in enumerate(plan.stages):
-            seg_of[st.start_module:st.end_module + 1] = k
-        out: dict[tuple[int, int], float] = {}
-        for g in tensors:
-            src = int(seg_of[g.source])
-            for dst in sorted({int(seg_of[c]) for c in g.consumers} - {src}):
-                out[(src, dst)] = out.get((src, dst), 0.0) + g.nbytes
+        key = (id(tensors), tuple(plan.boundaries))
+        cache = self._routes_cache
+        out = cache.get(key)
+        if out is None:
+            seg_of = np.empty(self.n_modules, dtype=int)
+            for k, st in enumerate(plan.stages):
+                seg_of[st.start_module:st.end_module + 1] = k
+            out = {}
+            for g in tensors:
+                src = int(seg_of[g.source])
+                for dst in sorted({int(seg_of[c]) for c in g.consumers} - {src}):
+                    out[(src, dst)] = out.get((src, dst), 0.0) + g.nbytes
+            if len(cache) > 20000:
+                cache.clear()
+            cache[key] = out
         return out
 
     def doze(self, plan: Plan) -> dict[int, float]:
@@ -189,47 +210,65 @@ class AllocProblem:
         dev = plan.devices
         acts: dict[int, list[tuple[float, float]]] = {d: [(0.0, 0.0)] for d in dev}
         awake_at = {d: 0.0 for d in dev}
-
-        def wake_at(d: int, t: float) -> float:
-            if links.never_dozes and links.never_dozes[d]:
-                return 0.0
-            if any(a <= t < b for a, b in acts[d][-8:]):
-                return max(0.0, awake_at[d] - t)
-            idle = t - max(b for a, b in acts[d][-8:] if b <= t)
-            if t >= awake_at[d] and idle > links.idle_timeout_s:
-                awake_at[d] = t + links.wake_s
-            return max(0.0, awake_at[d] - t)
+        never = links.never_dozes
+        idle_to, wake_s, loss, one_way = links.idle_timeout_s, links.wake_s, links.loss_per_byte_s, links.one_way_s
 
         def send(s: int, d: int, t: float, nbytes: float) -> tuple[float, float]:
-            w = wake_at(d, t)
-            end = t + w + nbytes * (links.per_byte(s, d) + links.loss_per_byte_s) + links.one_way_s
+            """A transfer s -> d at t: (its end, the wake delay it paid)."""
+            w = 0.0
+            if not (never and never[d]):
+                recent = acts[d][-8:]
+                busy = False
+                last = -INF
+                for a, b in recent:
+                    if a <= t < b:
+                        busy = True
+                    if t >= b > last:
+                        last = b
+                if not busy and t >= awake_at[d] and t - last > idle_to:
+                    awake_at[d] = t + wake_s
+                w = max(0.0, awake_at[d] - t)
+            end = t + w + nbytes * (links.per_byte(s, d) + loss) + one_way
             acts[s].append((t, end))
             acts[d].append((t, end))
             return end, w
 
+        pre = self._step_prefix()
+        ov = [float(self.overhead[d]) for d in dev]
         t = 0.0
         total: dict[int, float] = {}
         n_dec = len(self.step_costs) - 1
+        tok = TOKEN_BYTES * self.batch
         for req in range(2):
             t += self.tokenize_s
-            for step, (comp_m, tensors) in enumerate(self.step_costs):
-                comp = [float(self.overhead[st.device] + comp_m[st.device, st.start_module:st.end_module + 1].sum())
-                        for st in plan.stages]
-                routes = sorted(self.routes(tensors, plan).items())
-                arrive: dict[int, list[float]] = {k: [] for k in range(K)}
+            for step, (_, tensors) in enumerate(self.step_costs):
+                p = pre[step]
+                comp = [ov[k] + float(p[st.device, st.end_module + 1] - p[st.device, st.start_module])
+                        for k, st in enumerate(plan.stages)]
+                out: list[list[tuple[int, float]]] = [[] for _ in range(K)]
+                for (src, dst), nb in sorted(self.routes(tensors, plan).items()):
+                    out[src].append((dst, nb))
+                arrive: list[float] = [-INF] * K
                 for k in range(K):
-                    end_k = (max(arrive[k]) if k else t) + comp[k]
-                    for (src, dst), nb in routes:
-                        if src == k:
-                            e, w = send(dev[k], dev[dst], end_k, nb)
-                            arrive[dst].append(e)
-                            if dst == k + 1 and req and step:
-                                total[dev[dst]] = total.get(dev[dst], 0.0) + w
+                    end_k = (arrive[k] if k else t) + comp[k]
+                    for dst, nb in out[k]:
+                        e, w = send(dev[k], dev[dst], end_k, nb)
+                        if e > arrive[dst]:
+                            arrive[dst] = e
+                        if dst == k + 1 and req and step:
+                            total[dev[dst]] = total.get(dev[dst], 0.0) + w
                     if k == K - 1:
-                        t, w = send(dev[k], dev[0], end_k + self.sample_s, TOKEN_BYTES * self.batch)
+                        t, w = send(dev[k], dev[0], end_k + self.sample_s, tok)
                         if req and step:  # the token that ends a decode step (the prefill's is TTFT)
                             total[dev[0]] = total.get(dev[0], 0.0) + w
         return {d: w / max(n_dec, 1) for d, w in total.items() if w > 0}
+
+    def _step_prefix(self) -> list[np.ndarray]:
+        """Per step: the compute matrix's running sums along modules (a stage's seconds in O(1))."""
+        if self._step_pre is None:
+            self._step_pre = [np.concatenate([np.zeros((c.shape[0], 1)), np.cumsum(c, axis=1)], axis=1)
+                              for c, _ in self.step_costs]
+        return self._step_pre
 
     def power_save_fixed_point(self, solve_once, objective: str | None = None, max_rounds: int = 4):
         """Run ``solve_once(wake) -> plan | None`` until the plan's power-save charges are the assumed ones.
@@ -258,28 +297,49 @@ class AllocProblem:
             wake = {d: actual.get(d, fill) for d in range(self.n_devices)}
         return best, rounds, consistent
 
+    def airtime(self, view: View, plan: Plan) -> float:
+        """Seconds of the shared medium per token (0 when links are not shared)."""
+        links = view.links
+        if not links.shared:
+            return 0.0
+        per, _ = self._transfers(view, plan, links)
+        if len(plan.stages) > 1:
+            per += TOKEN_BYTES * self.batch * links.per_byte(plan.devices[-1], plan.devices[0])
+        return per
+
+    def cycle(self, view: View, plan: Plan, wake: dict[int, float] | None = None) -> float:
+        """``max(busiest stage, airtime, ring latency / N)`` of ``view``: the time per token of the
+        whole ring with N requests in flight, as a linear bound."""
+        comp = max(self.stage_compute(view, s.device, s.start_module, s.end_module) for s in plan.stages)
+        return max(comp, self.airtime(view, plan), self.ring_latency(view, plan, wake=wake) / self.in_flight)
+
     def evaluate(self, plan: Plan) -> "Prediction":
         wake_lat = self.doze(plan)
-        lat = self.ring_latency(self.lat, plan, wake=wake_lat)
+        ring_lat = self.ring_latency(self.lat, plan, wake=wake_lat)
+        lat = ring_lat if self.in_flight == 1 else self.in_flight * self.cycle(self.lat, plan, wake_lat)
         comps = [self.stage_compute(self.thr, s.device, s.start_module, s.end_module) for s in plan.stages]
-        thr_links = self.thr.links
-        air = 0.0
-        if thr_links.shared:
-            per, _ = self._transfers(self.thr, plan, thr_links)
-            air = per + (TOKEN_BYTES * self.batch * thr_links.per_byte(plan.devices[-1], plan.devices[0])
-                         if len(plan.stages) > 1 else 0.0)
+        air = self.airtime(self.thr, plan)
         ring = self.ring_latency(self.thr, plan, wake=wake_lat)
         cycle = max(max(comps), air, ring / self.in_flight)
         mem = [self.stage_bytes(s.start_module, s.end_module) for s in plan.stages]
         over = [(self.device_names[s.device], m - self.budget[s.device]) for s, m in zip(plan.stages, mem)
                 if m > self.budget[s.device]]
         return Prediction(lat, cycle, max(comps), air, ring, mem, over,
-                          lat if self.objective == "latency" else cycle, wake_lat)
+                          lat if self.objective == "latency" else cycle, wake_lat, ring_lat)
+
+    def value(self, plan: Plan, objective: str | None = None) -> float:
+        """The linear model's value of ``plan`` for the objective (seconds per token)."""
+        e = self.evaluate(plan)
+        return e.latency_s if (objective or self.objective) == "latency" else e.cycle_s
 
 
 @dataclass
 class Prediction:
-    latency_s: float  # one request's mean decode time per token (latency objective)
+    """The linear model's figures for a plan (lower bounds with several requests in flight), and,
+    once :mod:`llsim.alloc.evaluate` has judged the plan, the finer evaluation's figures
+    (``evaluated_*``, which is what ``llsim allocate`` predicts)."""
+
+    latency_s: float  # mean decode time per token of a request under the workload (latency objective)
     cycle_s: float  # steady-state time per token with in_flight requests (throughput objective)
     bottleneck_compute_s: float
     airtime_s: float
@@ -288,6 +348,10 @@ class Prediction:
     overflow: list[tuple[str, float]]  # (device, bytes over budget)
     objective_s: float
     wake: dict[int, float] = field(default_factory=dict)  # power-save delay on each device's input hop
+    ring_latency_s: float = 0.0  # one request alone: its mean decode time per token
+    evaluated_latency_s: float | None = None  # finer evaluation: mean decode time per token
+    evaluated_tokens_per_s: float | None = None  # finer evaluation: tokens/s of the workload
+    evaluated_by: str = ""  # "model" (exact: one request in flight) or "simulation"
 
     @property
     def feasible(self) -> bool:
@@ -404,8 +468,10 @@ def build_problem(sc: Scenario, devices, objective: str | None = None) -> AllocP
 
     net = make_network(sc.network, [StationSpec(d.name, d.rssi_dbm, d.streams) for d in devices],
                        base_dir=sc.path.parent if sc.path else None)
-    lat_links = link_costs(net, 1)
-    thr_links = link_costs(net, max(1, min(w.in_flight, len(devices))))
+    flows = max(1, min(w.in_flight, len(devices)))
+    one_flow = link_costs(net, 1)  # what a pairwise bandwidth/ping measurement sees (the peers' input)
+    thr_links = link_costs(net, flows)
+    lat_links = thr_links if flows > 1 else one_flow  # several requests in flight contend
 
     steps = None
     if lat_links.wake_s > 0 and w.in_flight == 1 and len(devices) > 1:
@@ -429,6 +495,7 @@ def build_problem(sc: Scenario, devices, objective: str | None = None) -> AllocP
               "kv_bytes_per_token": np.array([m.kv_bytes_per_token if w.mode == "kv_cache" else 0
                                               for m in mods], dtype=float),
               "separable_error": max(lat_links.separable_error, thr_links.separable_error),
+              "one_flow_links": one_flow,
               **_baseline_inputs(sc, graph, devices, pre, lat_comp, weight, kv, act)},
     )
 

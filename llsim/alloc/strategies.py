@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass, field
 
 from llsim.alloc import baselines, milp, oracle
+from llsim.alloc.evaluate import evaluator_for
 from llsim.alloc.plan import Plan
 from llsim.alloc.problem import AllocProblem, Prediction, build_problem
 from llsim.errors import LLSimError
@@ -68,12 +69,13 @@ def memory_diagnosis(pb: AllocProblem, devices) -> str:
     return msg + " (or lower workload.concurrency / the context in kv_cache mode)"
 
 
-def _milp(pb: AllocProblem, sc) -> AllocResult:
+def _milp(pb: AllocProblem, sc, evaluate) -> AllocResult:
     a = sc.allocation if sc is not None else None
-    r = milp.solve(pb, time_limit=a.time_limit_s if a else 30.0, mip_gap=a.mip_gap if a else 1e-6)
+    r = milp.solve(pb, time_limit=a.time_limit_s if a else 30.0, mip_gap=a.mip_gap if a else 1e-6, evaluate=evaluate)
     info = {"solver": r.solver, "status": r.status, "objective_ms": r.objective_ms, "bound_ms": r.bound_ms,
             "gap": r.gap, "variables": r.n_vars, "constraints": r.n_constraints, "rounds": r.iterations,
-            "power_save_consistent": r.wake_consistent, "build_time_s": r.build_time_s}
+            "power_save_consistent": r.wake_consistent, "build_time_s": r.build_time_s,
+            **{k: r.info[k] for k in ("selected", "candidates", "evaluated", "exact", "model_value_ms", "phase_s") if k in r.info}}
     return AllocResult("milp", r.plan, None, r.info.get("total_time_s", r.solve_time_s), info)
 
 
@@ -94,12 +96,16 @@ def _oracle(pb: AllocProblem, sc) -> AllocResult:
                        {"states": sum(r.states for r in out), "rounds": rounds, "power_save_consistent": ok})
 
 
-def allocate_problem(pb: AllocProblem, strategy: str, sc=None, devices=None) -> AllocResult:
+def allocate_problem(pb: AllocProblem, strategy: str, sc=None, devices=None, evaluate=None) -> AllocResult:
+    """Plan ``pb`` with one strategy; the plan's prediction carries the linear model's figures and
+    the finer evaluation's (``evaluate``: default :func:`llsim.alloc.evaluate.evaluator_for`)."""
     if strategy not in STRATEGIES:
         raise LLSimError(f"allocation.strategy: unknown strategy '{strategy}'; use one of "
                          f"{', '.join(STRATEGIES)}, uniform or explicit")
+    if evaluate is None:
+        evaluate = evaluator_for(pb, sc, devices)
     if strategy == "milp":
-        res = _milp(pb, sc)
+        res = _milp(pb, sc, evaluate)
     elif strategy == "oracle":
         res = _oracle(pb, sc)
     else:
@@ -111,6 +117,11 @@ def allocate_problem(pb: AllocProblem, strategy: str, sc=None, devices=None) -> 
         if not res.prediction.feasible and res.error is None:
             res.error = "over memory budget on " + ", ".join(f"{n} by {b / 1e9:.2f} GB"
                                                               for n, b in res.prediction.overflow)
+        else:
+            ev = evaluate(res.plan)
+            res.prediction.evaluated_latency_s = ev.latency_s
+            res.prediction.evaluated_tokens_per_s = ev.tokens_per_s
+            res.prediction.evaluated_by = ev.by
     elif res.error is None:
         res.error = memory_diagnosis(pb, devices) if devices is not None else "no feasible plan"
     return res

@@ -36,6 +36,7 @@ import numpy as np
 
 from llsim.alloc.plan import Plan, StagePlan
 from llsim.alloc.problem import AllocProblem, View
+from llsim.alloc.search import best_neighbours
 from llsim.balance.monitor import Snapshot
 
 
@@ -214,6 +215,9 @@ def switch_cost(pb: AllocProblem, old: Plan, new: Plan, present: dict[int, froze
 
 
 # ---- the policy --------------------------------------------------------------------------------------
+REPLAN_NEIGHBOURS = 8  # neighbours of the plan in force priced as re-plans
+
+
 class Balancer:
     def __init__(self, cfg, pb: AllocProblem, nominal_link_mbps: dict[int, float] | None = None,
                  names: list[str] | None = None):
@@ -313,10 +317,18 @@ class Balancer:
             c.kind, c.new_value_s = "shift", sh[1]
             cands.append(c)
         res = self._allocate(pb, self.cfg.strategy)
-        if res.feasible and res.plan.stages != cs.plan.stages:
-            c = switch_cost(pb, cs.plan, res.plan, cs.present, alive, cs.cached_tokens, drain,
+        # re-plans: the allocator's plan, and the current plan's neighbours (drop, swap or replace a
+        # phone, move a boundary), which keep most weights where they are: the cheapest to switch to
+        replans = [res.plan] if res.feasible else []
+        replans += best_neighbours(pb, cs.plan, pb.objective, REPLAN_NEIGHBOURS)
+        seen = {cs.plan.stages}
+        for p in replans:
+            if p.stages in seen:
+                continue
+            seen.add(p.stages)
+            c = switch_cost(pb, cs.plan, p, cs.present, alive, cs.cached_tokens, drain,
                             self.cfg.session_ms_per_module / 1e3)
-            c.kind, c.new_value_s = "replan", per_token_s(pb, res.plan)
+            c.kind, c.new_value_s = "replan", per_token_s(pb, p)
             cands.append(c)
         horizon = cs.remaining_tokens  # tokens the change would speed up
         if self.cfg.horizon_s and np.isfinite(v_old) and v_old > 0:
@@ -328,14 +340,18 @@ class Balancer:
         ok = [c for c in cands if c.gain >= self.cfg.min_gain and c.gain_s >= self.cfg.gain_cost_margin * c.cost_s]
         pick = None
         shift = next((c for c in ok if c.kind == "shift"), None)
-        replan = next((c for c in ok if c.kind == "replan"), None)
+        replan = max((c for c in ok if c.kind == "replan"), key=lambda c: c.gain_s - c.cost_s, default=None)
         if shift and (replan is None or shift.new_value_s <= replan.new_value_s * (1 + self.cfg.min_gain)):
             pick = shift
         elif ok:
             pick = max(ok, key=lambda c: c.gain_s - c.cost_s)
+        best = {}
+        for c in cands:  # per kind, the candidate with the best net gain
+            if c.kind not in best or c.gain_s - c.cost_s > best[c.kind].gain_s - best[c.kind].cost_s:
+                best[c.kind] = c
         self.log.append({"t": t, "trigger": "; ".join(trig), "taken": pick.kind if pick else "none",
-                         "candidates": {c.kind: {"gain": c.gain, "gain_s": c.gain_s, "cost_s": c.cost_s}
-                                        for c in cands}})
+                         "candidates": {k: {"gain": c.gain, "gain_s": c.gain_s, "cost_s": c.cost_s}
+                                        for k, c in best.items()}})
         if pick is None:
             return None
         self.last_action = t

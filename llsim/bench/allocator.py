@@ -27,7 +27,8 @@ BENCH_DIR = SCENARIO_DIR / "bench"
 BASELINES = [s for s in STRATEGIES if s not in ("milp", "oracle")]
 TOL_BASELINE, TOL_ORACLE, TOL_REGRESSION = 0.005, 0.01, 0.02
 FIELDS = ["instance", "objective", "strategy", "feasible", "stages", "predicted_ms_per_token",
-          "simulated_ms_per_token", "predicted_tokens_per_s", "tokens_per_s", "ratio_to_best_baseline",
+          "simulated_ms_per_token", "predicted_tokens_per_s", "tokens_per_s", "bound_ms_per_token",
+          "bound_tokens_per_s", "ratio_to_best_baseline",
           "ratio_to_oracle", "solve_time_s", "note"]
 
 
@@ -49,9 +50,11 @@ def run_instance(path: Path) -> list[dict]:
         rows.append({
             "instance": sc.name, "objective": obj, "strategy": r.strategy, "feasible": int(j.feasible),
             "stages": " ".join(f"{st.device}:{st.start_module}-{st.end_module}" for st in r.plan.stages) if r.plan else "",
-            "predicted_ms_per_token": _fmt(p.latency_s * 1e3 if p else None),
+            "predicted_ms_per_token": _fmt(p.evaluated_latency_s * 1e3 if p and p.evaluated_latency_s else None),
             "simulated_ms_per_token": _fmt(j.simulated_token_latency_ms),
-            "predicted_tokens_per_s": _fmt(p.tokens_per_s if p else None),
+            "predicted_tokens_per_s": _fmt(p.evaluated_tokens_per_s if p else None),
+            "bound_ms_per_token": _fmt(p.latency_s * 1e3 if p else None),
+            "bound_tokens_per_s": _fmt(p.tokens_per_s if p else None),
             "tokens_per_s": _fmt(j.simulated_tokens_per_s),
             # ratios of scores (lower is better): < 1 means better than the best baseline / the oracle
             "ratio_to_best_baseline": _fmt(s / best_base if s is not None and best_base else None),

@@ -271,17 +271,23 @@ def cmd_allocate(args) -> int:
         r, p = j.result, j.result.prediction
         stages = " | ".join(f"{names[s.device]}: {s.start_module}-{s.end_module}" for s in r.plan.stages) \
             if r.plan else (r.error or "")
-        t.add_row(r.strategy, stages, f(p.latency_s * 1e3 if p else None), f(j.simulated_token_latency_ms),
-                  f(p.tokens_per_s if p else None), f(j.simulated_tokens_per_s), f(r.solve_time_s, "{:.3f}"),
+        pred_ms = p.evaluated_latency_s * 1e3 if p and p.evaluated_latency_s is not None else None
+        t.add_row(r.strategy, stages, f(pred_ms), f(j.simulated_token_latency_ms),
+                  f(p.evaluated_tokens_per_s if p else None), f(j.simulated_tokens_per_s), f(r.solve_time_s, "{:.3f}"),
                   "yes" if j.feasible else ("no: " + (r.error or j.sim_error or "not simulated"))[:60])
     wide = console if console.is_terminal else Console(width=200)
     wide.print(t)
     m = next((j for j in judged if j.result.strategy == "milp"), None)
     if m and m.result.info:
         i = m.result.info
-        wide.print(f"milp: {i['solver']} {i['status']}, objective {f(i['objective_ms'])} ms, bound "
-                      f"{f(i['bound_ms'])} ms, gap {f(i['gap'], '{:.2e}')}, {i['variables']} variables, "
-                      f"{i['constraints']} constraints, {i['rounds']} round(s)")
+        wide.print(f"milp: {i['solver']} {i['status']}, linear model {f(i['objective_ms'])} ms/token, bound "
+                      f"{f(i['bound_ms'])}, gap {f(i['gap'], '{:.2e}')}, {i['variables']} variables, "
+                      f"{i['constraints']} constraints, {i['rounds']} round(s); chose the {i.get('selected', 'milp')} "
+                      f"among {i.get('candidates', 1)} candidates ({i.get('evaluated', 0)} judged)")
+        by = m.result.prediction.evaluated_by if m.result.prediction else ""
+        wide.print("pred = " + ("the model (exact with one request in flight)" if by == "model" else
+                                "a short simulation of the workload with RTTs at their mean") +
+                   "; sim = the judged run" + (" (RTTs at their mean)" if args.expected_rtt else " (random RTTs)"))
     return 0
 
 

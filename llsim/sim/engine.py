@@ -205,7 +205,7 @@ class Epoch:
 
 class Simulation:
     def __init__(self, sc: Scenario, devices: list[DeviceInstance], plan: Plan, progress=None,
-                 timeline: bool = True):
+                 timeline: bool = True, graphs: dict | None = None):
         self.sc, self.devices, self.plan = sc, devices, plan
         self.progress = progress
         self.env = simpy.Environment()
@@ -221,7 +221,7 @@ class Simulation:
                            rng=np.random.default_rng(net_seed),
                            base_dir=sc.path.parent if sc.path else None,
                            on_transfer=self._on_transfer if timeline else None)
-        self._graphs: dict = {}
+        self._graphs: dict = {} if graphs is None else graphs  # model graphs per step shape (shareable across runs)
         self.nodes = {d.index: Node(d, PhoneLock(self.env), 0, 0) for d in devices}
         self.present: dict[int, frozenset[int]] = {d.index: frozenset() for d in devices}
         self.epoch = self._make_epoch(plan, 0, check=True)

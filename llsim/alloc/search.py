@@ -1,0 +1,254 @@
+"""The ``milp`` strategy: exact solves of the linear model, then a finer evaluation picks the plan.
+
+1. **Candidates.** The peers' plans (:mod:`llsim.alloc.baselines`), which also give an upper
+   bound that prunes the MILP's stages; with several requests in flight, a local search from the
+   best of them under the linear model (an incumbent for the MILP); the MILP optimum of the
+   objective's linear model (:func:`llsim.alloc.milp.solve_once`; with several requests in
+   flight an effort-limited search that stops within ``CYCLE_TOL`` of its LP bound or after
+   ``MAX_MILPS`` MILPs of ``NODE_LIMIT`` nodes, reporting the bound); and its best neighbours
+   under the linear model, including the best with one stage fewer and one more (a shallower or
+   deeper ring that the simulation may prefer). ``tie_eps > 0`` adds the fewest-stage plan within
+   that band of the optimum (one more MILP).
+2. **Power save** (one request in flight): the MILP takes wake-up charges as data; it is re-solved
+   under the charges its plan really incurs until they repeat
+   (:meth:`AllocProblem.power_save_fixed_point`), and the result is finished by a local search
+   under the full plan evaluation (:func:`improve`: move a boundary, drop a stage, swap, replace,
+   add or split a phone), since whether a phone dozes depends on the timeline.
+3. **Selection** by the finer evaluation (:mod:`llsim.alloc.evaluate`): the exact model with one
+   request in flight, a short simulation of the scenario with several. Candidates are judged in
+   the order of their linear value, at most ``max_evaluated`` of them, skipping those whose
+   linear value exceeds the best evaluated score by more than ``band``. Ties (within 1e-6) go to
+   fewer stages, then the shorter ring (one request's latency).
+
+Everything is a function of the problem (no wall-clock cut-offs), so the same scenario gives
+the same plan.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from llsim.alloc.evaluate import Evaluation, model_evaluation
+from llsim.alloc.milp import MilpResult, solve_once
+from llsim.alloc.plan import Plan, StagePlan
+from llsim.alloc.problem import AllocProblem
+
+MAX_EVALUATED = 4  # candidates judged by the finer evaluation
+BAND = 0.15  # candidates whose linear value exceeds the best evaluated score by more are not judged
+SAME = 1e-6  # evaluations closer than this (relative) are ties
+CYCLE_TOL = 0.005  # the cycle search may stop this close to the linear optimum (several in flight)
+NEIGHBOURS = 4  # neighbours of the MILP plan added as candidates (several in flight)
+NODE_LIMIT = 100  # branch-and-bound nodes per MILP of the cycle search (several in flight; deterministic)
+MAX_MILPS = 2  # MILPs per cycle search (several in flight): its proofs cost seconds at 16 phones
+
+
+@dataclass
+class Candidate:
+    plan: Plan
+    source: str
+    value: float  # the linear model's value (seconds per token)
+    evaluation: Evaluation | None = None
+
+
+def _key(p: Plan) -> tuple:
+    return tuple((s.device, s.start_module, s.end_module) for s in p.stages)
+
+
+def solve(pb: AllocProblem, objective: str | None = None, time_limit: float = 30.0, mip_gap: float = 1e-6,
+          tie_eps: float = 0.0, evaluate=None, max_evaluated: int = MAX_EVALUATED) -> MilpResult:
+    from llsim.alloc.baselines import BASELINES
+
+    objective = objective or pb.objective
+    if evaluate is None:
+        def evaluate(p):
+            return model_evaluation(pb, p)
+    t0 = time.perf_counter()
+    cands: dict[tuple, Candidate] = {}
+
+    def add(plan: Plan | None, source: str) -> None:
+        if plan is None or _key(plan) in cands:
+            return
+        e = pb.evaluate(plan)
+        if e.feasible:
+            cands[_key(plan)] = Candidate(plan, source, e.latency_s if objective == "latency" else e.cycle_s)
+
+    clock = {"baselines": time.perf_counter()}
+    for name, f in BASELINES.items():
+        add(f(pb), f"{name} plan")
+    if pb.in_flight > 1 and cands:  # a strong incumbent for the MILP: the best peer plan, improved
+        best = min(cands.values(), key=lambda c: (c.value, len(c.plan.stages)))
+        add(improve(pb, best.plan, objective), "local search from the best peer plan")
+    ub = min((c.value for c in cands.values()), default=None)
+    clock["milp"] = time.perf_counter()
+
+    results: list[MilpResult] = []
+
+    several = pb.in_flight > 1
+
+    def once(wake):
+        upper = None if ub is None else ub + sum(wake.values())  # a plan's model value <= its value + charges
+        known = [c.plan for c in sorted(cands.values(), key=lambda c: c.value)] if several else []
+        r = solve_once(pb, objective, time_limit, mip_gap, wake, upper, tie_eps=tie_eps,
+                       tol=CYCLE_TOL if several else 0.0, incumbents=known,
+                       node_limit=NODE_LIMIT if several else None, max_milps=MAX_MILPS if several else None)
+        results.append(r)
+        add(r.plan, "milp" if not wake else "milp (power-save round)")
+        return r.plan
+
+    plan, rounds, consistent = pb.power_save_fixed_point(once, objective)
+    if plan is None:
+        t = time.perf_counter() - t0
+        r = results[-1] if results else MilpResult(None, "Infeasible", "highs", None, None, None, t, 0.0, 0, 0)
+        r.info["total_time_s"] = t
+        return r
+    main = next(r for r in results if r.plan == plan)
+    clock["candidates"] = time.perf_counter()
+    if several:
+        add(main.info.pop("near_plan", None), "milp (fewest stages near the optimum)")
+        for p in best_neighbours(pb, plan, objective):
+            add(p, "neighbour of the milp plan")
+    elif pb.lat.links.wake_s > 0 and pb.n_devices > 1:
+        best = min(cands.values(), key=lambda c: (c.value, len(c.plan.stages)))
+        add(improve(pb, best.plan, objective), "local search (full power-save model)")
+    clock["evaluation"] = time.perf_counter()
+    chosen = _select(pb, list(cands.values()), objective, evaluate, max_evaluated)
+    clock["end"] = time.perf_counter()
+    names = list(clock)
+    main.plan = Plan(chosen.plan.stages, "milp")
+    main.iterations = rounds
+    main.wake_consistent = consistent
+    main.info.update({
+        "total_time_s": time.perf_counter() - t0, "selected": chosen.source, "candidates": len(cands),
+        "evaluated": sum(c.evaluation is not None for c in cands.values()),
+        "evaluation": chosen.evaluation, "model_value_ms": chosen.value * 1e3,
+        "exact": not several and (pb.lat.links.wake_s <= 0 or consistent),
+        "phase_s": {a: round(clock[b] - clock[a], 4) for a, b in zip(names, names[1:])},
+    })
+    return main
+
+
+def _select(pb: AllocProblem, cands: list[Candidate], objective: str, evaluate, max_evaluated: int) -> Candidate:
+    """The best candidate by the finer evaluation (ties: fewer stages, then the shorter ring)."""
+    cands.sort(key=lambda c: (c.value, len(c.plan.stages), _key(c.plan)))
+    best_score = float("inf")
+    judged: list[Candidate] = []
+    for c in cands:
+        if len(judged) >= max_evaluated or c.value > best_score * (1 + BAND):
+            break
+        c.evaluation = evaluate(c.plan)
+        judged.append(c)
+        best_score = min(best_score, c.evaluation.score(objective))
+    if best_score == float("inf"):  # nothing evaluated cleanly: the linear model decides
+        return cands[0]
+    tied = [c for c in judged if c.evaluation.score(objective) <= best_score * (1 + SAME)]
+    return min(tied, key=lambda c: (len(c.plan.stages), pb.evaluate(c.plan).ring_latency_s, _key(c.plan)))
+
+
+# ---- local search under the full model ------------------------------------------------------------
+def _neighbours(pb: AllocProblem, plan: Plan):
+    st = list(plan.stages)
+    K, n = len(st), pb.n_modules
+    used = {s.device for s in st}
+    free = [d for d in range(pb.n_devices) if d not in used and pb.budget[d] > 0]
+
+    def make(stages):
+        return Plan(tuple(StagePlan(*s) for s in stages), "local")
+
+    tup = [(s.device, s.start_module, s.end_module) for s in st]
+    for i in range(1, K):  # move boundary i
+        for delta in (-2, -1, 1, 2):
+            a = tup[i][1] + delta
+            if tup[i - 1][1] < a <= tup[i][2]:
+                t = list(tup)
+                t[i - 1] = (t[i - 1][0], t[i - 1][1], a - 1)
+                t[i] = (t[i][0], a, t[i][2])
+                yield make(t)
+    for i in range(K):  # drop stage i (its modules to a neighbour)
+        if K == 1 or (i == 0 and pb.header is not None):
+            continue
+        t = list(tup)
+        if i > 0:
+            t2 = t[:i - 1] + [(t[i - 1][0], t[i - 1][1], t[i][2])] + t[i + 1:]
+            yield make(t2)
+        if i < K - 1:
+            t2 = t[:i] + [(t[i + 1][0], t[i][1], t[i + 1][2])] + t[i + 2:]
+            yield make(t2)
+    first = 1 if pb.header is not None else 0
+    for i in range(first, K):  # swap two stages' phones
+        for j in range(i + 1, K):
+            t = list(tup)
+            t[i], t[j] = (tup[j][0], tup[i][1], tup[i][2]), (tup[i][0], tup[j][1], tup[j][2])
+            yield make(t)
+    for i in range(first, K):  # another phone for stage i
+        for d in free:
+            t = list(tup)
+            t[i] = (d, tup[i][1], tup[i][2])
+            yield make(t)
+    for i in range(K):  # split stage i with a phone that is not in the ring
+        d0, a, b = tup[i]
+        if b <= a:
+            continue
+        for m in sorted({a + (b - a + 1) // 3, a + (b - a + 1) // 2, a + 2 * (b - a + 1) // 3} - {a}):
+            for d in free:
+                yield make(tup[:i] + [(d0, a, m - 1), (d, m, b)] + tup[i + 1:])
+                if i > 0 or pb.header is None:
+                    yield make(tup[:i] + [(d, a, m - 1), (d0, m, b)] + tup[i + 1:])
+
+
+def best_neighbours(pb: AllocProblem, plan: Plan, objective: str, k: int = NEIGHBOURS) -> list[Plan]:
+    """The ``k`` best feasible neighbours of ``plan`` by the linear model, the best with one stage
+    fewer and one more among them when they exist (the finer evaluation may prefer another depth)."""
+    K = len(plan.stages)
+    scored = []
+    for nb in _neighbours(pb, plan):
+        if all(pb.fits(s.device, s.start_module, s.end_module) for s in nb.stages):
+            scored.append((pb.value(nb, objective), len(nb.stages), _key(nb), nb))
+    scored.sort(key=lambda x: x[:3])
+    out: list[Plan] = []
+    for depth in (K - 1, K + 1):
+        out += [x[3] for x in scored if x[1] == depth][:1]
+    out += [x[3] for x in scored if x[3] not in out][:max(0, k - len(out))]
+    return out
+
+
+def improve(pb: AllocProblem, plan: Plan, objective: str | None = None, max_rounds: int = 100) -> Plan:
+    """First-improvement hill-climb from ``plan`` under the full model (:meth:`AllocProblem.evaluate`,
+    power-save replay included). A neighbour is priced only when its value without wake-up
+    charges (a lower bound: charges are >= 0) could beat the current plan."""
+    objective = objective or pb.objective
+    cur, cur_v = plan, _rank(pb, plan, objective)
+    seen = {_key(plan)}
+    for _ in range(max_rounds):
+        for nb in _neighbours(pb, cur):
+            k = _key(nb)
+            if k in seen:
+                continue
+            seen.add(k)
+            if any(not pb.fits(s.device, s.start_module, s.end_module) for s in nb.stages):
+                continue
+            if _lower_bound(pb, nb, objective) > cur_v[0] * (1 + 1e-12):
+                continue
+            v = _rank(pb, nb, objective)
+            if v[0] < cur_v[0] * (1 - 1e-12) or (v[0] <= cur_v[0] * (1 + 1e-12) and v[1] < cur_v[1] * (1 - 1e-9)):
+                cur, cur_v = nb, v
+                break
+        else:
+            break
+    return Plan(cur.stages, "local")
+
+
+def _rank(pb: AllocProblem, plan: Plan, objective: str) -> tuple[float, float]:
+    """(the linear value, a tie-breaker): a min-max value has plateaus where no single move lowers
+    the maximum; the sum of squared stage times then says which plan is more balanced."""
+    view = pb.lat if objective == "latency" else pb.thr
+    sq = sum(pb.stage_compute(view, s.device, s.start_module, s.end_module) ** 2 for s in plan.stages)
+    return pb.value(plan, objective), sq
+
+
+def _lower_bound(pb: AllocProblem, plan: Plan, objective: str) -> float:
+    """The plan's linear value with no power-save charge."""
+    if objective == "latency" and pb.in_flight == 1:
+        return pb.ring_latency(pb.lat, plan)
+    view = pb.lat if objective == "latency" else pb.thr
+    scale = pb.in_flight if objective == "latency" else 1
+    return scale * pb.cycle(view, plan)
