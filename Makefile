@@ -28,14 +28,14 @@ bench: $(STAMP)
 
 # Refresh the lock: the newest versions pyproject.toml's bounds allow, today (commit the result).
 lock:
-	rm -rf .venv-lock
+	rm -rf .venv-lock build
 	$(PYTHON) -m venv .venv-lock
 	.venv-lock/bin/pip install --quiet --upgrade pip
 	.venv-lock/bin/pip install --quiet '.[dev]'
 	{ echo "# llsim's locked dependencies: written by 'make lock' on $$(date -u +%F) with $$(.venv-lock/bin/python -V)."; \
 	  echo "# Installed with 'pip install -c $(LOCK) -e .[dev]' by make; bounds live in pyproject.toml."; \
 	  .venv-lock/bin/pip freeze --exclude llsim; } > $(LOCK)
-	rm -rf .venv-lock
+	rm -rf .venv-lock build
 
 # The test suite on the newest versions the bounds allow (no lock): tells whether `make lock` is safe.
 test-latest:

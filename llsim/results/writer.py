@@ -20,7 +20,7 @@ from pathlib import Path
 
 from llsim import __version__
 
-DEPS = ("simpy", "numpy", "pandas", "pulp", "highspy", "onnx", "onnxruntime", "pydantic", "pyyaml")
+DEPS = ("simpy", "numpy", "pandas", "highspy", "onnx", "onnxruntime", "pydantic", "pyyaml")
 
 
 def versions() -> dict:
