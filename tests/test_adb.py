@@ -366,7 +366,9 @@ def test_deploy_port_in_use(phones, tmp_path, capsys):
         busy.listen(1)
         code, out, err = run_cli(["hil", "deploy", ph.serial, "--worker", STANDIN_WORKER, "--local-port",
                                   busy.getsockname()[1]], capsys)
-    assert code == 2 and len(err.strip().splitlines()) == 1 and "local port in use" in err
+        assert code == 2 and len(err.strip().splitlines()) == 1 and "local port in use" in err
+        code, out2, err2 = run_cli(["hil", "fake-phone", "--port", busy.getsockname()[1]], capsys)
+        assert code == 2 and len(err2.strip().splitlines()) == 1 and "port in use" in err2
     assert ph.host_pids() == [] and not _phone_files(ph, "/data/local/tmp/llsim")  # nothing pushed or started
     secret = os.urandom(32)
     with deploy(ph.serial, STANDIN_WORKER, secret=secret) as d:  # a worker already holds phone port 7071
@@ -375,6 +377,46 @@ def test_deploy_port_in_use(phones, tmp_path, capsys):
         assert len(ph.host_pids()) == 1
         _handshake(d.local_port, secret)
     assert ph.host_pids() == []
+
+
+def test_phone_unplugged_while_deployed(phones, client):
+    from llsim.adb.deploy import deploy
+
+    ph = phones.add("kirin-990")
+    secret = os.urandom(32)
+    with deploy(ph.serial, STANDIN_WORKER, secret=secret) as d:
+        _handshake(d.local_port, secret)
+        ph.unplug()
+        _wait_state(client, ph.serial, "offline", timeout=15)
+    assert any("is gone" in n for n in d.cleanup_notes)  # said, not raised: the caller's results are kept
+    assert not any(f.local == f"tcp:{d.local_port}" for f in client.forward_list())
+    assert len(ph.host_pids()) == 1  # as on a phone, its worker outlives the cable; stopping the phone ends it
+
+
+def test_protocol_garbage_does_not_kill_the_phone(phones):
+    """Random, truncated and oversized messages: each drops its own connection, the phone keeps serving."""
+    ph = phones.add("kirin-990")
+    rng = random.Random(11)
+    cmds = [P.A_CNXN, P.A_OPEN, P.A_OKAY, P.A_WRTE, P.A_CLSE, P.A_AUTH, 0x12345678]
+    for _ in range(60):
+        with socket.create_connection(("127.0.0.1", ph.port), timeout=5) as s:
+            kind = rng.randrange(4)
+            if kind == 0:
+                s.sendall(rng.randbytes(rng.randrange(1, 200)))
+            else:
+                cmd = rng.choice(cmds)
+                n = rng.choice([0, 5, 4096, 5000, 2 ** 20 + 1, 2 ** 31])
+                magic = cmd ^ 0xFFFFFFFF if kind != 3 else rng.getrandbits(32)
+                s.sendall(struct.pack("<6I", cmd, rng.getrandbits(32), rng.getrandbits(32), n, 0, magic)
+                          + rng.randbytes(min(n, 3000)))
+            s.shutdown(socket.SHUT_WR)
+            s.settimeout(2)
+            try:
+                while s.recv(65536):
+                    pass
+            except (socket.timeout, ConnectionError):
+                pass
+    assert adbutils.AdbDevice(phones.client, ph.serial).shell("getprop ro.product.model") == "Huawei P40"
 
 
 def test_no_adb_server(monkeypatch, capsys):
