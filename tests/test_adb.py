@@ -335,6 +335,23 @@ def test_deploy_start_methods_fall_back(phones):
     assert any("by hand" in n for n in d.cleanup_notes)  # llsim cannot stop a worker a person started
 
 
+def test_deploy_interrupted_cleans_up(phones, client):
+    from llsim.adb.deploy import deploy
+
+    ph = phones.add("kirin-990")
+
+    def ctrl_c(msg):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        with deploy(ph.serial, STANDIN_WORKER, methods=["manual"], on_manual=ctrl_c, local_port=_free_port()):
+            pass
+    assert not client.forward_list() or not any(f.serial == ph.serial for f in client.forward_list())
+    left = _phone_files(ph, "/data/local/tmp/llsim")
+    assert left == [STANDIN_WORKER.name], left  # the pushed worker stays (digest cache); no secret, no scripts
+    assert ph.host_pids() == []
+
+
 def test_deploy_fails_when_no_method_works(phones, capsys):
     ph = phones.add("kirin-990", run_command_permission=False)
     code, out, err = run_cli(["hil", "deploy", ph.serial, "--worker", STANDIN_WORKER, "--method", "run-command,run-as"],
@@ -486,10 +503,8 @@ def test_slow_usb_link_caps_bandwidth(phones):
 
 
 def test_unplug_and_replug(phones, client):
-    ph = phones.add("kirin-990")
-    ph.unplug()
+    ph = phones.add("kirin-990", unplug_after_s=1.0, replug_after_s=2.0)  # the knobs' timers
     _wait_state(client, ph.serial, "offline", timeout=15)
-    ph.replug()
     _wait_state(client, ph.serial, "device", timeout=30)  # the adb server reconnects by itself
     assert adbutils.AdbDevice(client, ph.serial).shell("getprop ro.product.model") == "Huawei P40"
 
@@ -633,6 +648,8 @@ def test_shell_language(bare_phone):
     assert _sh(ph, "cat /nope 2>&1; echo st=$?")[0] == "cat: /nope: No such file or directory\nst=1\n"
     assert _sh(ph, "exit 3; echo not")[2] == 3
     assert _sh(ph, "echo 'unterminated")[2] == 2
+    out, err, st = _sh(ph, "for x in a b; do echo $x; done")
+    assert st == 2 and "not supported" in err  # said plainly, not "for: not found"
 
 
 def test_permissions_as_android_has_them(bare_phone):

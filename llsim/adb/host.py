@@ -51,7 +51,8 @@ class _Connection(AdbConnection):
     """adbutils' connection without its fallback of starting an adb server."""
 
     def _safe_connect(self):
-        return self._create_socket()
+        create = getattr(self, "_create_socket", None)  # adbutils 2.x; a later 2.x without it: its own path
+        return create() if create is not None else super()._safe_connect()
 
 
 class Client(adbutils.AdbClient):

@@ -466,8 +466,15 @@ def _run_command(ctx: Ctx, cmd: Command, io: IO) -> None:
             fs.write(ctx.uid, norm(d[0], ctx.cwd), data, append=True, umask=ctx.umask)
 
 
+COMPOUND = {"for", "while", "until", "if", "case", "select", "function", "{", "}", "do", "done", "then", "fi"}
+
+
 def execute(ctx: Ctx, argv: list[str], io: IO) -> int:
     name = argv[0]
+    if name in COMPOUND:
+        io.error(f"{SH}: '{name}': compound commands (for, while, if, case) are not supported by the llsim "
+                 "stand-in phone's shell")
+        return 2
     if "/" not in name and name in BUILTINS:
         try:
             return BUILTINS[name](ctx, argv, io)
