@@ -57,8 +57,11 @@ def refused(am_output: str) -> str | None:
 
 def start_run_command(dev: adbutils.AdbDevice, path: str, args: list[str]) -> str | None:
     """Send the RUN_COMMAND intent; returns why it was refused, or None when ``am`` accepted it."""
-    out = dev.shell(run_command_line(path, args), timeout=30)
-    return refused(out)
+    line = run_command_line(path, args)
+    why = refused(dev.shell(line, timeout=30))
+    if why and "background" in why:  # Android 8+ may refuse a background start: ask for a foreground service
+        why = refused(dev.shell(line.replace("am startservice", "am start-foreground-service", 1), timeout=30))
+    return why
 
 
 def start_run_as(dev: adbutils.AdbDevice, script: str) -> str | None:
