@@ -352,6 +352,25 @@ def test_deploy_interrupted_cleans_up(phones, client):
     assert ph.host_pids() == []
 
 
+def test_deploy_command_ctrl_c_while_holding(phones, client, adb_server):
+    ph = phones.add("kirin-990")
+    p = subprocess.Popen([sys.executable, "-m", "llsim", "hil", "deploy", ph.serial, "--worker", str(STANDIN_WORKER),
+                          "--hold"], env=adb_server["env"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        lines = [p.stdout.readline() for _ in range(3)]
+        assert lines[-1].startswith("ready: 127.0.0.1:"), (lines, p.poll())
+        local = int(lines[-1].split()[1].rsplit(":", 1)[1])
+        assert _listening(local) and len(ph.host_pids()) == 1
+        p.send_signal(signal.SIGINT)
+        assert p.wait(30) == 130 and "interrupted" in p.stderr.read()
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert ph.host_pids() == [] and not _listening(local)
+    assert not any(f.serial == ph.serial for f in client.forward_list())
+
+
 def test_deploy_fails_when_no_method_works(phones, capsys):
     ph = phones.add("kirin-990", run_command_permission=False)
     code, out, err = run_cli(["hil", "deploy", ph.serial, "--worker", STANDIN_WORKER, "--method", "run-command,run-as"],
