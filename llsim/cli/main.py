@@ -385,6 +385,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--threads", type=int)
     m.add_argument("--json", action="store_true")
     m.set_defaults(fn=cmd_profile_predict)
+
+    from llsim.adb.cli import register as register_adb  # llsim devices, llsim hil doctor/deploy/fake-phone
+    register_adb(sub)
     return p
 
 
