@@ -8,8 +8,9 @@ allocator judges its best candidate plans by a short simulation of the scenario 
 (:class:`SimEvaluator`): the same simulator ``llsim run`` uses, with every RTT at its mean
 (``network.rtt_sampling: expected``, the expectation of the random run without its noise), no
 dynamics events and no balancer (the plan is for the cluster as it starts), and, when the
-workload is large, only its first requests (at most ``max_stage_steps`` stage executions; every
-request in flight at least), which changes the estimate's transients, not its steady state.
+workload is large, only its first waves of requests (whole waves of N, about ``max_stage_steps``
+stage executions at most, one wave at least), which changes the estimate's transients, not its
+steady state.
 
 An :class:`Evaluation` is what ``llsim allocate`` prints as the predicted figures.
 """
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 from llsim.alloc.plan import Plan
 from llsim.alloc.problem import AllocProblem
 
-MAX_STAGE_STEPS = 4000  # stage executions per evaluation run (about 0.05-0.1 s of simulation)
+MAX_STAGE_STEPS = 12000  # stage executions per evaluation run, about (about 0.1-0.3 s of simulation)
 
 
 @dataclass(frozen=True)
@@ -53,9 +54,9 @@ class SimEvaluator:
 
     def __init__(self, sc, devices, max_stage_steps: int = MAX_STAGE_STEPS):
         w = sc.workload
-        T = w.new_tokens
-        keep = max(w.in_flight, max_stage_steps // max(1, T * max(1, len(devices))))
-        self.requests = min(w.requests, keep)
+        T, N = w.new_tokens, w.in_flight
+        waves = max(1, max_stage_steps // max(1, N * T * min(len(devices), 16)))  # whole waves of N requests
+        self.requests = min(w.requests, N * waves)
         net = sc.network
         if net.kind in ("infrastructure", "wifi_direct"):
             net = net.model_copy(update={"rtt_sampling": "expected"})

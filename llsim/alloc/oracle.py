@@ -12,6 +12,13 @@ objective ``max(compute, airtime, ring / N)`` is not additive.
 Exact for models whose crossing tensors are either sequential (module m to m+1) or produced in
 module 0 / a graph input (all zoo models); :func:`supported` says so for a problem. Exponential
 in the number of devices: meant for up to 6 devices x 32 modules.
+
+With power save and one request in flight, whether a phone dozes depends on the whole plan's
+timeline, so no DP over partial plans is exact. :func:`solve_full` is then an exact branch and
+bound under the full model (:meth:`AllocProblem.evaluate`, which replays the wake-ups): plans are
+grown stage by stage, and a partial plan is cut when its additive ring latency without wake-up
+charges plus the cheapest completion (every remaining module on whichever phone is cheapest, a
+relaxation) cannot beat the best complete plan; charges are >= 0, so nothing better is cut.
 """
 from __future__ import annotations
 
@@ -204,3 +211,73 @@ def _backtrack_labels(labels, key, lab) -> Plan:
             break
         key, lab = lab[3]
     return Plan(tuple(reversed(stages)), "oracle")
+
+
+def needs_full_model(pb: AllocProblem) -> bool:
+    """Power save with one request in flight: the DP's per-device charges are not exact."""
+    return pb.in_flight == 1 and pb.lat.links.wake_s > 0 and pb.n_devices > 1 and bool(pb.step_costs)
+
+
+def solve_full(pb: AllocProblem, objective: str | None = None, max_nodes: int = 2_000_000) -> OracleResult:
+    """Exact optimum under the full model (power-save wake-ups replayed), by branch and bound.
+
+    Raises ``ValueError`` when the search would exceed ``max_nodes`` partial plans (the instance is
+    too large for an exhaustive proof)."""
+    why = supported(pb)
+    if why:
+        raise ValueError(why)
+    objective = objective or pb.objective
+    t0 = time.perf_counter()
+    n, D = pb.n_modules, pb.n_devices
+    view = pb.lat if objective == "latency" else pb.thr
+    wpre = np.concatenate([[0.0], np.cumsum(pb.weight_bytes + pb.kv_bytes)])
+
+    def fits(d, a, b):
+        return wpre[b + 1] - wpre[a] + pb.act_bytes[a:b + 1].max() <= pb.budget[d]
+
+    # a first incumbent: the DP's optimum of the charge-free model, priced under the full model
+    best_plan = solve(pb, objective).plan
+    best_val = pb.value(best_plan, objective) if best_plan is not None else float("inf")
+    nodes = 0
+    headers = [pb.header] if pb.header is not None else range(D)
+    for h in headers:
+        pr = _Pricer(pb, view, view.links, h, True, {})
+        # cheapest completion from module a (any phone, any number of stages, distinctness relaxed)
+        rest = np.full(n + 1, np.inf)
+        rest[n] = 0.0
+        for a in range(n - 1, 0, -1):
+            for b in range(a, n):
+                c = min((pr.compute(d, a, b) + min(pr.receive(p, d, a, b) for p in range(D) if p != d)
+                         for d in range(D) if d != h and fits(d, a, b)), default=np.inf)
+                rest[a] = min(rest[a], c + rest[b + 1])
+        tok_min = min((pr.token(d) for d in range(D) if d != h), default=0.0)
+        stack: list[tuple[float, int, int, tuple]] = []
+        for b in range(n):
+            if fits(h, 0, b):
+                stack.append((pr.compute(h, 0, b) + pb.sample_s, b + 1, 1 << h, ((h, 0, b),)))
+        while stack:
+            cost, a, mask, stages = stack.pop()
+            nodes += 1
+            if nodes > max_nodes:
+                raise ValueError(f"the exact power-save search exceeds {max_nodes} partial plans")
+            if a == n:
+                plan = Plan(tuple(StagePlan(*st) for st in stages), "oracle")
+                v = pb.value(plan, objective)
+                if v < best_val - 1e-15:
+                    best_val, best_plan = v, plan
+                continue
+            if cost + rest[a] + (tok_min if len(stages) else 0.0) >= best_val:
+                continue
+            last = stages[-1][0]
+            for d in range(D):
+                if mask >> d & 1:
+                    continue
+                for b in range(a, n):
+                    if not fits(d, a, b):
+                        break
+                    c = cost + pr.compute(d, a, b) + pr.receive(last, d, a, b)
+                    done = c + (pr.token(d) if b == n - 1 else rest[b + 1] + tok_min)
+                    if done < best_val:
+                        stack.append((c + (pr.token(d) if b == n - 1 else 0.0), b + 1, mask | 1 << d,
+                                      stages + ((d, a, b),)))
+    return OracleResult(best_plan, best_val, time.perf_counter() - t0, nodes)

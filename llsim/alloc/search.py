@@ -16,9 +16,10 @@
    add or split a phone), since whether a phone dozes depends on the timeline.
 3. **Selection** by the finer evaluation (:mod:`llsim.alloc.evaluate`): the exact model with one
    request in flight, a short simulation of the scenario with several. Candidates are judged in
-   the order of their linear value, at most ``max_evaluated`` of them, skipping those whose
-   linear value exceeds the best evaluated score by more than ``band``. Ties (within 1e-6) go to
-   fewer stages, then the shorter ring (one request's latency).
+   the order of their linear value (plans it ties, the more balanced first), at most
+   ``max_evaluated`` of them plus the peers' plans, none whose linear value (nearly a lower
+   bound) exceeds the best evaluated score by more than ``BAND``. Ties (within 1e-6) go to fewer
+   stages, then the shorter ring (one request's latency).
 
 Everything is a function of the problem (no wall-clock cut-offs), so the same scenario gives
 the same plan.
@@ -33,13 +34,14 @@ from llsim.alloc.milp import MilpResult, solve_once
 from llsim.alloc.plan import Plan, StagePlan
 from llsim.alloc.problem import AllocProblem
 
-MAX_EVALUATED = 4  # candidates judged by the finer evaluation
-BAND = 0.15  # candidates whose linear value exceeds the best evaluated score by more are not judged
+MAX_EVALUATED = 8  # candidates judged by the finer evaluation, at most
+BAND = 0.10  # a candidate whose linear value (about a lower bound) exceeds the best score so far by more is not judged
 SAME = 1e-6  # evaluations closer than this (relative) are ties
 CYCLE_TOL = 0.005  # the cycle search may stop this close to the linear optimum (several in flight)
 NEIGHBOURS = 4  # neighbours of the MILP plan added as candidates (several in flight)
 NODE_LIMIT = 100  # branch-and-bound nodes per MILP of the cycle search (several in flight; deterministic)
 MAX_MILPS = 2  # MILPs per cycle search (several in flight): its proofs cost seconds at 16 phones
+POWER_SAVE_STARTS = 3  # local searches from the best plans by the full model and by the charge-free one
 
 
 @dataclass
@@ -48,6 +50,8 @@ class Candidate:
     source: str
     value: float  # the linear model's value (seconds per token)
     evaluation: Evaluation | None = None
+    peer: bool = False  # a peer strategy's plan: always judged when its value is within the band
+    balance: float = 0.0  # sum of squared stage times: orders plans the linear model ties
 
 
 def _key(p: Plan) -> tuple:
@@ -65,16 +69,20 @@ def solve(pb: AllocProblem, objective: str | None = None, time_limit: float = 30
     t0 = time.perf_counter()
     cands: dict[tuple, Candidate] = {}
 
-    def add(plan: Plan | None, source: str) -> None:
-        if plan is None or _key(plan) in cands:
+    def add(plan: Plan | None, source: str, peer: bool = False) -> None:
+        if plan is None:
+            return
+        if _key(plan) in cands:
+            cands[_key(plan)].peer |= peer
             return
         e = pb.evaluate(plan)
         if e.feasible:
-            cands[_key(plan)] = Candidate(plan, source, e.latency_s if objective == "latency" else e.cycle_s)
+            value, balance = _rank(pb, plan, objective)
+            cands[_key(plan)] = Candidate(plan, source, value, peer=peer, balance=balance)
 
     clock = {"baselines": time.perf_counter()}
     for name, f in BASELINES.items():
-        add(f(pb), f"{name} plan")
+        add(f(pb), f"{name} plan", peer=True)
     if pb.in_flight > 1 and cands:  # a strong incumbent for the MILP: the best peer plan, improved
         best = min(cands.values(), key=lambda c: (c.value, len(c.plan.stages)))
         add(improve(pb, best.plan, objective), "local search from the best peer plan")
@@ -108,8 +116,16 @@ def solve(pb: AllocProblem, objective: str | None = None, time_limit: float = 30
         for p in best_neighbours(pb, plan, objective):
             add(p, "neighbour of the milp plan")
     elif pb.lat.links.wake_s > 0 and pb.n_devices > 1:
-        best = min(cands.values(), key=lambda c: (c.value, len(c.plan.stages)))
-        add(improve(pb, best.plan, objective), "local search (full power-save model)")
+        # wake-ups make the landscape rugged: climb from the best plans by the full model and by the
+        # model without charges (the MILP's first round: a good cut whose phones may doze)
+        by_full = sorted(cands.values(), key=lambda c: (c.value, len(c.plan.stages)))
+        by_bare = sorted(cands.values(), key=lambda c: (_lower_bound(pb, c.plan, objective), len(c.plan.stages)))
+        starts = []
+        for c in by_full[:POWER_SAVE_STARTS] + by_bare[:POWER_SAVE_STARTS]:
+            if c.plan not in starts:
+                starts.append(c.plan)
+        for p in starts:
+            add(improve(pb, p, objective), "local search (full power-save model)")
     clock["evaluation"] = time.perf_counter()
     chosen = _select(pb, list(cands.values()), objective, evaluate, max_evaluated)
     clock["end"] = time.perf_counter()
@@ -129,12 +145,15 @@ def solve(pb: AllocProblem, objective: str | None = None, time_limit: float = 30
 
 def _select(pb: AllocProblem, cands: list[Candidate], objective: str, evaluate, max_evaluated: int) -> Candidate:
     """The best candidate by the finer evaluation (ties: fewer stages, then the shorter ring)."""
-    cands.sort(key=lambda c: (c.value, len(c.plan.stages), _key(c.plan)))
+    # in the order of the linear value, plans it ties (a network-bound plateau) balanced first
+    cands.sort(key=lambda c: (round(c.value, 12), c.balance, len(c.plan.stages), _key(c.plan)))
     best_score = float("inf")
     judged: list[Candidate] = []
     for c in cands:
-        if len(judged) >= max_evaluated or c.value > best_score * (1 + BAND):
+        if c.value > best_score * (1 + BAND):
             break
+        if len(judged) >= max_evaluated and not c.peer:  # a peer's plan is always judged in the band
+            continue
         c.evaluation = evaluate(c.plan)
         judged.append(c)
         best_score = min(best_score, c.evaluation.score(objective))
@@ -156,7 +175,7 @@ def _neighbours(pb: AllocProblem, plan: Plan):
 
     tup = [(s.device, s.start_module, s.end_module) for s in st]
     for i in range(1, K):  # move boundary i
-        for delta in (-2, -1, 1, 2):
+        for delta in (-8, -4, -2, -1, 1, 2, 4, 8):
             a = tup[i][1] + delta
             if tup[i - 1][1] < a <= tup[i][2]:
                 t = list(tup)

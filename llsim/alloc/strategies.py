@@ -36,6 +36,12 @@ def memory_diagnosis(pb: AllocProblem, devices) -> str:
     """Why the model cannot fit, how much is missing, and what to add."""
     need = pb.memory_need()
     have = float(pb.budget.sum())
+    if pb.header is not None:
+        h, first = pb.header, pb.stage_bytes(0, 0)
+        if first > pb.budget[h]:
+            return (f"allocation.header pins device {h} ({pb.device_names[h]}), whose budget "
+                    f"{pb.budget[h] / 1e9:.2f} GB cannot hold module 0 ({pb.module_names[0]}), which needs "
+                    f"{first / 1e9:.2f} GB: pin a phone with more memory, or remove allocation.header")
     w, kv, act = pb.weight_bytes.sum(), pb.kv_bytes.sum(), pb.act_bytes.max()
     parts = f"weights {w / 1e9:.2f} GB + KV {kv / 1e9:.2f} GB + activations {act / 1e9:.2f} GB"
     biggest = max(range(pb.n_modules), key=lambda m: pb.weight_bytes[m] + pb.kv_bytes[m] + pb.act_bytes[m])
@@ -80,20 +86,20 @@ def _milp(pb: AllocProblem, sc, evaluate) -> AllocResult:
 
 
 def _oracle(pb: AllocProblem, sc) -> AllocResult:
+    """The exact oracle of the linear model (DP), or under the full power-save model (branch and bound)."""
     why = oracle.supported(pb)
     if why:
         return AllocResult("oracle", None, None, 0.0, {"skipped": why}, error=why)
     t0 = time.perf_counter()
-    out: list = []
-
-    def once(wake):
-        r = oracle.solve(pb, wake=wake)
-        out.append(r)
-        return r.plan
-
-    plan, rounds, ok = pb.power_save_fixed_point(once)
-    return AllocResult("oracle", plan, None, time.perf_counter() - t0,
-                       {"states": sum(r.states for r in out), "rounds": rounds, "power_save_consistent": ok})
+    if oracle.needs_full_model(pb):
+        try:
+            r = oracle.solve_full(pb)
+        except ValueError as e:
+            return AllocResult("oracle", None, None, time.perf_counter() - t0, {"skipped": str(e)}, error=str(e))
+        return AllocResult("oracle", r.plan, None, time.perf_counter() - t0,
+                           {"states": r.states, "model": "full (power-save wake-ups replayed)"})
+    r = oracle.solve(pb)
+    return AllocResult("oracle", r.plan, None, time.perf_counter() - t0, {"states": r.states, "model": "linear"})
 
 
 def allocate_problem(pb: AllocProblem, strategy: str, sc=None, devices=None, evaluate=None) -> AllocResult:

@@ -296,7 +296,8 @@ def cmd_bench(args) -> int:
     if args.name == "allocator":
         from llsim.bench.allocator import main as bench_allocator
 
-        return bench_allocator(check_=args.check, write=args.write, only=args.only)
+        return bench_allocator(check_=args.check, write=args.write, only=args.only, random=args.random,
+                               seed=args.seed if args.seed is not None else 1)
     from llsim.bench.__main__ import main as bench_main
 
     return bench_main([args.name])
@@ -363,6 +364,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--check", action="store_true", help="allocator: fail on a quality regression (CI)")
     m.add_argument("--write", action="store_true", help="allocator: rewrite the committed reference CSV")
     m.add_argument("--only", help="allocator: comma-separated instance names")
+    m.add_argument("--random", type=int, metavar="N", help="allocator: N random instances instead of scenarios/bench")
+    m.add_argument("--seed", type=int, help="allocator --random: the instances' seed (default 1)")
     m.set_defaults(fn=cmd_bench)
 
     pp = sub.add_parser("profile", help="device profiles and the cost model")
