@@ -1,13 +1,14 @@
 """The ``milp`` strategy: exact solves of the linear model, then a finer evaluation picks the plan.
 
 1. **Candidates.** The peers' plans (:mod:`llsim.alloc.baselines`), which also give an upper
-   bound that prunes the MILP's stages; with several requests in flight, a local search from the
-   best of them under the linear model (an incumbent for the MILP); the MILP optimum of the
-   objective's linear model (:func:`llsim.alloc.milp.solve_once`; with several requests in
-   flight an effort-limited search that stops within ``CYCLE_TOL`` of its LP bound or after
-   ``MAX_MILPS`` MILPs of ``NODE_LIMIT`` nodes, reporting the bound); and its best neighbours
-   under the linear model, including the best with one stage fewer and one more (a shallower or
-   deeper ring that the simulation may prefer). ``tie_eps > 0`` adds the fewest-stage plan within
+   bound that prunes the MILP's stages; with several requests in flight, local searches from the
+   best of them under the linear model (:func:`improve` over single moves, :func:`order_search`
+   over device orders each with its best bottleneck cuts), incumbents for the MILP; the MILP
+   optimum of the objective's linear model (:func:`llsim.alloc.milp.solve_once`; with several
+   requests in flight an effort-limited search that stops within ``CYCLE_TOL`` of its LP bound or
+   after ``MAX_MILPS`` MILPs of ``NODE_LIMIT`` nodes, reporting the bound), an order search from
+   it, and the best plan's neighbours under the linear model, including the best with one stage
+   fewer and one more (a shallower or deeper ring that the simulation may prefer). ``tie_eps > 0`` adds the fewest-stage plan within
    that band of the optimum (one more MILP).
 2. **Power save** (one request in flight): the MILP takes wake-up charges as data; it is re-solved
    under the charges its plan really incurs until they repeat
@@ -27,6 +28,9 @@ the same plan.
 from __future__ import annotations
 
 import time
+from bisect import bisect_right
+
+import numpy as np
 from dataclasses import dataclass
 
 from llsim.alloc.evaluate import Evaluation, model_evaluation
@@ -83,9 +87,10 @@ def solve(pb: AllocProblem, objective: str | None = None, time_limit: float = 30
     clock = {"baselines": time.perf_counter()}
     for name, f in BASELINES.items():
         add(f(pb), f"{name} plan", peer=True)
-    if pb.in_flight > 1 and cands:  # a strong incumbent for the MILP: the best peer plan, improved
+    if pb.in_flight > 1 and cands:  # strong incumbents for the MILP: the best peer plan, improved
         best = min(cands.values(), key=lambda c: (c.value, len(c.plan.stages)))
         add(improve(pb, best.plan, objective), "local search from the best peer plan")
+        add(order_search(pb, best.plan, objective), "order search from the best peer plan")
     ub = min((c.value for c in cands.values()), default=None)
     clock["milp"] = time.perf_counter()
 
@@ -113,8 +118,10 @@ def solve(pb: AllocProblem, objective: str | None = None, time_limit: float = 30
     clock["candidates"] = time.perf_counter()
     if several:
         add(main.info.pop("near_plan", None), "milp (fewest stages near the optimum)")
-        for p in best_neighbours(pb, plan, objective):
-            add(p, "neighbour of the milp plan")
+        add(order_search(pb, plan, objective), "order search from the milp plan")
+        best = min(cands.values(), key=lambda c: (c.value, c.balance, len(c.plan.stages)))
+        for p in best_neighbours(pb, best.plan, objective):
+            add(p, "neighbour of the best plan")
     elif pb.lat.links.wake_s > 0 and pb.n_devices > 1:
         # wake-ups make the landscape rugged: climb from the best plans by the full model and by the
         # model without charges (the MILP's first round: a good cut whose phones may doze)
@@ -271,3 +278,91 @@ def _lower_bound(pb: AllocProblem, plan: Plan, objective: str) -> float:
     view = pb.lat if objective == "latency" else pb.thr
     scale = pb.in_flight if objective == "latency" else 1
     return scale * pb.cycle(view, plan)
+
+
+# ---- search over device orders, each with its best bottleneck cuts (several in flight) -----------
+def balanced_cuts(pb: AllocProblem, order: list[int], view) -> Plan | None:
+    """The plan over ``order`` (a prefix of it may suffice) whose slowest stage is fastest, within
+    memory: a binary search on the bottleneck with greedy filling (each phone takes as many
+    modules as fit under the bottleneck and its budget), which is exact for a fixed order."""
+    n = pb.n_modules
+    pre, mem_end = _cut_tables(pb, view)
+    ov = [float(pb.overhead[d]) for d in range(pb.n_devices)]
+
+    def fill(theta: float) -> list[tuple[int, int, int]] | None:
+        a, out = 0, []
+        for d in order:
+            if a == n:
+                break
+            # the last b with compute(d, a..b) <= theta, and within d's memory from a
+            b = min(bisect_right(pre[d], pre[d][a] + theta - ov[d]) - 2, mem_end[d][a])
+            if b < a:
+                return None
+            out.append((d, a, b))
+            a = b + 1
+        return out if a == n else None
+
+    lo, hi = 0.0, max(ov[d] + pre[d][n] for d in order)
+    if fill(hi) is None:  # memory alone rules this order out
+        return None
+    for _ in range(24):
+        mid = (lo + hi) / 2
+        if fill(mid) is not None:
+            hi = mid
+        else:
+            lo = mid
+    return Plan(tuple(StagePlan(*s) for s in fill(hi)), "order")
+
+
+def _cut_tables(pb: AllocProblem, view) -> tuple[list[list[float]], list[list[int]]]:
+    """Per device: running sums of module seconds, and for each start the last module its memory
+    holds (cached on the problem per view)."""
+    cache = pb.meta.setdefault("_cut_tables", {})
+    key = id(view)
+    if key not in cache:
+        n = pb.n_modules
+        pre = np.concatenate([np.zeros((pb.n_devices, 1)), np.cumsum(view.compute, axis=1)], axis=1)
+        table = np.where(np.isfinite(pb.stage_bytes_table()), pb.stage_bytes_table(), np.inf)
+        mem_end = []
+        for d in range(pb.n_devices):
+            ends = np.array([a - 1 + int(np.searchsorted(table[a, a:], pb.budget[d], side="right"))
+                             for a in range(n)])
+            mem_end.append(ends)
+        cache[key] = ([list(map(float, row)) for row in pre], [list(map(int, e)) for e in mem_end])
+    return cache[key]
+
+
+def order_search(pb: AllocProblem, plan: Plan, objective: str, max_rounds: int = 20) -> Plan:
+    """Hill-climb over device orders (drop, add, swap or replace a phone), each order with its
+    balanced cuts (:func:`balanced_cuts`), under the linear model: moves a boundary search alone
+    cannot make, since every move re-balances the whole ring."""
+    view = pb.lat if objective == "latency" else pb.thr
+    cur = list(plan.devices)
+    cur_plan = balanced_cuts(pb, cur, view) or plan
+    cur_v = _rank(pb, cur_plan, objective) if pb.evaluate(cur_plan).feasible else (float("inf"), 0.0)
+    if _rank(pb, plan, objective) < cur_v:
+        cur_plan, cur_v = plan, _rank(pb, plan, objective)
+    seen = {tuple(cur)}
+    first = 1 if pb.header is not None else 0
+    for _ in range(max_rounds):
+        free = [d for d in range(pb.n_devices) if d not in cur and pb.budget[d] > 0]
+        moves = [cur[:i] + cur[i + 1:] for i in range(first, len(cur)) if len(cur) > 1]
+        moves += [cur[:i] + [d] + cur[i:] for d in free for i in range(first, len(cur) + 1)]
+        moves += [cur[:i] + [d] + cur[i + 1:] for d in free for i in range(first, len(cur))]
+        moves += [cur[:i] + [cur[j]] + cur[i + 1:j] + [cur[i]] + cur[j + 1:]
+                  for i in range(first, len(cur)) for j in range(i + 1, len(cur))]
+        improved = False
+        for order in moves:
+            if tuple(order) in seen:
+                continue
+            seen.add(tuple(order))
+            p = balanced_cuts(pb, order, view)
+            if p is None or not pb.evaluate(p).feasible:
+                continue
+            v = _rank(pb, p, objective)
+            if v[0] < cur_v[0] * (1 - 1e-12) or (v[0] <= cur_v[0] * (1 + 1e-12) and v[1] < cur_v[1] * (1 - 1e-9)):
+                cur, cur_plan, cur_v, improved = list(p.devices), p, v, True
+                break
+        if not improved:
+            break
+    return Plan(cur_plan.stages, "order")
