@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from llsim.alloc.plan import Plan
 from llsim.alloc.problem import AllocProblem
 
-MAX_STAGE_STEPS = 12000  # stage executions per evaluation run, about (about 0.1-0.3 s of simulation)
+MAX_STAGE_STEPS = 6000  # stage executions per evaluation run, about (about 0.1-0.3 s of simulation)
 
 
 @dataclass(frozen=True)

@@ -577,7 +577,8 @@ def _cycle_search(mdl: _Model, hs: _Highs, time_limit: float, mip_gap: float, ti
 def solve_once(pb: AllocProblem, objective: str, time_limit: float = 30.0, mip_gap: float = 1e-6,
                wake: dict[int, float] | None = None, upper: float | None = None, tie_eps: float = 0.0,
                stages: tuple[int, int] | None = None, tol: float = 0.0, incumbents: list[Plan] = (),
-               node_limit: int | None = None, max_milps: int | None = None) -> MilpResult:
+               node_limit: int | None = None, max_milps: int | None = None,
+               exact_up_to_arcs: int | None = None) -> MilpResult:
     """One exact solve of the linear model of ``objective`` (:func:`model_kind`).
 
     ``upper``: a known plan's value (seconds per token of the objective): stages whose compute
@@ -586,8 +587,10 @@ def solve_once(pb: AllocProblem, objective: str, time_limit: float = 30.0, mip_g
     the cycle search may stop within that relative distance of the optimum, proven by an LP bound
     (``bound_ms`` and ``gap`` say how close). ``incumbents``: known plans that spare the cycle
     search the feasibility MILPs they answer. ``node_limit``: branch-and-bound nodes per MILP (a
-    deterministic effort limit); ``max_milps``: MILPs per cycle search (the same). A search cut
-    short reports its status, its plan and the LP bound.
+    deterministic effort limit); ``max_milps``: MILPs per cycle search (the same);
+    ``exact_up_to_arcs``: no effort limit for a model of at most that many stage columns (small
+    models prove their optimum in milliseconds). A search cut short reports its status, its plan
+    and the LP bound.
     ``objective_ms`` is the objective's value (for ``latency`` with N in flight, N x the cycle);
     ``info["bound_by"]`` (cycle kind) says whether a stage's compute (``threshold``) or the
     network/ring term (``network``) bounds it.
@@ -595,6 +598,8 @@ def solve_once(pb: AllocProblem, objective: str, time_limit: float = 30.0, mip_g
     kind, view, scale = model_kind(pb, objective)
     t0 = time.perf_counter()
     mdl = _Model(pb, kind, view, wake, None if upper is None else upper / scale)
+    if exact_up_to_arcs is not None and mdl.n_arcs <= exact_up_to_arcs:
+        node_limit = max_milps = None
     hs = mdl.highs()
     if node_limit is not None:
         hs.h.setOptionValue("mip_max_nodes", int(node_limit))

@@ -5,11 +5,13 @@
    best of them under the linear model (:func:`improve` over single moves, :func:`order_search`
    over device orders each with its best bottleneck cuts), incumbents for the MILP; the MILP
    optimum of the objective's linear model (:func:`llsim.alloc.milp.solve_once`; with several
-   requests in flight an effort-limited search that stops within ``CYCLE_TOL`` of its LP bound or
-   after ``MAX_MILPS`` MILPs of ``NODE_LIMIT`` nodes, reporting the bound), an order search from
-   it, and the best plan's neighbours under the linear model, including the best with one stage
-   fewer and one more (a shallower or deeper ring that the simulation may prefer). ``tie_eps > 0`` adds the fewest-stage plan within
-   that band of the optimum (one more MILP).
+   requests in flight the exact cycle search, within ``CYCLE_TOL`` of its LP bound, for models of
+   up to ``EXACT_UP_TO_ARCS`` stage columns; above that (where one MILP's root alone can take
+   seconds) ``MAX_MILPS`` MILPs of ``NODE_LIMIT`` nodes: by default only its LP relaxations, each
+   rounded to a plan, which bracket the optimum, the gap reported), an order search from it, and
+   the best plan's neighbours under the linear model, including the best with one stage fewer
+   and one more (a shallower or deeper ring that the simulation may prefer). ``tie_eps > 0`` adds
+   the fewest-stage plan within that band of the optimum (one more MILP).
 2. **Power save** (one request in flight): the MILP takes wake-up charges as data; it is re-solved
    under the charges its plan really incurs until they repeat
    (:meth:`AllocProblem.power_save_fixed_point`), and the result is finished by a local search
@@ -38,14 +40,15 @@ from llsim.alloc.milp import MilpResult, solve_once
 from llsim.alloc.plan import Plan, StagePlan
 from llsim.alloc.problem import AllocProblem
 
-MAX_EVALUATED = 8  # candidates judged by the finer evaluation, at most
+MAX_EVALUATED = 4  # candidates judged by the finer evaluation, at most
 BAND = 0.10  # a candidate whose linear value (about a lower bound) exceeds the best score so far by more is not judged
 SAME = 1e-6  # evaluations closer than this (relative) are ties
 CYCLE_TOL = 0.005  # the cycle search may stop this close to the linear optimum (several in flight)
 NEIGHBOURS = 4  # neighbours of the MILP plan added as candidates (several in flight)
 NODE_LIMIT = 100  # branch-and-bound nodes per MILP of the cycle search (several in flight; deterministic)
-MAX_MILPS = 2  # MILPs per cycle search (several in flight): its proofs cost seconds at 16 phones
-POWER_SAVE_STARTS = 3  # local searches from the best plans by the full model and by the charge-free one
+MAX_MILPS = 0  # MILPs per cycle search of a large model (several in flight): each costs seconds there
+EXACT_UP_TO_ARCS = 1500  # ... but a model of at most this many stage columns is solved exactly
+POWER_SAVE_STARTS = 2  # local searches from the best plans by the full model and by the charge-free one
 
 
 @dataclass
@@ -103,7 +106,8 @@ def solve(pb: AllocProblem, objective: str | None = None, time_limit: float = 30
         known = [c.plan for c in sorted(cands.values(), key=lambda c: c.value)] if several else []
         r = solve_once(pb, objective, time_limit, mip_gap, wake, upper, tie_eps=tie_eps,
                        tol=CYCLE_TOL if several else 0.0, incumbents=known,
-                       node_limit=NODE_LIMIT if several else None, max_milps=MAX_MILPS if several else None)
+                       node_limit=NODE_LIMIT if several else None, max_milps=MAX_MILPS if several else None,
+                       exact_up_to_arcs=EXACT_UP_TO_ARCS)
         results.append(r)
         add(r.plan, "milp" if not wake else "milp (power-save round)")
         return r.plan
