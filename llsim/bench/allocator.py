@@ -98,6 +98,10 @@ def check(rows: list[dict], reference: list[dict] | None) -> list[str]:
     return problems
 
 
+def instance_names() -> list[str]:
+    return [p.stem for p in sorted(BENCH_DIR.glob("*.yaml"))]
+
+
 def main(check_: bool = False, write: bool = False, only: str | None = None) -> int:
     paths = sorted(BENCH_DIR.glob("*.yaml"))
     if only:

@@ -47,8 +47,11 @@ def run(sizes=SIZES, seeds=(1, 2, 3)) -> list[dict]:
     from llsim.alloc import milp
 
     rows = []
+    from llsim.cli.tables import note
+
     for D, n in sizes:
         for objective in ("latency", "throughput"):
+            note(f"bench solve_time: {D}x{n} {objective}")
             times, once, gaps, statuses, types = [], [], [], [], []
             for seed in seeds:
                 pb = instance(D, n, seed, objective)
@@ -73,17 +76,15 @@ def run(sizes=SIZES, seeds=(1, 2, 3)) -> list[dict]:
 
 
 def main() -> None:
-    from rich.console import Console
-    from rich.table import Table
+    from llsim.cli.tables import fit_table, stdout_console
 
-    t = Table(title="allocator (milp) solve time: Llama-7B-shaped fp16, phones from the shipped profiles, 3 seeds")
-    for c in ("devices x modules", "objective", "device types", "one exact solve: median s", "gap", "status",
-              "milp strategy: median s", "max s"):
-        t.add_column(c, justify="right")
-    for r in run():
-        t.add_row(f"{r['devices']}x{r['modules']}", r["objective"], str(r["types"]),
-                  f"{r['once_median_s']:.3f}" if r["once_median_s"] is not None else "-",
-                  f"{r['max_gap']:.1e}" if r["max_gap"] is not None else "-", r["status"],
-                  f"{r['median_s']:.3f}" if r["median_s"] is not None else "-",
-                  f"{r['max_s']:.3f}" if r["max_s"] is not None else "-")
-    Console(width=160).print(t)
+    rows = [[f"{r['devices']}x{r['modules']}", r["objective"], str(r["types"]),
+             f"{r['once_median_s']:.3f}" if r["once_median_s"] is not None else "-",
+             f"{r['max_gap']:.1e}" if r["max_gap"] is not None else "-", r["status"],
+             f"{r['median_s']:.3f}" if r["median_s"] is not None else "-",
+             f"{r['max_s']:.3f}" if r["max_s"] is not None else "-"] for r in run()]
+    con = stdout_console()
+    con.print("allocator (milp) solve time: Llama-7B-shaped fp16, phones from the shipped profiles, 3 seeds")
+    con.print(fit_table([("devices x modules", "num"), ("objective", "key"), ("device types", "num"),
+                         ("one exact solve: median s", "num"), ("gap", "num"), ("status", "text"),
+                         ("milp strategy: median s", "num"), ("max s", "num")], rows, con.width))

@@ -22,7 +22,7 @@ def _probe(d: Path, flag: str) -> None:
 def _mkdir(d: Path, flag: str) -> None:
     try:
         d.mkdir(parents=True, exist_ok=True)
-    except FileExistsError:
+    except (FileExistsError, NotADirectoryError):
         bad = next((p for p in [d, *d.parents] if p.exists() and not p.is_dir()), d)
         raise LLSimError(f"{flag} {d}: {bad} is a file, not a directory") from None
     except OSError as e:

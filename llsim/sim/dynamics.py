@@ -291,4 +291,5 @@ def dynamic_metrics(sim, makespan: float) -> dict:
            "balancer_enabled": sim.sc.balancer.enabled}
     if sim.balancer is not None:
         out["balancer_evaluations"] = sim.balancer.evaluations
+        out["balancer_evaluations_not_repeated"] = sim.balancer.skipped
     return out
