@@ -13,7 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from llsim.errors import LLSimError
-from llsim.network.config import NetworkConfig
+from llsim.network.config import InfrastructureConfig, NetworkConfig
 
 SCENARIO_DIR = Path(__file__).resolve().parents[1] / "scenarios"
 
@@ -244,7 +244,7 @@ class Scenario(_Strict):
     weight_dtype: Literal["fp32", "fp16", "int8"] = "fp32"
     seed: int = Field(0, ge=0, lt=2**63)
     devices: list[DeviceSpec] = Field(min_length=1)
-    network: NetworkConfig = Field(default_factory=lambda: {"kind": "infrastructure"})
+    network: NetworkConfig = Field(default_factory=lambda: InfrastructureConfig())  # defaults are not validated
     allocation: Allocation = Field(default_factory=Allocation)
     workload: Workload = Field(default_factory=Workload)
     duration: Duration = Field(default_factory=Duration)
