@@ -321,32 +321,36 @@ def check_scenario(sc) -> list[tuple[tuple, str]]:
 
 
 # ---- host memory ---------------------------------------------------------------------------------
-# Bytes per item, measured with tracemalloc on CPython 3.11 (tests/test_validation.py checks the
-# estimate against a run's peak): a tokens.csv row, a timeline record (capped at TIMELINE_CAP),
-# a (source, destination) route slot, a planning matrix cell, a graph of one step shape.
-TOKEN_ROW_B = 700
-TIMELINE_ROW_B = 750
+# Bytes per item, from peak RSS of runs on CPython 3.11 (tests/test_validation.py checks the estimate
+# against measured runs): a tokens.csv row, a timeline record (capped at TIMELINE_CAP), a device
+# (profile, cost model, station), a (source, destination) route slot, a module of a step's graph.
+TOKEN_ROW_B = 450
+TIMELINE_ROW_B = 350
 TIMELINE_CAP = 400_000
+DEVICE_B = 50_000
 ROUTE_SLOT_B = 8
 CELL_B = 8
-GRAPH_B_PER_MODULE = 3_000
-BASE_B = 300e6  # the interpreter, numpy, onnx, highs, pydantic
+GRAPH_B_PER_MODULE = 12_000
+BASE_B = 80e6  # the interpreter with numpy, onnx, onnxruntime, highs, pydantic, rich (peak RSS of a tiny run)
 
 
 def host_memory_estimate(sc, n_devices: int) -> tuple[float, str]:
-    """Bytes of host memory a run of ``sc`` needs, roughly (the largest terms), and a breakdown."""
+    """Bytes of host memory a run of ``sc`` needs, roughly (within about 2x: its largest terms), and
+    a breakdown of the two largest."""
     from llsim.model.load import is_onnx_path
     from llsim.model.zoo import ZOO
 
     w = sc.workload
     n_mod = ZOO[sc.model.lower()].n_modules if not is_onnx_path(sc.model) else 64
     tokens = w.requests * w.new_tokens
+    stages = min(n_devices, n_mod)
     terms = {
         "token rows": tokens * TOKEN_ROW_B,
-        "timeline": min(tokens * 4, TIMELINE_CAP) * TIMELINE_ROW_B,
+        "timeline": min(tokens * (2 * stages + 1), TIMELINE_CAP) * TIMELINE_ROW_B,
+        "devices": n_devices * DEVICE_B,
         "network routes": n_devices * n_devices * ROUTE_SLOT_B * 2,
         "planning matrices": n_devices * n_mod * CELL_B * 8,
-        "step graphs": (w.new_tokens if w.mode == "recompute" else 2) * n_mod * GRAPH_B_PER_MODULE * 2,
+        "step graphs": (w.new_tokens if w.mode == "recompute" else 3) * n_mod * GRAPH_B_PER_MODULE,
     }
     power_save = getattr(getattr(sc.network, "power_save", None), "enabled", False)
     if power_save and w.in_flight == 1 and n_devices > 1:  # the allocator replays every step
