@@ -318,6 +318,7 @@ def make_case(rng: random.Random, tmp: Path, n: int, bases: list[dict], fields: 
     return argv, log
 
 
+@pytest.mark.slow
 def test_random_and_adversarial_inputs_exit_0_2_or_3_with_one_line(tmp_path, capsys, monkeypatch):
     n_cases = int(os.environ.get("LLSIM_FUZZ_CASES", DEFAULT_CASES))
     seed = int(os.environ.get("LLSIM_FUZZ_SEED", 0))
