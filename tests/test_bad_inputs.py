@@ -84,7 +84,7 @@ fixed link, uniform plan); ``PROF`` a valid toy profile; ``TRACE`` a valid trace
 | 76 | onnx     | inspect a missing .onnx                                 | 2    | no such file                                  |
 | 77 | onnx     | the recorded ONNX model changed before --from-manifest  | 2    | changed since the run                         |
 | 78 | cli      | profile predict --threads 0 (was silently 4)            | 2    | --threads 0: profile                          |
-| 79 | cli      | profile predict --threads 16                            | 2    | has coefficients for                          |
+| 79 | cli      | profile predict --threads 16                            | 2    | no coefficients for 16 threads                |
 | 80 | cli      | bench nonsense (was exit 0, nothing printed)            | 2    | unknown benchmark 'nonsense'                  |
 | 81 | cli      | bench paper --check (was ignored)                       | 2    | --check applies to `llsim bench allocator`    |
 | 82 | cli      | bench allocator --only nope                             | 2    | no bench instance 'nope'                      |
@@ -348,7 +348,7 @@ CASES = [
     ("onnx", "the recorded ONNX model changed before --from-manifest", 2, "changed since the run", _changed_onnx),
     ("cli", "profile predict --threads 0 (was silently 4)", 2, "--threads 0: profile",
      lambda c: ["profile", "predict", "kirin-990", "tiny-gpt2", "--seq-len", "8", "--threads", "0"]),
-    ("cli", "profile predict --threads 16", 2, "has coefficients for",
+    ("cli", "profile predict --threads 16", 2, "no coefficients for 16 threads",
      lambda c: ["profile", "predict", "kirin-990", "tiny-gpt2", "--seq-len", "8", "--threads", "16"]),
     ("cli", "bench nonsense (was exit 0, nothing printed)", 2, "unknown benchmark 'nonsense'",
      lambda c: ["bench", "nonsense"]),

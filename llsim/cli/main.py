@@ -244,8 +244,8 @@ def cmd_profile_predict(args) -> int:
     _positive(args.seq_len, "--seq-len", 10**6)
     _check_positions(args.model, args.seq_len)
     if args.threads is not None and args.threads not in p.compute.threads:
-        raise LLSimError(f"--threads {args.threads}: profile {p.name} has coefficients for "
-                         f"{', '.join(map(str, sorted(p.compute.threads)))} thread(s)")
+        raise LLSimError(f"--threads {args.threads}: profile {p.name} has no coefficients for {args.threads} threads "
+                         f"(it has {', '.join(map(str, sorted(p.compute.threads)))})")
     g = model_graph(args.model, args.seq_len, 1)
     cm = CostModel(p)
     threads = args.threads if args.threads is not None else p.compute.default_threads

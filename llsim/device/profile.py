@@ -24,9 +24,11 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # every number finite
 
 
-#: Upper bounds that no phone or host comes near (they catch unit slips: MHz for GHz, bytes for GB).
-MAX_GFLOPS = 1e7  # 10 PFLOP/s
-MAX_GBPS = 1e7  # calibrated profiles write 1e6 GB/s for "negligible" (a gather's table rows)
+#: Bounds of the cost model's terms. A throughput is 0 (the term is off) or at least MIN_RATE (1 kFLOP/s,
+#: 1 kB/s: below that an op would take hours, a unit slip); very large ones mean "negligible" (calibrated
+#: profiles write 1e6 GB/s for a gather's table rows, a fit may return 1e15 for a term it cannot see).
+MIN_RATE = 1e-6
+MAX_RATE = 1e30
 MAX_US = 1e7  # 10 s per op
 
 
@@ -62,10 +64,17 @@ class ClassCoef(_Strict):
     measured, 0 (off) in calibrated profiles."""
 
     overhead_us: float = Field(ge=0, le=MAX_US)
-    gflops: float = Field(0.0, ge=0, le=MAX_GFLOPS)
-    gbps: float = Field(0.0, ge=0, le=MAX_GBPS)
-    weight_gbps: float = Field(0.0, ge=0, le=MAX_GBPS)  # streaming weights from DRAM (decode-shaped matmuls)
-    narrow_gflops: float = Field(0.0, ge=0, le=MAX_GFLOPS)  # extra cost of few-row GEMMs: flops / sqrt(rows)
+    gflops: float = Field(0.0, ge=0, le=MAX_RATE)
+    gbps: float = Field(0.0, ge=0, le=MAX_RATE)
+    weight_gbps: float = Field(0.0, ge=0, le=MAX_RATE)  # streaming weights from DRAM (decode-shaped matmuls)
+    narrow_gflops: float = Field(0.0, ge=0, le=MAX_RATE)  # extra cost of few-row GEMMs: flops / sqrt(rows)
+
+    @field_validator("gflops", "gbps", "weight_gbps", "narrow_gflops")
+    @classmethod
+    def _rate(cls, v):
+        if 0 < v < MIN_RATE:
+            raise ValueError(f"{v:g} is below {MIN_RATE:g} (1 kFLOP/s or 1 kB/s): use 0 to turn the term off")
+        return v
 
     @model_validator(mode="after")
     def _some(self):

@@ -169,10 +169,11 @@ def load_trace(path: str | Path, on_end: str = "hold") -> Trace:
                              f"previous row; rows must be at least {MIN_STEP_S * 1e3:g} ms apart")
         if t > 1e9:
             raise LLSimError(f"{path}: line {line_no}, column time_s: {t:g} s is beyond 1e9 s")
-        if mbps < 0 or mbps > MAX_MBPS:
-            raise LLSimError(f"{path}: line {line_no}, column throughput_mbps: {mbps:g} is outside 0..{MAX_MBPS:g}")
-        if rtt_ms < 0 or rtt_ms > MAX_RTT_MS:
-            raise LLSimError(f"{path}: line {line_no}, column rtt_ms: {rtt_ms:g} is outside 0..{MAX_RTT_MS:g}")
+        for col, v, hi in (("throughput_mbps", mbps, MAX_MBPS), ("rtt_ms", rtt_ms, MAX_RTT_MS)):
+            if v < 0:
+                raise LLSimError(f"{path}: line {line_no}, column {col}: {v:g} is negative")
+            if v > hi:
+                raise LLSimError(f"{path}: line {line_no}, column {col}: {v:g} is above {hi:g}")
         times.append(t)
         thr.append(mbps * 1e6)
         rtt.append(rtt_ms / 1e3)
