@@ -196,6 +196,7 @@ def test_token_return_links_report_no_goodput(tmp_path, capsys):
     ["profile", "list"],
     ["profile", "show", "kirin-990"],
     ["model", "inspect", "gpt2-small", "--dtype", "int8"],
+    ["model", "list"],
 ])
 def test_terminal_output_fits_the_width_and_cuts_no_name(tmp_path, capsys, monkeypatch, width, argv):
     monkeypatch.setenv("COLUMNS", str(width))
@@ -223,6 +224,13 @@ def test_terminal_output_fits_the_width_and_cuts_no_name(tmp_path, capsys, monke
         assert "1000000" not in out and " 0.0 " not in out and "off" in out and "free" in out
     if argv[:2] == ["model", "inspect"]:
         assert "int8" in out
+    if argv[:2] == ["model", "list"]:
+        from llsim.model.analytic import analytic_graph
+        from llsim.model.zoo import ZOO
+
+        for n, cfg in ZOO.items():  # every name whole, every parameter count whole
+            row = next(ln for ln in lines if ln.split() and ln.split()[0] == n)
+            assert row.split()[-1] == f"{analytic_graph(cfg, 1).total_params / 1e6:,.1f}M"
 
 
 def test_short_unique_names_stay_unique():

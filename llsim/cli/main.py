@@ -28,17 +28,19 @@ def _fmt_int(x: float) -> str:
 
 # ---- model ---------------------------------------------------------------------------------------
 def cmd_model_list(args) -> int:
+    from llsim.model.analytic import analytic_graph
     from llsim.model.zoo import ZOO
 
-    t = Table(title="llsim model zoo (built locally, nothing downloaded)")
-    for c in ("name", "family", "layers", "hidden", "heads", "kv heads", "ffn", "vocab", "params"):
-        t.add_column(c, justify="right" if c not in ("name", "family") else "left")
-    from llsim.model.analytic import analytic_graph
+    con = stdout_console()
+    rows = []
     for cfg in ZOO.values():
         g = analytic_graph(cfg, 1)
-        t.add_row(cfg.name, cfg.family, str(cfg.layers), str(cfg.hidden), str(cfg.heads), str(cfg.n_kv_heads),
-                  str(cfg.ffn), str(cfg.vocab), f"{g.total_params / 1e6:,.1f}M")
-    console.print(t)
+        rows.append([cfg.name, cfg.family, str(cfg.layers), str(cfg.hidden), str(cfg.heads), str(cfg.n_kv_heads),
+                     str(cfg.ffn), str(cfg.vocab), f"{cfg.max_positions:,}", f"{g.total_params / 1e6:,.1f}M"])
+    con.print("llsim model zoo (built locally, nothing downloaded)")
+    con.print(fit_table([("name", "key"), ("family", "key"), ("layers", "num"), ("hidden", "num"), ("heads", "num"),
+                         ("kv heads", "num"), ("ffn", "num"), ("vocab", "num"), ("positions", "num"),
+                         ("params", "num")], rows, con.width))
     return 0
 
 
@@ -134,7 +136,7 @@ def cmd_model_split(args) -> int:
                      str(len(s["outputs"]))])
     con.print(fit_table([("segment", "num"), ("modules", "num"), ("file", "key"), ("inputs (from)", "text"),
                          ("outputs", "num")], rows, con.width))
-    console.print(f"sequential routes: {len(res.plan['sequential'])}   residual routes: {len(res.plan['residual'])}")
+    con.print(f"sequential routes: {len(res.plan['sequential'])}   residual routes: {len(res.plan['residual'])}")
     if args.verify:
         try:
             diff = verify(bundle.om, args.out, bundle.proto)
@@ -146,7 +148,7 @@ def cmd_model_split(args) -> int:
                                  f"{' '.join(str(e).split())[:300]}") from None
             raise
         ok = diff <= 1e-5
-        console.print(f"verify: max abs difference full vs chained = {diff:.3e} ({'OK' if ok else 'FAIL'} at 1e-5)")
+        con.print(f"verify: max abs difference full vs chained = {diff:.3e} ({'OK' if ok else 'FAIL'} at 1e-5)")
         if not ok:
             return 1
     return 0
@@ -176,7 +178,7 @@ def cmd_profile_host(args) -> int:
     check_output_file(out.with_suffix(".samples.csv"))
     prof, elapsed = profile_host(out, threads, runs=args.runs, quick=args.quick,
                                  log=lambda m: print(m, file=sys.stderr, flush=True))
-    console.print(f"wrote {args.out} (+ {Path(args.out).with_suffix('.samples.csv').name}) in {elapsed:.0f} s")
+    stdout_console().print(f"wrote {args.out} (+ {Path(args.out).with_suffix('.samples.csv').name}) in {elapsed:.0f} s")
     return 0
 
 

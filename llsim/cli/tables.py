@@ -62,7 +62,7 @@ def fit_table(columns: list[tuple[str, str]], rows: list[list[str]], width: int,
     ``num``, ``text``, laid out for a console ``width`` columns wide."""
     n = len(columns)
     rows = [[str(c) for c in r] for r in rows]
-    natural, minimum = [], []
+    natural, minimum, cell_min = [], [], []
     for j, (head, kind) in enumerate(columns):
         cells = [r[j] for r in rows]
         longest = max((len(c) for c in cells), default=0)
@@ -70,16 +70,24 @@ def fit_table(columns: list[tuple[str, str]], rows: list[list[str]], width: int,
         if kind == "text":
             natural.append(max(longest, hw))
             minimum.append(max(min(max((_words(c) for c in cells), default=0), max_word), hw, 4))
-        else:  # cells never wrap; the header may, at its spaces
+            cell_min.append(4)
+        else:  # cells never wrap; the header may, at its spaces (and, as a last resort, inside a word)
             natural.append(max(longest, len(head)))
             minimum.append(max(longest, hw))
+            cell_min.append(max(longest, 1))
     overhead = 2 * (n - 1)  # between two columns: one space of padding and box.SIMPLE_HEAD's blank rule
     room = width - overhead
     widths = list(natural)
     if sum(natural) > room:
         widths = list(minimum)
         deficit = sum(widths) - room
-        if deficit > 0:  # even the minimum does not fit: shorten key columns to unique short names
+        while deficit > 0:  # still too wide: fold headers inside their words (the longest first), never a cell
+            j = max(range(n), key=lambda j: widths[j] - cell_min[j])
+            if widths[j] <= cell_min[j]:
+                break
+            widths[j] -= 1
+            deficit -= 1
+        if deficit > 0:  # even that does not fit: shorten key columns to unique short names
             keys = [j for j, (_, k) in enumerate(columns) if k == "key"]
             for j in keys:
                 cut = min(deficit, max(widths[j] - MIN_KEY, 0))
