@@ -287,6 +287,8 @@ def check_scenario(sc) -> list[tuple[tuple, str]]:
             if w.mode == "kv_cache":
                 problems.append((("workload", "mode"), "kv_cache needs a zoo model (an ONNX file without KV-cache "
                                  "inputs is simulated in recompute mode); set workload.mode: recompute"))
+            else:
+                problems += _onnx_context(p, w)
     elif sc.model.lower() not in ZOO:
         problems.append((("model",), f"unknown model '{sc.model}': not a zoo name (see `llsim model list`) and not "
                          "an .onnx path"))
@@ -318,6 +320,21 @@ def check_scenario(sc) -> list[tuple[tuple, str]]:
                          f"{have / 1e9:.1f} GB this machine has available; lower the device count or "
                          "workload.requests x new_tokens"))
     return problems
+
+
+def _onnx_context(path: Path, w) -> list[tuple[tuple, str]]:
+    """An ONNX model's positions are not declared: run it once at the longest step of the workload."""
+    from llsim.model.onnx_graph import analyse, load_proto
+
+    ctx = w.prompt_tokens + w.new_tokens - 1
+    try:
+        om = analyse(load_proto(path), w.batch, ctx, path)
+    except LLSimError as e:
+        return [(("model",), _one_line(e))]
+    if om.run_error and "out of" in om.run_error and "bounds" in om.run_error:
+        return [(("workload",), f"onnxruntime cannot run {path.name} at {ctx} tokens (prompt_tokens + new_tokens - "
+                 f"1): {om.run_error[:160]}; lower prompt_tokens or new_tokens")]
+    return []
 
 
 # ---- host memory ---------------------------------------------------------------------------------

@@ -82,34 +82,36 @@ fixed link, uniform plan); ``PROF`` a valid toy profile; ``TRACE`` a valid trace
 | 74 | onnx     | a truncated ONNX file                                   | 2    | not a readable ONNX model                     |
 | 75 | onnx     | split --seq-len 200 tiny-gpt2 --verify (was ORT error)  | 2    | tiny-gpt2 has 128 positions                   |
 | 76 | onnx     | inspect a missing .onnx                                 | 2    | no such file                                  |
-| 77 | onnx     | the recorded ONNX model changed before --from-manifest  | 2    | changed since the run                         |
-| 78 | cli      | profile predict --threads 0 (was silently 4)            | 2    | --threads 0: profile                          |
-| 79 | cli      | profile predict --threads 16                            | 2    | no coefficients for 16 threads                |
-| 80 | cli      | bench nonsense (was exit 0, nothing printed)            | 2    | unknown benchmark 'nonsense'                  |
-| 81 | cli      | bench paper --check (was ignored)                       | 2    | --check applies to `llsim bench allocator`    |
-| 82 | cli      | bench allocator --only nope                             | 2    | no bench instance 'nope'                      |
-| 83 | cli      | allocate --strategy foo                                 | 2    | --strategy: unknown strategy 'foo'            |
-| 84 | cli      | run with neither scenario nor manifest                  | 2    | give a SCENARIO or --from-manifest            |
-| 85 | cli      | --from-manifest: no such file                           | 2    | no such file                                  |
-| 86 | cli      | --from-manifest: not JSON                               | 2    | not a JSON manifest                           |
-| 87 | cli      | --from-manifest: JSON, not a manifest                   | 2    | not an llsim run manifest                     |
-| 88 | cli      | --from-manifest with --set                              | 2    | --set and --seed do not apply                 |
-| 89 | cli      | model inspect --seq-len 0                               | 2    | --seq-len 0: must be >= 1                     |
-| 90 | cli      | model inspect gpt2-small --seq-len 5000                 | 2    | gpt2-small has 1024 positions                 |
-| 91 | cli      | model inspect an .onnx with --dtype fp16                | 2    | --dtype applies to zoo models                 |
-| 92 | cli      | model split --segments 0                                | 2    | --segments 0: must be >= 1                    |
-| 93 | cli      | profile host --runs 0                                   | 2    | --runs 0: must be >= 1                        |
-| 94 | cli      | profile host --threads 0                                | 2    | thread counts must be in 1..256               |
-| 95 | cli      | an unknown command                                      | 2    | invalid choice                                |
-| 96 | cli      | run --seed x                                            | 2    | invalid int value                             |
-| 97 | output   | run --out an existing file (was found after the run)    | 2    | exists and is a file                          |
-| 98 | output   | run --out a non-empty directory                         | 2    | the directory is not empty                    |
-| 99 | output   | run --out a foreign non-empty directory --force         | 2    | --force clears only a directory llsim wrote   |
-| 100| output   | run --out below a file                                  | 2    | is a file, not a directory                    |
-| 101| output   | run --out where nothing can be written                  | 2    | cannot                                        |
-| 102| output   | profile host --out a directory (was found after 41 s)   | 2    | is a directory; give a file name              |
-| 103| output   | profile host --out where nothing can be written         | 2    | cannot                                        |
-| 104| output   | model split --out a non-empty directory                 | 2    | the directory is not empty                    |
+| 77 | onnx     | a scenario's context beyond an ONNX model's positions   | 2    | onnxruntime cannot run hf_gpt2_tiny.onnx      |
+| 78 | onnx     | split an ONNX file at a --seq-len beyond its positions  | 2    | onnxruntime could not run it at --seq-len     |
+| 79 | onnx     | the recorded ONNX model changed before --from-manifest  | 2    | changed since the run                         |
+| 80 | cli      | profile predict --threads 0 (was silently 4)            | 2    | --threads 0: profile                          |
+| 81 | cli      | profile predict --threads 16                            | 2    | no coefficients for 16 threads                |
+| 82 | cli      | bench nonsense (was exit 0, nothing printed)            | 2    | unknown benchmark 'nonsense'                  |
+| 83 | cli      | bench paper --check (was ignored)                       | 2    | --check applies to `llsim bench allocator`    |
+| 84 | cli      | bench allocator --only nope                             | 2    | no bench instance 'nope'                      |
+| 85 | cli      | allocate --strategy foo                                 | 2    | --strategy: unknown strategy 'foo'            |
+| 86 | cli      | run with neither scenario nor manifest                  | 2    | give a SCENARIO or --from-manifest            |
+| 87 | cli      | --from-manifest: no such file                           | 2    | no such file                                  |
+| 88 | cli      | --from-manifest: not JSON                               | 2    | not a JSON manifest                           |
+| 89 | cli      | --from-manifest: JSON, not a manifest                   | 2    | not an llsim run manifest                     |
+| 90 | cli      | --from-manifest with --set                              | 2    | --set and --seed do not apply                 |
+| 91 | cli      | model inspect --seq-len 0                               | 2    | --seq-len 0: must be >= 1                     |
+| 92 | cli      | model inspect gpt2-small --seq-len 5000                 | 2    | gpt2-small has 1024 positions                 |
+| 93 | cli      | model inspect an .onnx with --dtype fp16                | 2    | --dtype applies to zoo models                 |
+| 94 | cli      | model split --segments 0                                | 2    | --segments 0: must be >= 1                    |
+| 95 | cli      | profile host --runs 0                                   | 2    | --runs 0: must be >= 1                        |
+| 96 | cli      | profile host --threads 0                                | 2    | thread counts must be in 1..256               |
+| 97 | cli      | an unknown command                                      | 2    | invalid choice                                |
+| 98 | cli      | run --seed x                                            | 2    | invalid int value                             |
+| 99 | output   | run --out an existing file (was found after the run)    | 2    | exists and is a file                          |
+| 100| output   | run --out a non-empty directory                         | 2    | the directory is not empty                    |
+| 101| output   | run --out a foreign non-empty directory --force         | 2    | --force clears only a directory llsim wrote   |
+| 102| output   | run --out below a file                                  | 2    | is a file, not a directory                    |
+| 103| output   | run --out where nothing can be written                  | 2    | cannot                                        |
+| 104| output   | profile host --out a directory (was found after 41 s)   | 2    | is a directory; give a file name              |
+| 105| output   | profile host --out where nothing can be written         | 2    | cannot                                        |
+| 106| output   | model split --out a non-empty directory                 | 2    | the directory is not empty                    |
 """
 from __future__ import annotations
 
@@ -345,6 +347,11 @@ CASES = [
     ("onnx", "split --seq-len 200 tiny-gpt2 --verify (was ORT error)", 2, "tiny-gpt2 has 128 positions",
      lambda c: ["model", "split", "tiny-gpt2", "--seq-len", "200", "--verify", "--out", c.out]),
     ("onnx", "inspect a missing .onnx", 2, "no such file", lambda c: ["model", "inspect", c.tmp / "missing.onnx"]),
+    ("onnx", "a scenario's context beyond an ONNX model's positions", 2, "onnxruntime cannot run hf_gpt2_tiny.onnx",
+     lambda c: c.run(f"model={DATA / 'onnx' / 'hf_gpt2_tiny.onnx'}", "workload.mode=recompute",
+                     "workload.prompt_tokens=200")),
+    ("onnx", "split an ONNX file at a --seq-len beyond its positions", 2, "onnxruntime could not run it at --seq-len",
+     lambda c: ["model", "split", DATA / "onnx" / "hf_gpt2_tiny.onnx", "--seq-len", "500", "--out", c.out]),
     ("onnx", "the recorded ONNX model changed before --from-manifest", 2, "changed since the run", _changed_onnx),
     ("cli", "profile predict --threads 0 (was silently 4)", 2, "--threads 0: profile",
      lambda c: ["profile", "predict", "kirin-990", "tiny-gpt2", "--seq-len", "8", "--threads", "0"]),

@@ -111,9 +111,11 @@ def cmd_model_split(args) -> int:
     bundle = onnx_bundle(args.model, args.seq_len, args.batch)
     g = bundle.graph
     if g.n_modules < 2 and (args.boundaries or args.segments > 1):
+        why = (f"; onnxruntime could not run it at --seq-len {args.seq_len} to find its shapes ({bundle.om.run_error}): "
+               "a smaller --seq-len?") if bundle.om.run_error else ""
         raise LLSimError(f"{g.name} cannot be cut: no position in its graph where a single activation tensor "
                          "crosses (every candidate cut carries several activation tensors or tensors of unknown "
-                         "shape), so it has one module")
+                         f"shape), so it has one module{why}")
     if args.boundaries:
         b = _parse_boundaries(args.boundaries)
         if b and b[0] != 0:
