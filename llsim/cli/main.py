@@ -283,8 +283,9 @@ def _run_summary(con, sc, m: dict, devices, plan, res, out) -> None:
     if len(plans) > 1:
         rows = [[str(i), names[s["device"]], f"{s['start_module']}-{s['end_module']}"]
                 for i, s in enumerate(last["stages"])]
-        con.print(fit_table(cols, rows, con.width, title=f"plan in force at the end (from t={last['from_s']:.1f} s, "
-                                                          f"after {len(plans) - 1} change(s))"))
+        con.print(f"[bold]plan in force at the end[/bold] (from t={last['from_s']:.1f} s, after {len(plans) - 1} "
+                  "change(s); every plan in metrics.json 'plans')")
+        con.print(fit_table(cols, rows, con.width))
     tl = m["token_latency_ms"]
 
     def num(v, fmt="{:,.3f}"):
