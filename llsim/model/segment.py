@@ -164,7 +164,7 @@ def split_model(om: OnnxModel, ca: CutAnalysis, mg: ModelGraph, boundaries: list
         "residual": [route(r) for r in maps.residual],
     }
     _check_plan_consistency(plan)
-    (out / "plan.json").write_text(json.dumps(plan, indent=2) + "\n")
+    (out / "plan.json").write_text(json.dumps(plan, indent=2, allow_nan=False) + "\n")
     return SplitResult(out, plan, files)
 
 
