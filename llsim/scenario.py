@@ -328,14 +328,13 @@ def read_scenario_data(name_or_path: str | Path) -> tuple[dict, Path]:
         raise LLSimError(f"{p}: no such scenario file (give a path or a name from scenarios/)")
     if not p.is_file():
         raise LLSimError(f"{p}: is a directory, not a scenario file")
+    from llsim.validate import load_yaml
+
     try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        raise LLSimError(f"{p}:{' line ' + str(mark.line + 1) if mark else ''} is not valid YAML: "
-                         f"{' '.join(str(getattr(e, 'problem', None) or e).split())}") from None
+        text = p.read_text()
     except (OSError, UnicodeDecodeError) as e:
         raise LLSimError(f"{p}: cannot be read as a text file ({getattr(e, 'strerror', None) or e})") from None
+    data = load_yaml(text, str(p))
     if not isinstance(data, dict):
         raise LLSimError(f"{p}: expected a mapping of fields (model, devices, network, ...) at the top level")
     return data, p

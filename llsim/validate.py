@@ -31,6 +31,7 @@ from llsim.errors import LLSimError
 #: 802.11 association IDs run 1..2007: an access point (or a Wi-Fi Direct group owner) serves at most
 #: 2007 stations; llsim holds every cluster to that bound.
 MAX_DEVICES = 2007
+MAX_REPORTED = 40  # problems listed in one message
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
 
 
@@ -117,6 +118,42 @@ def apply_set(data: dict, item: str, ov: Overrides) -> None:
     ov.items.append((tuple(done), f"--set '{item}'"))
 
 
+# ---- reading YAML ----------------------------------------------------------------------------------
+def load_yaml(text: str, where: str):
+    """``yaml.safe_load`` that also refuses a key given twice in one mapping (YAML keeps the last one
+    silently) and nesting too deep to be a scenario or a profile; errors are :class:`LLSimError`."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    def mapping(loader, node, deep=False):
+        seen: dict = {}
+        for k, _ in node.value:
+            key = loader.construct_object(k, deep=deep)
+            try:
+                hash(key)
+            except TypeError:  # an unhashable key: the default constructor says so
+                continue
+            if key in seen and key != "<<":
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first on line {seen[key] + 1})", k.start_mark)
+            seen[key] = k.start_mark.line
+        return yaml.SafeLoader.construct_mapping(loader, node, deep)
+
+    Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
+                           lambda loader, node: mapping(loader, node))
+    try:
+        return yaml.load(text, Loader=Loader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        raise LLSimError(f"{where}:{' line ' + str(mark.line + 1) if mark else ''} is not valid YAML: "
+                         f"{' '.join(str(getattr(e, 'problem', None) or e).split())}") from None
+    except RecursionError:
+        raise LLSimError(f"{where}: nested too deeply to be a scenario or a profile (they are a few levels "
+                         "deep)") from None
+
+
 # ---- formatting problems ------------------------------------------------------------------------
 def fmt_loc(loc: tuple) -> str:
     return "".join(f"[{x}]" if isinstance(x, int) else f".{x}" for x in loc).lstrip(".")
@@ -141,7 +178,11 @@ def report(where: str, problems: list[tuple[tuple, str]], ov: Overrides | None =
     for src, t in from_set:
         parts.append(f"{src}: {t}")
     n = len(from_file) + len(from_set)
-    return (f"{n} problems: " if n > 1 else "") + "; ".join(parts)
+    text = (f"{n} problems: " if n > 1 else "") + "; ".join(parts)
+    if n > MAX_REPORTED:  # every kind of problem shows among the first ones; thousands would not be read
+        shown = [t for _, t in (from_file + from_set)][:MAX_REPORTED]
+        text = f"{n} problems, the first {MAX_REPORTED}: {where}: " + "; ".join(shown)
+    return text
 
 
 def _one_line(text: str) -> str:

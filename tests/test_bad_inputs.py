@@ -61,57 +61,63 @@ fixed link, uniform plan); ``PROF`` a valid toy profile; ``TRACE`` a valid trace
 | 53 | scenario | weight_dtype int4                                       | 2    | weight_dtype                                  |
 | 54 | scenario | devices: []                                             | 2    | devices                                       |
 | 55 | scenario | unknown model name                                      | 2    | unknown model 'bloom-9000'                    |
-| 56 | profile  | fused_scale matmul .nan (was a 600 s spin)              | 2    | fused_scale                                   |
-| 57 | profile  | thermal.peak_speed .inf                                 | 2    | thermal.peak_speed': must be a finite number  |
-| 58 | profile  | ram_available_gb above ram_total_gb                     | 2    | exceeds ram_total_gb                          |
-| 59 | profile  | unknown op class                                        | 2    | unknown op class                              |
-| 60 | profile  | all coefficients zero                                   | 2    | all coefficients are zero                     |
-| 61 | profile  | default_threads without coefficients                    | 2    | default_threads 4 has no coefficients         |
-| 62 | profile  | not YAML                                                | 2    | not valid YAML                                |
-| 63 | profile  | measured without its samples                            | 2    | a measured profile needs samples              |
-| 64 | profile  | freq_ghz 2400 (MHz for GHz)                             | 2    | less than or equal to 10                      |
-| 65 | profile  | profile show of an unknown name                         | 2    | unknown device profile                        |
-| 66 | trace    | a column missing                                        | 2    | missing column(s) rtt_ms                      |
-| 67 | trace    | a NaN                                                   | 2    | not a finite number                           |
-| 68 | trace    | time going backwards                                    | 2    | strictly increasing                           |
-| 69 | trace    | negative throughput                                     | 2    | column throughput_mbps                        |
-| 70 | trace    | rows 0.1 ms apart                                       | 2    | at least 1 ms apart                           |
-| 71 | trace    | holds a zero throughput at its end                      | 2    | could never finish                            |
-| 72 | trace    | empty file                                              | 2    | the trace is empty                            |
-| 73 | onnx     | a text file named .onnx                                 | 2    | not a readable ONNX model                     |
-| 74 | onnx     | a truncated ONNX file                                   | 2    | not a readable ONNX model                     |
-| 75 | onnx     | split --seq-len 200 tiny-gpt2 --verify (was ORT error)  | 2    | tiny-gpt2 has 128 positions                   |
-| 76 | onnx     | inspect a missing .onnx                                 | 2    | no such file                                  |
-| 77 | onnx     | a scenario's context beyond an ONNX model's positions   | 2    | onnxruntime cannot run hf_gpt2_tiny.onnx      |
-| 78 | onnx     | split an ONNX file at a --seq-len beyond its positions  | 2    | onnxruntime could not run it at --seq-len     |
-| 79 | onnx     | the recorded ONNX model changed before --from-manifest  | 2    | changed since the run                         |
-| 80 | cli      | profile predict --threads 0 (was silently 4)            | 2    | --threads 0: profile                          |
-| 81 | cli      | profile predict --threads 16                            | 2    | no coefficients for 16 threads                |
-| 82 | cli      | bench nonsense (was exit 0, nothing printed)            | 2    | unknown benchmark 'nonsense'                  |
-| 83 | cli      | bench paper --check (was ignored)                       | 2    | --check applies to `llsim bench allocator`    |
-| 84 | cli      | bench allocator --only nope                             | 2    | no bench instance 'nope'                      |
-| 85 | cli      | allocate --strategy foo                                 | 2    | --strategy: unknown strategy 'foo'            |
-| 86 | cli      | run with neither scenario nor manifest                  | 2    | give a SCENARIO or --from-manifest            |
-| 87 | cli      | --from-manifest: no such file                           | 2    | no such file                                  |
-| 88 | cli      | --from-manifest: not JSON                               | 2    | not a JSON manifest                           |
-| 89 | cli      | --from-manifest: JSON, not a manifest                   | 2    | not an llsim run manifest                     |
-| 90 | cli      | --from-manifest with --set                              | 2    | --set and --seed do not apply                 |
-| 91 | cli      | model inspect --seq-len 0                               | 2    | --seq-len 0: must be >= 1                     |
-| 92 | cli      | model inspect gpt2-small --seq-len 5000                 | 2    | gpt2-small has 1024 positions                 |
-| 93 | cli      | model inspect an .onnx with --dtype fp16                | 2    | --dtype applies to zoo models                 |
-| 94 | cli      | model split --segments 0                                | 2    | --segments 0: must be >= 1                    |
-| 95 | cli      | profile host --runs 0                                   | 2    | --runs 0: must be >= 1                        |
-| 96 | cli      | profile host --threads 0                                | 2    | thread counts must be in 1..256               |
-| 97 | cli      | an unknown command                                      | 2    | invalid choice                                |
-| 98 | cli      | run --seed x                                            | 2    | invalid int value                             |
-| 99 | output   | run --out an existing file (was found after the run)    | 2    | exists and is a file                          |
-| 100| output   | run --out a non-empty directory                         | 2    | the directory is not empty                    |
-| 101| output   | run --out a foreign non-empty directory --force         | 2    | --force clears only a directory llsim wrote   |
-| 102| output   | run --out below a file                                  | 2    | is a file, not a directory                    |
-| 103| output   | run --out where nothing can be written                  | 2    | cannot                                        |
-| 104| output   | profile host --out a directory (was found after 41 s)   | 2    | is a directory; give a file name              |
-| 105| output   | profile host --out where nothing can be written         | 2    | cannot                                        |
-| 106| output   | model split --out a non-empty directory                 | 2    | the directory is not empty                    |
+| 56 | scenario | a key given twice (YAML keeps the last silently)        | 2    | duplicate key 'model' (first on line 1)       |
+| 57 | scenario | nested 50,000 deep (was a RecursionError)               | 2    | nested too deeply                             |
+| 58 | scenario | a !!python/object tag                                   | 2    | could not determine a constructor             |
+| 59 | scenario | not UTF-8                                               | 2    | cannot be read as a text file                 |
+| 60 | scenario | 60 bad device entries: the first 40 problems            | 2    | 60 problems, the first 40                     |
+| 61 | profile  | fused_scale matmul .nan (was a 600 s spin)              | 2    | fused_scale                                   |
+| 62 | profile  | thermal.peak_speed .inf                                 | 2    | thermal.peak_speed': must be a finite number  |
+| 63 | profile  | ram_available_gb above ram_total_gb                     | 2    | exceeds ram_total_gb                          |
+| 64 | profile  | unknown op class                                        | 2    | unknown op class                              |
+| 65 | profile  | all coefficients zero                                   | 2    | all coefficients are zero                     |
+| 66 | profile  | default_threads without coefficients                    | 2    | default_threads 4 has no coefficients         |
+| 67 | profile  | not YAML                                                | 2    | not valid YAML                                |
+| 68 | profile  | measured without its samples                            | 2    | a measured profile needs samples              |
+| 69 | profile  | freq_ghz 2400 (MHz for GHz)                             | 2    | less than or equal to 10                      |
+| 70 | profile  | a key given twice                                       | 2    | duplicate key 'name'                          |
+| 71 | profile  | profile show of an unknown name                         | 2    | unknown device profile                        |
+| 72 | trace    | a column missing                                        | 2    | missing column(s) rtt_ms                      |
+| 73 | trace    | a NaN                                                   | 2    | not a finite number                           |
+| 74 | trace    | time going backwards                                    | 2    | strictly increasing                           |
+| 75 | trace    | negative throughput                                     | 2    | column throughput_mbps                        |
+| 76 | trace    | rows 0.1 ms apart                                       | 2    | at least 1 ms apart                           |
+| 77 | trace    | holds a zero throughput at its end                      | 2    | could never finish                            |
+| 78 | trace    | empty file                                              | 2    | the trace is empty                            |
+| 79 | onnx     | a text file named .onnx                                 | 2    | not a readable ONNX model                     |
+| 80 | onnx     | a truncated ONNX file                                   | 2    | not a readable ONNX model                     |
+| 81 | onnx     | split --seq-len 200 tiny-gpt2 --verify (was ORT error)  | 2    | tiny-gpt2 has 128 positions                   |
+| 82 | onnx     | inspect a missing .onnx                                 | 2    | no such file                                  |
+| 83 | onnx     | a scenario's context beyond an ONNX model's positions   | 2    | onnxruntime cannot run hf_gpt2_tiny.onnx      |
+| 84 | onnx     | split an ONNX file at a --seq-len beyond its positions  | 2    | onnxruntime could not run it at --seq-len     |
+| 85 | onnx     | the recorded ONNX model changed before --from-manifest  | 2    | changed since the run                         |
+| 86 | cli      | profile predict --threads 0 (was silently 4)            | 2    | --threads 0: profile                          |
+| 87 | cli      | profile predict --threads 16                            | 2    | no coefficients for 16 threads                |
+| 88 | cli      | bench nonsense (was exit 0, nothing printed)            | 2    | unknown benchmark 'nonsense'                  |
+| 89 | cli      | bench paper --check (was ignored)                       | 2    | --check applies to `llsim bench allocator`    |
+| 90 | cli      | bench allocator --only nope                             | 2    | no bench instance 'nope'                      |
+| 91 | cli      | allocate --strategy foo                                 | 2    | --strategy: unknown strategy 'foo'            |
+| 92 | cli      | run with neither scenario nor manifest                  | 2    | give a SCENARIO or --from-manifest            |
+| 93 | cli      | --from-manifest: no such file                           | 2    | no such file                                  |
+| 94 | cli      | --from-manifest: not JSON                               | 2    | not a JSON manifest                           |
+| 95 | cli      | --from-manifest: JSON, not a manifest                   | 2    | not an llsim run manifest                     |
+| 96 | cli      | --from-manifest with --set                              | 2    | --set and --seed do not apply                 |
+| 97 | cli      | model inspect --seq-len 0                               | 2    | --seq-len 0: must be >= 1                     |
+| 98 | cli      | model inspect gpt2-small --seq-len 5000                 | 2    | gpt2-small has 1024 positions                 |
+| 99 | cli      | model inspect an .onnx with --dtype fp16                | 2    | --dtype applies to zoo models                 |
+| 100| cli      | model split --segments 0                                | 2    | --segments 0: must be >= 1                    |
+| 101| cli      | profile host --runs 0                                   | 2    | --runs 0: must be >= 1                        |
+| 102| cli      | profile host --threads 0                                | 2    | thread counts must be in 1..256               |
+| 103| cli      | an unknown command                                      | 2    | invalid choice                                |
+| 104| cli      | run --seed x                                            | 2    | invalid int value                             |
+| 105| output   | run --out an existing file (was found after the run)    | 2    | exists and is a file                          |
+| 106| output   | run --out a non-empty directory                         | 2    | the directory is not empty                    |
+| 107| output   | run --out a foreign non-empty directory --force         | 2    | --force clears only a directory llsim wrote   |
+| 108| output   | run --out below a file                                  | 2    | is a file, not a directory                    |
+| 109| output   | run --out where nothing can be written                  | 2    | cannot                                        |
+| 110| output   | profile host --out a directory (was found after 41 s)   | 2    | is a directory; give a file name              |
+| 111| output   | profile host --out where nothing can be written         | 2    | cannot                                        |
+| 112| output   | model split --out a non-empty directory                 | 2    | the directory is not empty                    |
 """
 from __future__ import annotations
 
@@ -216,6 +222,12 @@ def _nonempty(c: Ctx, foreign: bool = False) -> Path:
     return d
 
 
+def _binary(c: Ctx) -> Path:
+    p = c.tmp / "bin.yaml"
+    p.write_bytes(b"\xff\xfe\x00model: x")
+    return p
+
+
 def _file(c: Ctx) -> Path:
     return c.text("afile", "x\n")
 
@@ -309,6 +321,17 @@ CASES = [
     ("scenario", "weight_dtype int4", 2, "weight_dtype", lambda c: c.run("weight_dtype=int4")),
     ("scenario", "devices: []", 2, "devices", lambda c: c.run("devices=[]")),
     ("scenario", "unknown model name", 2, "unknown model 'bloom-9000'", lambda c: c.run("model=bloom-9000")),
+    ("scenario", "a key given twice (YAML keeps the last silently)", 2, "duplicate key 'model' (first on line 1)",
+     lambda c: ["run", c.text("dup.yaml", "model: tiny-gpt2\nmodel: gpt2-small\ndevices: [{profile: kirin-990}]\n"),
+                "--out", c.out]),
+    ("scenario", "nested 50,000 deep (was a RecursionError)", 2, "nested too deeply",
+     lambda c: ["run", c.text("deep.yaml", "model: " + "[" * 50000 + "]" * 50000 + "\n"), "--out", c.out]),
+    ("scenario", "a !!python/object tag", 2, "could not determine a constructor",
+     lambda c: ["run", c.text("tag.yaml", "model: !!python/object:os.system x\n"), "--out", c.out]),
+    ("scenario", "not UTF-8", 2, "cannot be read as a text file",
+     lambda c: ["run", _binary(c), "--out", c.out]),
+    ("scenario", "60 bad device entries: the first 40 problems", 2, "60 problems, the first 40",
+     lambda c: c.run("devices=[" + ", ".join(["3"] * 60) + "]")),
     ("profile", "fused_scale matmul .nan (was a 600 s spin)", 2, "fused_scale",
      lambda c: c.with_profile("nan", lambda d: d["compute"]["threads"][1].update(fused_scale={"matmul": float("nan")}))),
     ("profile", "thermal.peak_speed .inf", 2, "thermal.peak_speed': must be a finite number",
@@ -328,6 +351,8 @@ CASES = [
                                                                      "host": "h", "onnxruntime_version": "1"}))),
     ("profile", "freq_ghz 2400 (MHz for GHz)", 2, "less than or equal to 10",
      lambda c: c.with_profile("mhz", lambda d: d["cpu"][0].update(freq_ghz=2400))),
+    ("profile", "a key given twice", 2, "duplicate key 'name'",
+     lambda c: c.run(f"devices[0].profile={c.text('twice.yaml', c.prof.read_text() + 'name: again' + chr(10))}")),
     ("profile", "profile show of an unknown name", 2, "unknown device profile",
      lambda c: ["profile", "show", "pixel-99"]),
     ("trace", "a column missing", 2, "missing column(s) rtt_ms", lambda c: c.with_trace("col", "time_s,throughput_mbps\n0,1\n")),

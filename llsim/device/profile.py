@@ -217,19 +217,17 @@ def validation_message(file: str | Path, e: ValidationError) -> str:
 
 
 def read_yaml(path: Path) -> dict:
+    from llsim.validate import load_yaml
+
     try:
-        data = yaml.safe_load(path.read_text())
+        text = path.read_text()
     except FileNotFoundError:
         raise LLSimError(f"{path}: no such file") from None
     except IsADirectoryError:
         raise LLSimError(f"{path}: is a directory, not a YAML file") from None
     except (OSError, UnicodeDecodeError) as e:
         raise LLSimError(f"{path}: cannot be read as a text file ({getattr(e, 'strerror', None) or e})") from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise LLSimError(f"{path}:{where} is not valid YAML: "
-                         f"{' '.join(str(getattr(e, 'problem', None) or e).split())}") from None
+    data = load_yaml(text, str(path))
     if not isinstance(data, dict):
         raise LLSimError(f"{path}: expected a mapping of fields at the top level")
     return data
