@@ -96,10 +96,10 @@ class Allocation(_Strict):
 
 
 class Workload(_Strict):
-    prompt_tokens: int = Field(32, ge=1)
-    new_tokens: int = Field(16, ge=1)
-    requests: int = Field(1, ge=1)
-    concurrency: int | None = Field(None, ge=1)  # closed loop: requests in flight
+    prompt_tokens: int = Field(32, ge=1, le=10**7)  # and within the model's positions (llsim.validate)
+    new_tokens: int = Field(16, ge=1, le=10**7)
+    requests: int = Field(1, ge=1, le=10**9)  # and within this host's memory (llsim.validate)
+    concurrency: int | None = Field(None, ge=1, le=10**6)  # closed loop: requests in flight
     arrival_rate: float | None = Field(None, gt=0, le=1e6)  # open loop: Poisson arrivals per second
     mode: Literal["kv_cache", "recompute"] = "kv_cache"
     batch: int = Field(1, ge=1, le=4096)

@@ -32,6 +32,7 @@ from llsim.errors import LLSimError
 #: 2007 stations; llsim holds every cluster to that bound.
 MAX_DEVICES = 2007
 MAX_REPORTED = 40  # problems listed in one message
+MAX_ONNX_CONTEXT = 16_384  # an ONNX model is ingested at every step's length: one onnxruntime run each
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
 
 
@@ -368,10 +369,17 @@ def _onnx_context(path: Path, w) -> list[tuple[tuple, str]]:
     from llsim.model.onnx_graph import analyse, load_proto
 
     ctx = w.prompt_tokens + w.new_tokens - 1
+    if ctx > MAX_ONNX_CONTEXT:
+        return [(("workload",), f"prompt_tokens + new_tokens - 1 = {ctx} tokens: an ONNX model is analysed by running "
+                 f"onnxruntime at each step's length (recompute mode), at most {MAX_ONNX_CONTEXT:,} tokens; lower "
+                 "prompt_tokens or new_tokens")]
     try:
         om = analyse(load_proto(path), w.batch, ctx, path)
     except LLSimError as e:
         return [(("model",), _one_line(e))]
+    except (ValueError, OverflowError, MemoryError) as e:  # shapes too large for onnx / numpy
+        return [(("workload",), f"{path.name} cannot be analysed at {ctx} tokens (prompt_tokens + new_tokens - 1): "
+                 f"{_one_line(e)[:160]}")]
     if om.run_error and "out of" in om.run_error and "bounds" in om.run_error:
         return [(("workload",), f"onnxruntime cannot run {path.name} at {ctx} tokens (prompt_tokens + new_tokens - "
                  f"1): {om.run_error[:160]}; lower prompt_tokens or new_tokens")]

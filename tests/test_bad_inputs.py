@@ -89,35 +89,36 @@ fixed link, uniform plan); ``PROF`` a valid toy profile; ``TRACE`` a valid trace
 | 81 | onnx     | split --seq-len 200 tiny-gpt2 --verify (was ORT error)  | 2    | tiny-gpt2 has 128 positions                   |
 | 82 | onnx     | inspect a missing .onnx                                 | 2    | no such file                                  |
 | 83 | onnx     | a scenario's context beyond an ONNX model's positions   | 2    | onnxruntime cannot run hf_gpt2_tiny.onnx      |
-| 84 | onnx     | split an ONNX file at a --seq-len beyond its positions  | 2    | onnxruntime could not run it at --seq-len     |
-| 85 | onnx     | the recorded ONNX model changed before --from-manifest  | 2    | changed since the run                         |
-| 86 | cli      | profile predict --threads 0 (was silently 4)            | 2    | --threads 0: profile                          |
-| 87 | cli      | profile predict --threads 16                            | 2    | no coefficients for 16 threads                |
-| 88 | cli      | bench nonsense (was exit 0, nothing printed)            | 2    | unknown benchmark 'nonsense'                  |
-| 89 | cli      | bench paper --check (was ignored)                       | 2    | --check applies to `llsim bench allocator`    |
-| 90 | cli      | bench allocator --only nope                             | 2    | no bench instance 'nope'                      |
-| 91 | cli      | allocate --strategy foo                                 | 2    | --strategy: unknown strategy 'foo'            |
-| 92 | cli      | run with neither scenario nor manifest                  | 2    | give a SCENARIO or --from-manifest            |
-| 93 | cli      | --from-manifest: no such file                           | 2    | no such file                                  |
-| 94 | cli      | --from-manifest: not JSON                               | 2    | not a JSON manifest                           |
-| 95 | cli      | --from-manifest: JSON, not a manifest                   | 2    | not an llsim run manifest                     |
-| 96 | cli      | --from-manifest with --set                              | 2    | --set and --seed do not apply                 |
-| 97 | cli      | model inspect --seq-len 0                               | 2    | --seq-len 0: must be >= 1                     |
-| 98 | cli      | model inspect gpt2-small --seq-len 5000                 | 2    | gpt2-small has 1024 positions                 |
-| 99 | cli      | model inspect an .onnx with --dtype fp16                | 2    | --dtype applies to zoo models                 |
-| 100| cli      | model split --segments 0                                | 2    | --segments 0: must be >= 1                    |
-| 101| cli      | profile host --runs 0                                   | 2    | --runs 0: must be >= 1                        |
-| 102| cli      | profile host --threads 0                                | 2    | thread counts must be in 1..256               |
-| 103| cli      | an unknown command                                      | 2    | invalid choice                                |
-| 104| cli      | run --seed x                                            | 2    | invalid int value                             |
-| 105| output   | run --out an existing file (was found after the run)    | 2    | exists and is a file                          |
-| 106| output   | run --out a non-empty directory                         | 2    | the directory is not empty                    |
-| 107| output   | run --out a foreign non-empty directory --force         | 2    | --force clears only a directory llsim wrote   |
-| 108| output   | run --out below a file                                  | 2    | is a file, not a directory                    |
-| 109| output   | run --out where nothing can be written                  | 2    | cannot                                        |
-| 110| output   | profile host --out a directory (was found after 41 s)   | 2    | is a directory; give a file name              |
-| 111| output   | profile host --out where nothing can be written         | 2    | cannot                                        |
-| 112| output   | model split --out a non-empty directory                 | 2    | the directory is not empty                    |
+| 84 | onnx     | an ONNX model with 9 M tokens of context (was a 2 GB onnxruntime run)| 2    | at most 16,384 tokens                         |
+| 85 | onnx     | split an ONNX file at a --seq-len beyond its positions  | 2    | onnxruntime could not run it at --seq-len     |
+| 86 | onnx     | the recorded ONNX model changed before --from-manifest  | 2    | changed since the run                         |
+| 87 | cli      | profile predict --threads 0 (was silently 4)            | 2    | --threads 0: profile                          |
+| 88 | cli      | profile predict --threads 16                            | 2    | no coefficients for 16 threads                |
+| 89 | cli      | bench nonsense (was exit 0, nothing printed)            | 2    | unknown benchmark 'nonsense'                  |
+| 90 | cli      | bench paper --check (was ignored)                       | 2    | --check applies to `llsim bench allocator`    |
+| 91 | cli      | bench allocator --only nope                             | 2    | no bench instance 'nope'                      |
+| 92 | cli      | allocate --strategy foo                                 | 2    | --strategy: unknown strategy 'foo'            |
+| 93 | cli      | run with neither scenario nor manifest                  | 2    | give a SCENARIO or --from-manifest            |
+| 94 | cli      | --from-manifest: no such file                           | 2    | no such file                                  |
+| 95 | cli      | --from-manifest: not JSON                               | 2    | not a JSON manifest                           |
+| 96 | cli      | --from-manifest: JSON, not a manifest                   | 2    | not an llsim run manifest                     |
+| 97 | cli      | --from-manifest with --set                              | 2    | --set and --seed do not apply                 |
+| 98 | cli      | model inspect --seq-len 0                               | 2    | --seq-len 0: must be >= 1                     |
+| 99 | cli      | model inspect gpt2-small --seq-len 5000                 | 2    | gpt2-small has 1024 positions                 |
+| 100| cli      | model inspect an .onnx with --dtype fp16                | 2    | --dtype applies to zoo models                 |
+| 101| cli      | model split --segments 0                                | 2    | --segments 0: must be >= 1                    |
+| 102| cli      | profile host --runs 0                                   | 2    | --runs 0: must be >= 1                        |
+| 103| cli      | profile host --threads 0                                | 2    | thread counts must be in 1..256               |
+| 104| cli      | an unknown command                                      | 2    | invalid choice                                |
+| 105| cli      | run --seed x                                            | 2    | invalid int value                             |
+| 106| output   | run --out an existing file (was found after the run)    | 2    | exists and is a file                          |
+| 107| output   | run --out a non-empty directory                         | 2    | the directory is not empty                    |
+| 108| output   | run --out a foreign non-empty directory --force         | 2    | --force clears only a directory llsim wrote   |
+| 109| output   | run --out below a file                                  | 2    | is a file, not a directory                    |
+| 110| output   | run --out where nothing can be written                  | 2    | cannot                                        |
+| 111| output   | profile host --out a directory (was found after 41 s)   | 2    | is a directory; give a file name              |
+| 112| output   | profile host --out where nothing can be written         | 2    | cannot                                        |
+| 113| output   | model split --out a non-empty directory                 | 2    | the directory is not empty                    |
 """
 from __future__ import annotations
 
@@ -375,6 +376,9 @@ CASES = [
     ("onnx", "a scenario's context beyond an ONNX model's positions", 2, "onnxruntime cannot run hf_gpt2_tiny.onnx",
      lambda c: c.run(f"model={DATA / 'onnx' / 'hf_gpt2_tiny.onnx'}", "workload.mode=recompute",
                      "workload.prompt_tokens=200")),
+    ("onnx", "an ONNX model with 9 M tokens of context (was a 2 GB onnxruntime run)", 2, "at most 16,384 tokens",
+     lambda c: c.run(f"model={DATA / 'onnx' / 'hf_gpt2_tiny.onnx'}", "workload.mode=recompute",
+                     "workload.new_tokens=9000000")),
     ("onnx", "split an ONNX file at a --seq-len beyond its positions", 2, "onnxruntime could not run it at --seq-len",
      lambda c: ["model", "split", DATA / "onnx" / "hf_gpt2_tiny.onnx", "--seq-len", "500", "--out", c.out]),
     ("onnx", "the recorded ONNX model changed before --from-manifest", 2, "changed since the run", _changed_onnx),
