@@ -19,7 +19,6 @@ Every problem found is reported at once, each naming its source: the file and fi
 """
 from __future__ import annotations
 
-import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -442,7 +441,3 @@ def available_memory_bytes() -> float | None:
     except OSError:
         return None
     return None
-
-
-def finite(x) -> bool:
-    return isinstance(x, (int, float)) and math.isfinite(x)

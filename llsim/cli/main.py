@@ -13,7 +13,7 @@ import json
 import sys
 
 from rich.console import Console
-from rich.table import Table
+from rich.table import Table  # noqa: F401 - kept for commands that build their own tables
 
 from llsim.cli.tables import fit_table, int_ranges, status, stdout_console
 from llsim.errors import LLSimError
