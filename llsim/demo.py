@@ -13,8 +13,9 @@ from llsim.cli.main import main as cli
 
 def main() -> int:
     steps = [
-        ["run", "demo", "--out", "out/demo/run"],
-        ["model", "split", "tiny-bloom", "--segments", "3", "--out", "out/demo/tiny-bloom-segments", "--verify"],
+        ["run", "demo", "--out", "out/demo/run", "--force"],
+        ["model", "split", "tiny-bloom", "--segments", "3", "--out", "out/demo/tiny-bloom-segments", "--verify",
+         "--force"],
     ]
     for argv in steps:
         print(f"\n$ llsim {' '.join(argv)}", flush=True)

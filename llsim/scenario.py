@@ -7,32 +7,57 @@ field before validation (values are parsed as YAML scalars).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from llsim.errors import LLSimError
-from llsim.network.config import NetworkConfig
+from llsim.network.config import InfrastructureConfig, NetworkConfig
 
 SCENARIO_DIR = Path(__file__).resolve().parents[1] / "scenarios"
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # every number finite
+
+
+def _known_strategy(v: str, explicit: bool) -> str:
+    from llsim.alloc.strategies import STRATEGIES
+
+    known = (*STRATEGIES, "explicit") if explicit else STRATEGIES
+    if v not in known:
+        raise ValueError(f"unknown strategy '{v}'; use one of {', '.join(known)}")
+    return v
 
 
 class DeviceSpec(_Strict):
-    profile: str
-    count: int = Field(1, ge=1)
-    name: str | None = None  # default: <profile>-<i>
-    threads: int | None = Field(None, ge=1)
-    ram_available_gb: float | None = Field(None, gt=0)
-    rssi_dbm: float | None = None
+    profile: str = Field(min_length=1)
+    count: int = Field(1, ge=1, le=2007)  # 802.11: at most 2007 stations per access point
+    name: str | None = None  # default: <profile>-<k>, k counting across entries (llsim.validate.expanded_names)
+    threads: int | None = Field(None, ge=1, le=256)  # must be a thread count the profile has
+    ram_available_gb: float | None = Field(None, gt=0, le=4096)
+    rssi_dbm: float | None = Field(None, ge=-120, le=0)
     streams: int | None = Field(None, ge=1, le=4)
-    speed: float = Field(1.0, gt=0)  # multiplier on compute throughput (e.g. a known-slow unit)
-    worker: str | None = None  # HIL: "local" or "adb:<serial>"; None = simulated
+    speed: float = Field(1.0, gt=0, le=100)  # multiplier on compute throughput (e.g. a known-slow unit)
+    worker: str | None = None  # HIL: "local" or "adb:<serial>" (not implemented yet: refused at load)
     absent: bool = False  # not in the cluster at the start (a later ``join`` event brings it in)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v):
+        from llsim.validate import NAME_RE
+
+        if v is not None and (not NAME_RE.match(v) or v.isdigit()):
+            raise ValueError(f"{v!r} is not a device name: 1-64 letters, digits, '.', '_', '+' or '-', starting "
+                             "with a letter or digit, and not a number (a number is read as an index)")
+        return v
+
+    @field_validator("worker")
+    @classmethod
+    def _worker(cls, v):
+        if v is not None:
+            raise ValueError(f"'{v}': HIL backends are not implemented yet; remove 'worker' to simulate this device")
+        return v
 
 
 class Stage(_Strict):
@@ -51,9 +76,14 @@ class Allocation(_Strict):
     strategy: str = "milp"  # milp | oracle | uniform | memory | lingualinked | halda | pipeedge | greedy | explicit
     stages: list[Stage] | None = None
     objective: Literal["latency", "throughput"] = "latency"
-    time_limit_s: float = Field(30.0, gt=0)
-    mip_gap: float = Field(1e-6, ge=0)
-    header: int | None = None  # pin the header (first stage) to this device index
+    time_limit_s: float = Field(30.0, gt=0, le=86400)
+    mip_gap: float = Field(1e-6, ge=0, le=1)
+    header: int | None = Field(None, ge=0)  # pin the header (first stage) to this device index
+
+    @field_validator("strategy")
+    @classmethod
+    def _strategy(cls, v):
+        return _known_strategy(v, explicit=True)
 
     @model_validator(mode="after")
     def _explicit(self):
@@ -65,15 +95,15 @@ class Allocation(_Strict):
 
 
 class Workload(_Strict):
-    prompt_tokens: int = Field(32, ge=1)
-    new_tokens: int = Field(16, ge=1)
-    requests: int = Field(1, ge=1)
-    concurrency: int | None = Field(None, ge=1)  # closed loop: requests in flight
-    arrival_rate: float | None = Field(None, gt=0)  # open loop: Poisson arrivals per second
+    prompt_tokens: int = Field(32, ge=1, le=10**7)  # and within the model's positions (llsim.validate)
+    new_tokens: int = Field(16, ge=1, le=10**7)
+    requests: int = Field(1, ge=1, le=10**9)  # and within this host's memory (llsim.validate)
+    concurrency: int | None = Field(None, ge=1, le=10**6)  # closed loop: requests in flight
+    arrival_rate: float | None = Field(None, gt=0, le=1e6)  # open loop: Poisson arrivals per second
     mode: Literal["kv_cache", "recompute"] = "kv_cache"
-    batch: int = Field(1, ge=1)
-    sample_ms: float = Field(0.0, ge=0)  # tail: sampling the next token
-    tokenize_ms: float = Field(0.0, ge=0)  # header: tokenizing the prompt
+    batch: int = Field(1, ge=1, le=4096)
+    sample_ms: float = Field(0.0, ge=0, le=3.6e6)  # tail: sampling the next token
+    tokenize_ms: float = Field(0.0, ge=0, le=3.6e6)  # header: tokenizing the prompt
 
     def step_shape(self, step: int) -> tuple[int, int]:
         """(new tokens S, cached tokens P) of generation step ``step`` (0 = prefill)."""
@@ -95,7 +125,7 @@ class Workload(_Strict):
 
 # ---- dynamics: what happens to the cluster during a run --------------------------------------
 class _Event(_Strict):
-    at: float = Field(ge=0)  # seconds of simulated time
+    at: float = Field(ge=0, le=1e9)  # seconds of simulated time
     device: int | str  # index into the expanded device list, or its name
 
 
@@ -105,7 +135,7 @@ class ThrottleEvent(_Event):
 
     kind: Literal["throttle"]
     factor: float = Field(gt=0, le=4)
-    duration_s: float | None = Field(None, gt=0)
+    duration_s: float | None = Field(None, gt=0, le=1e9)
 
 
 class BackgroundEvent(_Event):
@@ -114,7 +144,7 @@ class BackgroundEvent(_Event):
 
     kind: Literal["background"]
     share: float = Field(gt=0, lt=1)
-    duration_s: float = Field(gt=0)
+    duration_s: float = Field(gt=0, le=1e9)
 
 
 class RssiEvent(_Event):
@@ -122,7 +152,7 @@ class RssiEvent(_Event):
     weakest MCS's sensitivity the phone is out of range: it leaves."""
 
     kind: Literal["rssi"]
-    rssi_dbm: float
+    rssi_dbm: float = Field(ge=-120, le=0)
 
 
 class LeaveEvent(_Event):
@@ -145,11 +175,11 @@ class BurstsEvent(_Strict):
 
     kind: Literal["background_bursts"]
     devices: list[int | str] | None = None
-    rate_per_s: float = Field(gt=0)
+    rate_per_s: float = Field(gt=0, le=1e3)
     share: float = Field(gt=0, lt=1)
-    mean_duration_s: float = Field(gt=0)
-    start_s: float = Field(0.0, ge=0)
-    end_s: float | None = Field(None, gt=0)
+    mean_duration_s: float = Field(gt=0, le=1e9)
+    start_s: float = Field(0.0, ge=0, le=1e9)
+    end_s: float | None = Field(None, gt=0, le=1e9)
 
 
 class ThermalEvent(_Strict):
@@ -178,37 +208,42 @@ class Balancer(_Strict):
     """The runtime load balancer (:mod:`llsim.balance`)."""
 
     enabled: bool = True
-    interval_s: float = Field(1.0, gt=0)  # how often the coordinator consults the policy
-    smoothing_s: float = Field(3.0, gt=0)  # time constant of the monitor's smoothed speed ratios
+    interval_s: float = Field(1.0, ge=1e-3, le=1e6)  # how often the coordinator consults the policy
+    smoothing_s: float = Field(3.0, gt=0, le=1e6)  # time constant of the monitor's smoothed speed ratios
     threshold: float = Field(0.2, gt=0, lt=1)  # relative deviation from the plan's assumption that triggers
-    sustain_s: float = Field(4.0, ge=0)  # ... when it lasts this long
-    min_interval_s: float = Field(15.0, ge=0)  # between two rebalances
-    min_gain: float = Field(0.05, ge=0)  # relative gain a new plan must promise
-    gain_cost_margin: float = Field(1.5, ge=1)  # predicted gain over the horizon must exceed margin x cost
-    horizon_s: float | None = Field(60.0, gt=0)  # a change must pay back within this long (None: the whole
+    sustain_s: float = Field(4.0, ge=0, le=1e6)  # ... when it lasts this long
+    min_interval_s: float = Field(15.0, ge=0, le=1e9)  # between two rebalances
+    min_gain: float = Field(0.05, ge=0, le=1e6)  # relative gain a new plan must promise
+    gain_cost_margin: float = Field(1.5, ge=1, le=1e6)  # predicted gain over the horizon must exceed margin x cost
+    horizon_s: float | None = Field(60.0, gt=0, le=1e9)  # a change must pay back within this long (None: the whole
     # remaining work known to the coordinator; a deviation may not last that long)
-    min_samples: int = Field(5, ge=1)  # observations of a phone before its ratio is trusted
+    min_samples: int = Field(5, ge=1, le=10**6)  # observations of a phone before its ratio is trusted
     overlap_replicas: bool = True  # pre-stage neighbours' boundary modules within memory slack
     strategy: str = "milp"  # for full re-plans
-    heartbeat_s: float = Field(0.5, gt=0)
-    heartbeat_misses: int = Field(3, ge=1)  # missed heartbeats before a phone is declared gone
-    session_ms_per_module: float = Field(30.0, ge=0)  # opening an onnxruntime session for a module
-    join_after_s: float = Field(2.0, ge=0)  # a (re)joined phone must answer heartbeats this long
+    heartbeat_s: float = Field(0.5, ge=1e-3, le=3600)
+    heartbeat_misses: int = Field(3, ge=1, le=10**6)  # missed heartbeats before a phone is declared gone
+    session_ms_per_module: float = Field(30.0, ge=0, le=1e6)  # opening an onnxruntime session for a module
+    join_after_s: float = Field(2.0, ge=0, le=1e9)  # a (re)joined phone must answer heartbeats this long
+
+    @field_validator("strategy")
+    @classmethod
+    def _strategy(cls, v):
+        return _known_strategy(v, explicit=False)
 
 
 class Duration(_Strict):
-    max_sim_s: float = Field(3600.0, gt=0)
-    max_wall_s: float = Field(600.0, gt=0)
+    max_sim_s: float = Field(3600.0, gt=0, le=1e9)
+    max_wall_s: float = Field(600.0, gt=0, le=7 * 86400)
 
 
 class Scenario(_Strict):
-    name: str = "scenario"
+    name: str = "scenario"  # also the default results directory runs/<name>-seed<N>: a plain name
     description: str = ""
     model: str
     weight_dtype: Literal["fp32", "fp16", "int8"] = "fp32"
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**63)
     devices: list[DeviceSpec] = Field(min_length=1)
-    network: NetworkConfig = Field(default_factory=lambda: {"kind": "infrastructure"})
+    network: NetworkConfig = Field(default_factory=lambda: InfrastructureConfig())  # defaults are not validated
     allocation: Allocation = Field(default_factory=Allocation)
     workload: Workload = Field(default_factory=Workload)
     duration: Duration = Field(default_factory=Duration)
@@ -224,6 +259,16 @@ class Scenario(_Strict):
             raise ValueError("model must be a zoo name or an .onnx path")
         return v
 
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v):
+        from llsim.validate import NAME_RE
+
+        if not NAME_RE.match(v):
+            raise ValueError(f"{v!r} is not a plain name (1-64 letters, digits, '.', '_', '+' or '-', starting with "
+                             "a letter or digit): it names the results directory runs/<name>-seed<N>")
+        return v
+
 
 def _hint(err: dict) -> str:
     t = err["type"]
@@ -231,57 +276,48 @@ def _hint(err: dict) -> str:
         return "unknown field (a typo?); remove or rename it"
     if t == "missing":
         return "required field is missing; add it"
-    return err["msg"]
+    if t == "finite_number":
+        return "must be a finite number (not NaN or infinity)"
+    return err["msg"].removeprefix("Value error, ")
+
+
+_EVENT_KINDS = ("throttle", "background", "rssi", "leave", "join", "background_bursts", "thermal", "noise")
+
+
+def _clean_loc(err: dict) -> tuple:
+    """The field path of a pydantic error, without union tags (network and event kinds)."""
+    from llsim.network.config import _KINDS
+
+    loc = list(err["loc"])
+    out = []
+    for k, x in enumerate(loc):
+        if isinstance(x, str) and (x.startswith("function-") or x in _KINDS and k > 0 and loc[k - 1] == "network"
+                                   or x in _EVENT_KINDS and k > 1 and loc[k - 2] == "events"):
+            continue
+        out.append(x)
+    if err["type"] == "invalid_network_kind":
+        out.append("kind")
+    return tuple(out)
 
 
 def _loc(err: dict) -> str:
-    from llsim.network.config import _KINDS
+    from llsim.validate import fmt_loc
 
-    parts = []
-    for x in err["loc"]:
-        if str(x) in _KINDS or str(x).startswith("function-"):
-            continue
-        parts.append(f"[{x}]" if isinstance(x, int) else f".{x}")
-    if err["type"] == "invalid_network_kind":
-        parts.append(".kind")
-    return "".join(parts).lstrip(".")
+    return fmt_loc(_clean_loc(err))
 
 
-def apply_overrides(data: dict, sets: list[str]) -> dict:
+def apply_overrides(data: dict, sets: list[str], ov=None) -> dict:
+    """Apply ``--set path=value`` items (``a.b[3].c`` or ``a.b.3.c``) to the raw mapping; ``ov``
+    (:class:`llsim.validate.Overrides`) records which field each one wrote."""
+    from llsim.validate import Overrides, apply_set
+
+    ov = ov if ov is not None else Overrides()
     for item in sets or []:
-        if "=" not in item:
-            raise LLSimError(f"--set '{item}': expected path.to.field=value")
-        path, raw = item.split("=", 1)
-        try:
-            value = yaml.safe_load(raw)
-        except yaml.YAMLError:
-            value = raw
-        cur: Any = data
-        keys = path.split(".")
-        for i, k in enumerate(keys):
-            last = i == len(keys) - 1
-            if isinstance(cur, list):
-                try:
-                    idx = int(k)
-                    cur[idx]
-                except (ValueError, IndexError):
-                    raise LLSimError(f"--set {path}: '{k}' is not an index of the list at "
-                                     f"{'.'.join(keys[:i]) or 'top level'}") from None
-                if last:
-                    cur[idx] = value
-                else:
-                    cur = cur[idx]
-            else:
-                if last:
-                    cur[k] = value
-                else:
-                    if k not in cur or cur[k] is None:
-                        cur[k] = {}
-                    cur = cur[k]
+        apply_set(data, item, ov)
     return data
 
 
-def load_scenario(name_or_path: str | Path, sets: list[str] | None = None, seed: int | None = None) -> Scenario:
+def read_scenario_data(name_or_path: str | Path) -> tuple[dict, Path]:
     p = Path(name_or_path)
     if not p.exists() and p.suffix not in (".yaml", ".yml"):
         cand = SCENARIO_DIR / f"{name_or_path}.yaml"
@@ -289,53 +325,47 @@ def load_scenario(name_or_path: str | Path, sets: list[str] | None = None, seed:
             p = cand
     if not p.exists():
         raise LLSimError(f"{p}: no such scenario file (give a path or a name from scenarios/)")
+    if not p.is_file():
+        raise LLSimError(f"{p}: is a directory, not a scenario file")
+    from llsim.validate import load_yaml
+
     try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        raise LLSimError(f"{p}:{' line ' + str(mark.line + 1) if mark else ''} is not valid YAML: "
-                         f"{getattr(e, 'problem', e)}") from None
+        text = p.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise LLSimError(f"{p}: cannot be read as a text file ({getattr(e, 'strerror', None) or e})") from None
+    data = load_yaml(text, str(p))
     if not isinstance(data, dict):
         raise LLSimError(f"{p}: expected a mapping of fields (model, devices, network, ...) at the top level")
-    data = apply_overrides(data, sets or [])
+    return data, p
+
+
+def load_scenario(name_or_path: str | Path, sets: list[str] | None = None, seed: int | None = None) -> Scenario:
+    from llsim.validate import Overrides
+
+    data, p = read_scenario_data(name_or_path)
+    ov = Overrides()
+    data = apply_overrides(data, sets or [], ov)
     if seed is not None:
         data["seed"] = seed
-    return validate_scenario(data, p)
+        ov.items.append((("seed",), f"--seed {seed}"))
+    return validate_scenario(data, p, ov)
 
 
-def validate_scenario(data: dict, path: Path | None = None) -> Scenario:
+def validate_scenario(data: dict, path: Path | None = None, overrides=None) -> Scenario:
+    """A :class:`Scenario` from a raw mapping; every problem (schema, then references across fields and
+    files) is reported in one :class:`LLSimError`, each naming the file and field or the ``--set``."""
+    from llsim.validate import check_scenario, report
+
     where = str(path) if path else "scenario"
     try:
         sc = Scenario.model_validate(data)
     except ValidationError as e:
-        errs = e.errors()
-        first = errs[0]
-        more = f" (+{len(errs) - 1} more)" if len(errs) > 1 else ""
-        raise LLSimError(f"{where}: field '{_loc(first)}': {_hint(first)}{more}") from None
+        raise LLSimError(report(where, [(_clean_loc(err), _hint(err)) for err in e.errors()], overrides)) from None
     sc.path = path
-    _check_refs(sc, where)
+    problems = check_scenario(sc)
+    if problems:
+        raise LLSimError(report(where, problems, overrides))
     return sc
-
-
-def _check_refs(sc: Scenario, where: str) -> None:
-    from llsim.device.profile import list_profiles, resolve_profile_path
-
-    base = sc.path.parent if sc.path else Path.cwd()
-    for i, d in enumerate(sc.devices):
-        prof = d.profile
-        cand = base / prof
-        if cand.suffix in (".yaml", ".yml") and cand.exists():
-            d.profile = str(cand)
-            continue
-        try:
-            resolve_profile_path(prof)
-        except LLSimError:
-            raise LLSimError(f"{where}: field 'devices[{i}].profile': unknown profile '{prof}'; use one of "
-                             f"{', '.join(list_profiles())} or a path to a profile YAML") from None
-    if sc.model.endswith(".onnx") and not Path(sc.model).is_absolute():
-        cand = base / sc.model
-        if cand.exists():
-            sc.model = str(cand)
 
 
 def dump_resolved(sc: Scenario) -> dict:

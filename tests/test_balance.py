@@ -341,3 +341,31 @@ def test_thermal_throttling_from_the_profile_after_its_busy_time(tmp_path):
                       if e["kind"] == "compute" and e["end"] <= marks[0]["start"])
     assert busy_before == pytest.approx(5.0, abs=0.5)  # throttles once 5 s of busy time have accumulated
     assert sim.monitor.snapshot(sim.env.now).slowdown[0] == pytest.approx(1 / 0.75, rel=1e-3)
+
+
+def test_a_rejected_evaluation_is_not_repeated_until_an_observation_moves_by_the_threshold(setup):
+    """Three tokens left: every re-plan costs more than it saves and is rejected. While the slowdown
+    stays put the policy evaluates once; when it moves by more than ``threshold`` it evaluates again.
+    A policy that always re-evaluates takes the same decisions (none), with more evaluations."""
+    sc, pb, plan, present = setup
+    slow = plan.stages[0].device
+
+    def seq(t):
+        return {d: ((2.5 if t < 40 else 4.0) if d == slow else 1.0) for d in plan.devices}
+
+    bal, mon = _balancer(pb)
+    decs = _feed(bal, mon, plan, present, Seq(seq, 70), remaining=3)
+    ts = [e["t"] for e in bal.log]
+    assert decs == [] and bal.skipped >= 1
+    # one evaluation before the change; after it, only while the smoothed ratio climbs past 1.2 x the last one
+    assert len(ts) >= 2 and ts[0] < 40 and all(t >= 40 for t in ts[1:])
+
+    class Always(Balancer):
+        def _unchanged(self, state):
+            return False
+
+    cfg = BalancerCfg()
+    ref = Always(cfg, pb, {d: 960.0 for d in range(pb.n_devices)})
+    mon2 = Monitor(pb.n_devices, cfg.smoothing_s, cfg.heartbeat_s, cfg.heartbeat_misses, cfg.min_samples)
+    assert _feed(ref, mon2, plan, present, Seq(seq, 70), remaining=3) == []
+    assert ref.evaluations > bal.evaluations and ref.skipped == 0

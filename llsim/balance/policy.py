@@ -25,6 +25,11 @@ Policy:
    its time saved over the remaining horizon exceeds ``gain_cost_margin`` x its cost: pipeline
    drain (one ring pass), weight and KV-cache transfers over the modelled Wi-Fi (serialised on a
    shared medium), and opening a session per newly run module.
+5. **No repeated rejections.** After an evaluation that took nothing, the policy does not
+   evaluate again while nothing it depends on has changed: the same plan, the same phones alive,
+   the same weights held, and every observed slowdown and link rate within ``threshold`` of what
+   that evaluation saw (the deviation that would arm a trigger). Each evaluation solves the
+   allocation problem; repeating one gives the same answer.
 """
 from __future__ import annotations
 
@@ -235,6 +240,9 @@ class Balancer:
         self.last_eval = -float("inf")
         self.known: set[int] | None = None  # devices alive when the plan in force was made
         self.evaluations = 0
+        self.skipped = 0  # evaluations not repeated (same state as a rejected one)
+        self._rejected = None  # the state a rejected evaluation saw (see _unchanged)
+        self._skip_t = -float("inf")
         self.log: list[dict] = []  # every evaluation (taken or not), for the record
 
     # the state the current plan was made for
@@ -244,6 +252,28 @@ class Balancer:
         self.assumed_link.update(snap.link_mbps)
         self.known = {d for d, a in snap.alive.items() if a}
         self.since.clear()
+        self._rejected = None
+
+    def _state(self, snap: Snapshot, cs: ClusterState) -> tuple:
+        """What an evaluation depends on: plan, phones alive, weights held, observations."""
+        alive = frozenset(d for d, a in snap.alive.items() if a)
+        held = tuple(sorted((d, m) for d, m in cs.present.items()))
+        return cs.plan.stages, alive, held, dict(self.slowdown), dict(snap.link_mbps)
+
+    def _unchanged(self, state: tuple) -> bool:
+        """``state`` is the rejected evaluation's, up to observations within ``threshold`` of it."""
+        old = self._rejected
+        if old is None or state[:3] != old[:3]:
+            return False
+        thr = self.cfg.threshold
+        for new_obs, old_obs in ((state[3], old[3]), (state[4], old[4])):
+            if set(new_obs) != set(old_obs):
+                return False
+            for d, v in new_obs.items():
+                o = old_obs[d]
+                if o <= 0 or v <= 0 or abs(v / o - 1.0) > thr:
+                    return False
+        return True
 
     def _link_scale(self, snap: Snapshot) -> dict[int, float]:
         out = {}
@@ -303,6 +333,12 @@ class Balancer:
         trig = self.triggers(snap, cs)
         if not trig or t - max(self.last_action, self.last_eval) < self.cfg.min_interval_s:
             return None
+        state = self._state(snap, cs)
+        if self._unchanged(state):  # the same evaluation was made and rejected: its answer stands
+            if t - max(self.last_eval, self._skip_t) >= self.cfg.min_interval_s:
+                self.skipped += 1
+                self._skip_t = t
+            return None
         self.last_eval = t
         self.evaluations += 1
         pb = self.problem(snap)
@@ -353,6 +389,7 @@ class Balancer:
                          "candidates": {k: {"gain": c.gain, "gain_s": c.gain_s, "cost_s": c.cost_s}
                                         for k, c in best.items()}})
         if pick is None:
+            self._rejected = state
             return None
         self.last_action = t
         self.adopt(snap, pick.plan)

@@ -173,13 +173,26 @@ BENCHES = [bench_model_analysis, bench_onnx_ingestion, bench_simulator_speed, be
            bench_allocator, bench_paper, bench_solve_time, bench_balancer]
 
 
+def bench_names() -> list[str]:
+    return [b.__name__.removeprefix("bench_") for b in BENCHES]
+
+
 def main(argv: list[str] | None = None) -> int:
+    global console
+    console = Console()  # the console's own width (terminal, COLUMNS, else 80), read now
     names = set(argv or sys.argv[1:])
-    for b in BENCHES:
-        if names and b.__name__.removeprefix("bench_") not in names:
-            continue
-        console.rule(b.__name__.removeprefix("bench_"))
+    bad = sorted(names - set(bench_names()))
+    if bad:
+        print(f"llsim bench: unknown benchmark '{bad[0]}'; use one of {', '.join(bench_names())}", file=sys.stderr)
+        return 2
+    chosen = [b for b in BENCHES if not names or b.__name__.removeprefix("bench_") in names]
+    for k, b in enumerate(chosen, 1):
+        name = b.__name__.removeprefix("bench_")
+        print(f"bench {k}/{len(chosen)}: {name} ...", file=sys.stderr, flush=True)
+        t0 = time.perf_counter()
+        console.rule(name)
         b()
+        print(f"bench {name}: {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
     return 0
 
 

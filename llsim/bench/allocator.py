@@ -148,6 +148,10 @@ def check(rows: list[dict], reference: list[dict] | None) -> list[str]:
     return problems
 
 
+def instance_names() -> list[str]:
+    return [p.stem for p in sorted(BENCH_DIR.glob("*.yaml"))]
+
+
 def _instances(random: int | None, seed: int, only: str | None) -> list[Scenario]:
     if random:
         from llsim.bench.instances import random_scenario

@@ -83,7 +83,10 @@ def recovery_s(res, t0: float, t1: float | None, target: float, window: float = 
 
 def run() -> list[dict]:
     rows = []
-    for name in SCENARIOS:
+    from llsim.cli.tables import note
+
+    for k, name in enumerate(SCENARIOS, 1):
+        note(f"bench balancer: {k}/{len(SCENARIOS)} {name} (balancer on, then off)")
         sc, on = _run(name, [])
         _, off = _run(name, ["balancer.enabled=false"])
         row = {"scenario": name, "on_tps": on.metrics["tokens_per_s"], "off_tps": off.metrics["tokens_per_s"],
@@ -103,14 +106,13 @@ def run() -> list[dict]:
 
 
 def main() -> int:
-    from rich.console import Console
-    from rich.table import Table
+    from llsim.cli.tables import fit_table, stdout_console
 
     rows = run()
-    t = Table(title="runtime load balancer: the same run (same seed) with the balancer on and off")
-    for c in ("scenario", "tokens/s on", "tokens/s off", "gain", "degraded window: on / off", "gain (degraded)",
-              "recovery to 90% of best static", "rebalances", "completed on / off", "steps retried"):
-        t.add_column(c, justify="right")
+    cols = [(c, "key" if c == "scenario" else "text") for c in (
+        "scenario", "tokens/s on", "tokens/s off", "gain", "degraded window: on / off", "gain (degraded)",
+        "recovery to 90% of best static", "rebalances", "completed on / off", "steps retried")]
+    cells = []
     ok = True
     for r in rows:
         g = r["on_tps"] / r["off_tps"] if r["off_tps"] else float("inf")
@@ -119,14 +121,16 @@ def main() -> int:
             ok &= dg >= TARGET
         rec = r.get("recovery_s")
         stalled = not r["stop_off"].startswith("completed")
-        t.add_row(r["scenario"], f"{r['on_tps']:.2f}", f"{r['off_tps']:.2f}" + (" until it stalled" if stalled else ""),
+        cells.append([r["scenario"], f"{r['on_tps']:.2f}", f"{r['off_tps']:.2f}" + (" until it stalled" if stalled else ""),
                   "- (off stalls)" if stalled else f"x{g:.2f}",
                   f"{r['deg_on']:.2f} / {r['deg_off']:.2f}" if "deg_on" in r else "-",
                   f"x{dg:.2f}" if dg is not None else "-",
                   (f"{rec:.1f} s (best {r['best_static_tps']:.1f} tok/s)" if rec is not None else
                    ("not reached" if "best_static_tps" in r else "-")),
-                  str(r["rebalances"]), f"{r['completed_on']} / {r['completed_off']}", str(r["retried"]))
-    Console(width=200).print(t)
+                  str(r["rebalances"]), f"{r['completed_on']} / {r['completed_off']}", str(r["retried"])])
+    con = stdout_console()
+    con.print("runtime load balancer: the same run (same seed) with the balancer on and off")
+    con.print(fit_table(cols, cells, con.width, max_word=10))
     print(f"target: gain >= x{TARGET} in the degraded window of the throttling and background-load scenarios: "
           f"{'met' if ok else 'NOT met'}")
     return 0

@@ -16,8 +16,11 @@ def run(in_flight: int = 4) -> list[dict]:
     from llsim.alloc.compare import compare
     from llsim.scenario import load_scenario
 
+    from llsim.cli.tables import note
+
     rows = []
-    for name in SCENARIOS:
+    for k, name in enumerate(SCENARIOS, 1):
+        note(f"bench paper: {k}/{len(SCENARIOS)} {name}")
         for mode, sets, obj in (("1 in flight", ["workload.concurrency=1", "workload.requests=2"], "latency"),
                                 (f"{in_flight} in flight", [f"workload.concurrency={in_flight}",
                                                             f"workload.requests={2 * in_flight}"], "throughput")):
@@ -40,16 +43,13 @@ def run(in_flight: int = 4) -> list[dict]:
 
 
 def main() -> None:
-    from rich.console import Console
-    from rich.table import Table
+    from llsim.cli.tables import fit_table, stdout_console
 
-    t = Table(title="LinguaLinked-style scenarios: milp speedup (simulated; paper: 1.11-1.61x single, 1.73-2.65x "
-                    "multi-threaded, vs their baseline)")
-    for c in ("scenario", "setting", "milp plan", "ms/token", "tokens/s", "vs uniform", "vs memory (exo)",
-              "vs lingualinked"):
-        t.add_column(c, justify="left" if c in ("scenario", "setting", "milp plan") else "right")
-    for r in run():
-        t.add_row(r["scenario"], r["setting"], r["milp_plan"], f"{r['milp_ms_per_token']:.1f}",
-                  f"{r['milp_tokens_per_s']:.2f}",
-                  *[("infeasible" if r[f"vs_{o}"] is None else f"{r[f'vs_{o}']:.2f}x") for o in OTHERS])
-    Console(width=200).print(t)
+    rows = [[r["scenario"], r["setting"], r["milp_plan"], f"{r['milp_ms_per_token']:.1f}", f"{r['milp_tokens_per_s']:.2f}",
+             *[("infeasible" if r[f"vs_{o}"] is None else f"{r[f'vs_{o}']:.2f}x") for o in OTHERS]] for r in run()]
+    con = stdout_console()
+    con.print("LinguaLinked-style scenarios: milp speedup (simulated; paper: 1.11-1.61x single, 1.73-2.65x "
+              "multi-threaded, vs their baseline)")
+    con.print(fit_table([("scenario", "key"), ("setting", "text"), ("milp plan", "text"), ("ms/token", "num"),
+                         ("tokens/s", "num"), ("vs uniform", "num"), ("vs memory (exo)", "num"),
+                         ("vs lingualinked", "num")], rows, con.width, max_word=12))

@@ -125,26 +125,23 @@ def run(sizes=SIZES, seeds: int = 20, progress=None) -> list[dict]:
 
 
 def main(sizes=SIZES, seeds: int = 20) -> int:
-    import sys
+    from llsim.cli.tables import fit_table, note, stdout_console
 
-    from rich.console import Console
-    from rich.table import Table
-
-    rows = run(sizes, seeds, progress=lambda m: print(m, file=sys.stderr, flush=True))
-    t = Table(title=f"milp solve time, wall s, {seeds} random Llama-shaped fp16 instances per size "
-                    "(median / worst)")
-    for c in ("size", "objective", "n", "one solve", "strategy, model", "strategy, +sims", "target"):
-        t.add_column(c, justify="left" if c == "objective" else "right")
-    bad = []
+    rows = run(sizes, seeds, progress=note)
+    table, bad = [], []
     for r in rows:
         tgt = r["target_s"]
-        t.add_row(f"{r['devices']}x{r['modules']}", r["objective"], str(r["runs"]),
-                  f"{r['once_median_s']:.2f} / {r['once_max_s']:.2f}", f"{r['model_median_s']:.2f} / {r['model_max_s']:.2f}",
-                  f"{r['median_s']:.2f} / {r['max_s']:.2f}", f"<= {tgt:g}" if tgt else "")
+        table.append([f"{r['devices']}x{r['modules']}", r["objective"], str(r["runs"]),
+                      f"{r['once_median_s']:.2f} / {r['once_max_s']:.2f}",
+                      f"{r['model_median_s']:.2f} / {r['model_max_s']:.2f}",
+                      f"{r['median_s']:.2f} / {r['max_s']:.2f}", f"<= {tgt:g}" if tgt else ""])
         if tgt and r["max_s"] > tgt:
             bad.append(f"{r['devices']}x{r['modules']} {r['objective']}: worst {r['max_s']:.2f} s > {tgt:g} s "
                        f"({r['worst']})")
-    Console().print(t)
+    con = stdout_console()
+    con.print(f"milp solve time, wall s: {seeds} random Llama-shaped fp16 instances per size (median / worst)")
+    con.print(fit_table([("size", "num"), ("objective", "key"), ("n", "num"), ("one solve", "num"),
+                         ("strategy, model", "num"), ("strategy, +sims", "num"), ("target", "num")], table, con.width))
     for b in bad:
-        print("target missed: " + b)
+        con.print("target missed: " + b)
     return 0

@@ -7,6 +7,7 @@ and the arithmetic). Errors name the file, the field and the fix.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
 
@@ -20,19 +21,27 @@ PROFILE_DIR = Path(__file__).resolve().parents[2] / "device_profiles"
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # every number finite
+
+
+#: Bounds of the cost model's terms. A throughput is 0 (the term is off) or at least MIN_RATE (1 kFLOP/s,
+#: 1 kB/s: below that an op would take hours, a unit slip); very large ones mean "negligible" (calibrated
+#: profiles write 1e6 GB/s for a gather's table rows, a fit may return 1e15 for a term it cannot see).
+MIN_RATE = 1e-6
+MAX_RATE = 1e30
+MAX_US = 1e7  # 10 s per op
 
 
 class Cluster(_Strict):
     name: str
-    cores: int = Field(ge=1)
-    freq_ghz: float = Field(gt=0)
+    cores: int = Field(ge=1, le=1024)
+    freq_ghz: float = Field(gt=0, le=10)
     core: str = ""  # e.g. Cortex-X3
 
 
 class Memory(_Strict):
-    ram_total_gb: float = Field(gt=0)
-    ram_available_gb: float = Field(gt=0)
+    ram_total_gb: float = Field(gt=0, le=4096)
+    ram_available_gb: float = Field(gt=0, le=4096)
     budget_fraction: float = Field(0.7, gt=0, le=1.0)  # LinguaLinked uses 0.7 x available RAM
     source: str
 
@@ -54,11 +63,18 @@ class ClassCoef(_Strict):
     the last term is the inefficiency of narrow GEMMs (decode and short-prompt shapes), fitted where
     measured, 0 (off) in calibrated profiles."""
 
-    overhead_us: float = Field(ge=0)
-    gflops: float = Field(0.0, ge=0)
-    gbps: float = Field(0.0, ge=0)
-    weight_gbps: float = Field(0.0, ge=0)  # streaming weights from DRAM (decode-shaped matmuls)
-    narrow_gflops: float = Field(0.0, ge=0)  # extra cost of few-row GEMMs, charged as flops / sqrt(rows)
+    overhead_us: float = Field(ge=0, le=MAX_US)
+    gflops: float = Field(0.0, ge=0, le=MAX_RATE)
+    gbps: float = Field(0.0, ge=0, le=MAX_RATE)
+    weight_gbps: float = Field(0.0, ge=0, le=MAX_RATE)  # streaming weights from DRAM (decode-shaped matmuls)
+    narrow_gflops: float = Field(0.0, ge=0, le=MAX_RATE)  # extra cost of few-row GEMMs: flops / sqrt(rows)
+
+    @field_validator("gflops", "gbps", "weight_gbps", "narrow_gflops")
+    @classmethod
+    def _rate(cls, v):
+        if 0 < v < MIN_RATE:
+            raise ValueError(f"{v:g} is below {MIN_RATE:g} (1 kFLOP/s or 1 kB/s): use 0 to turn the term off")
+        return v
 
     @model_validator(mode="after")
     def _some(self):
@@ -69,11 +85,11 @@ class ClassCoef(_Strict):
 
 class ThreadCoefs(_Strict):
     classes: dict[str, ClassCoef]
-    run_overhead_us: float = Field(0.0, ge=0)  # per session.run call
+    run_overhead_us: float = Field(0.0, ge=0, le=MAX_US)  # per session.run call
     # calibration of the unfused per-op work against optimised (fused) whole-segment runs:
     # t_segment = run_overhead + sum_group fused_scale[group] * work(group) + fused_op_overhead_us * n_ops
     fused_scale: dict[str, float] = Field(default_factory=dict)
-    fused_op_overhead_us: float | None = Field(None, ge=0)  # None: use each class's overhead_us
+    fused_op_overhead_us: float | None = Field(None, ge=0, le=MAX_US)  # None: use each class's overhead_us
 
     @field_validator("classes")
     @classmethod
@@ -89,16 +105,26 @@ class ThreadCoefs(_Strict):
         for k, x in v.items():
             if k not in ("matmul", "other"):
                 raise ValueError(f"fused_scale key {k!r} must be 'matmul' or 'other'")
-            if x <= 0:
-                raise ValueError(f"fused_scale.{k} must be > 0")
+            if not isinstance(x, (int, float)) or not 0 < x <= 1e3:  # NaN fails both comparisons
+                raise ValueError(f"fused_scale.{k} must be a number in (0, 1000], not {x!r}")
         return v
 
 
 class Compute(_Strict):
     threads: dict[int, ThreadCoefs]
-    default_threads: int = Field(ge=1)
+    default_threads: int = Field(ge=1, le=256)
     fallback_class: str = "elementwise"  # used (with a one-time warning) for a class missing at a thread count
     source: str
+
+    @field_validator("threads")
+    @classmethod
+    def _thread_counts(cls, v):
+        bad = [t for t in v if not 1 <= t <= 256]
+        if bad:
+            raise ValueError(f"thread count {bad[0]} must be in 1..256")
+        if not v:
+            raise ValueError("no thread count has coefficients")
+        return v
 
     @model_validator(mode="after")
     def _default_measured(self):
@@ -109,9 +135,9 @@ class Compute(_Strict):
 
 
 class Thermal(_Strict):
-    peak_speed: float = Field(1.0, gt=0)
+    peak_speed: float = Field(1.0, gt=0, le=10)
     sustained_speed: float = Field(gt=0, le=1.0)  # fraction of peak after throttling
-    time_to_throttle_s: float = Field(ge=0)
+    time_to_throttle_s: float = Field(ge=0, le=1e6)
     source: str
 
 
@@ -172,34 +198,44 @@ def _fmt_loc(loc) -> str:
 
 
 def validation_message(file: str | Path, e: ValidationError) -> str:
-    err = e.errors()[0]
-    loc = _fmt_loc(err["loc"])
-    typ = err["type"]
-    if typ == "extra_forbidden":
-        hint = "unknown field (typo?); remove or rename it"
-    elif typ == "missing":
-        hint = "required field is missing; add it"
-    else:
-        hint = err["msg"]
-    more = f" (+{len(e.errors()) - 1} more)" if len(e.errors()) > 1 else ""
-    return f"{file}: field '{loc}': {hint}{more}"
+    """Every problem of a profile on one line, each naming its field."""
+    parts = []
+    for err in e.errors():
+        loc = _fmt_loc(err["loc"])
+        typ = err["type"]
+        if typ == "extra_forbidden":
+            hint = "unknown field (typo?); remove or rename it"
+        elif typ == "missing":
+            hint = "required field is missing; add it"
+        elif typ == "finite_number":
+            hint = "must be a finite number (not NaN or infinity)"
+        else:
+            hint = err["msg"].removeprefix("Value error, ")
+        parts.append(f"field '{loc}': {hint}")
+    n = len(parts)
+    return (f"{n} problems: " if n > 1 else "") + f"{file}: " + "; ".join(parts)
 
 
 def read_yaml(path: Path) -> dict:
+    from llsim.validate import load_yaml
+
     try:
-        data = yaml.safe_load(path.read_text())
+        text = path.read_text()
     except FileNotFoundError:
         raise LLSimError(f"{path}: no such file") from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise LLSimError(f"{path}:{where} is not valid YAML: {getattr(e, 'problem', e)}") from None
+    except IsADirectoryError:
+        raise LLSimError(f"{path}: is a directory, not a YAML file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise LLSimError(f"{path}: cannot be read as a text file ({getattr(e, 'strerror', None) or e})") from None
+    data = load_yaml(text, str(path))
     if not isinstance(data, dict):
         raise LLSimError(f"{path}: expected a mapping of fields at the top level")
     return data
 
 
 def resolve_profile_path(name_or_path: str | Path) -> Path:
+    if str(name_or_path) in _REGISTERED:
+        return Path(str(name_or_path))
     p = Path(name_or_path)
     if p.suffix in (".yaml", ".yml") or p.exists():
         if not p.exists():
@@ -213,9 +249,24 @@ def resolve_profile_path(name_or_path: str | Path) -> Path:
 
 
 _CACHE: dict[Path, DeviceProfile] = {}
+_REGISTERED: dict[str, DeviceProfile] = {}  # profiles given as data (a manifest's), by the reference that named them
+
+
+@contextmanager
+def registered_profiles(profiles: dict[str, DeviceProfile]):
+    """While active, ``load_profile(ref)`` returns ``profiles[ref]`` (``llsim run --from-manifest``)."""
+    old = dict(_REGISTERED)
+    _REGISTERED.update(profiles)
+    try:
+        yield
+    finally:
+        _REGISTERED.clear()
+        _REGISTERED.update(old)
 
 
 def load_profile(name_or_path: str | Path) -> DeviceProfile:
+    if str(name_or_path) in _REGISTERED:
+        return _REGISTERED[str(name_or_path)]
     path = resolve_profile_path(name_or_path).resolve()
     if path in _CACHE:
         return _CACHE[path]

@@ -18,12 +18,14 @@ def is_onnx_path(model: str) -> bool:
     return model.lower().endswith(".onnx") or Path(model).exists() or "/" in model
 
 
-def model_graph(model: str, seq_len: int = 128, batch: int = 1, past_len: int = 0) -> ModelGraph:
-    """Module graph at a binding: analytical for zoo names (instant), ingested for ONNX files."""
+def model_graph(model: str, seq_len: int = 128, batch: int = 1, past_len: int = 0,
+                weight_dtype: str = "fp32") -> ModelGraph:
+    """Module graph at a binding: analytical for zoo names (instant; weights of ``weight_dtype``),
+    ingested for ONNX files (their own weights)."""
     if seq_len < 1 or batch < 1:
         raise LLSimError(f"--seq-len ({seq_len}) and --batch ({batch}) must be >= 1")
     if not is_onnx_path(model):
-        return analytic_graph(get_config(model), seq_len, batch, past_len)
+        return analytic_graph(get_config(model), seq_len, batch, past_len, weight_dtype)
     om = analyse(load_proto(model), batch, seq_len, Path(model))
     return model_graph_from_onnx(om)
 

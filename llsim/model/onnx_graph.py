@@ -69,6 +69,7 @@ class OnnxModel:
     const_values: dict[str, np.ndarray] = field(default_factory=dict)
     costs: list[OpCost] = field(default_factory=list)  # one per node of proto.graph.node
     weights_loaded: bool = True
+    run_error: str | None = None  # why onnxruntime could not run it to find shapes (they stay unknown)
 
     @property
     def name(self) -> str:
@@ -228,8 +229,11 @@ def analyse(proto: onnx.ModelProto, batch: int = 1, seq_len: int = 128, path: Pa
         if input_shapes:
             feeds = {i.name: np.zeros(input_shapes[i.name], dtype=helper.tensor_dtype_to_np_dtype(
                 i.type.tensor_type.elem_type)) for i in g.input if i.name in input_shapes}
-        _fill_shapes_by_running(proto, path, tensors, missing, dims, feeds)
-    m = OnnxModel(path, proto, batch, seq_len, dims, tensors, inits, consts, weights_loaded=weights_loaded)
+        run_error = _fill_shapes_by_running(proto, path, tensors, missing, dims, feeds)
+    else:
+        run_error = None
+    m = OnnxModel(path, proto, batch, seq_len, dims, tensors, inits, consts, weights_loaded=weights_loaded,
+                  run_error=run_error)
     m.costs = [node_cost(m, n) for n in g.node]
     return m
 
@@ -269,11 +273,12 @@ def random_inputs(proto: onnx.ModelProto, dims: dict[str, int], seed: int = 0) -
     return feeds
 
 
-def _fill_shapes_by_running(proto, path, tensors, missing, dims, feeds=None):
+def _fill_shapes_by_running(proto, path, tensors, missing, dims, feeds=None) -> str | None:
+    """Shapes inference could not derive, from one onnxruntime run; the run's error, if it failed."""
     import onnxruntime as ort
 
     if _has_external(proto) and path is None:
-        return
+        return None
     try:
         full = load_proto(path, load_weights=True) if (path is not None and _has_external(proto)) else proto
         m = onnx.ModelProto()
@@ -284,7 +289,7 @@ def _fill_shapes_by_running(proto, path, tensors, missing, dims, feeds=None):
                 m.graph.output.append(helper.make_empty_tensor_value_info(name))
         so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        so.log_severity_level = 3
+        so.log_severity_level = 4  # a failure is reported by the caller, not logged on stderr
         sess = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
         outs = sess.run(None, feeds if feeds is not None else random_inputs(full, dims))
         for meta, val in zip(sess.get_outputs(), outs):
@@ -292,8 +297,9 @@ def _fill_shapes_by_running(proto, path, tensors, missing, dims, feeds=None):
                 tensors[meta.name] = TensorInfo(tuple(val.shape), helper.np_dtype_to_tensor_dtype(val.dtype))
     except LLSimError:
         raise
-    except Exception:
-        pass  # shapes stay unknown; costs of those nodes are 0 and cuts through them are invalid
+    except Exception as e:  # shapes stay unknown; costs of those nodes are 0 and cuts through them are invalid
+        return " ".join(str(e).split())[:240]
+    return None
 
 
 def node_cost(m: OnnxModel, n: onnx.NodeProto) -> OpCost:

@@ -164,7 +164,7 @@ def split_model(om: OnnxModel, ca: CutAnalysis, mg: ModelGraph, boundaries: list
         "residual": [route(r) for r in maps.residual],
     }
     _check_plan_consistency(plan)
-    (out / "plan.json").write_text(json.dumps(plan, indent=2) + "\n")
+    (out / "plan.json").write_text(json.dumps(plan, indent=2, allow_nan=False) + "\n")
     return SplitResult(out, plan, files)
 
 
@@ -184,7 +184,7 @@ def _session(path_or_bytes, threads: int = 1):
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
-    so.log_severity_level = 3
+    so.log_severity_level = 4  # failures are raised (and reported by the CLI), not logged on stderr
     return ort.InferenceSession(str(path_or_bytes) if isinstance(path_or_bytes, Path) else path_or_bytes, so,
                                 providers=["CPUExecutionProvider"])
 

@@ -57,15 +57,15 @@ from llsim.errors import LLSimError
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)  # every number finite
 
 
 class RttQuantiles(_Strict):
     """RTT distribution in milliseconds, given by three quantiles (WiFiSeer defaults)."""
 
-    median: float = Field(3.0, gt=0)
-    p90: float = Field(20.0, gt=0)
-    p99: float = Field(250.0, gt=0)
+    median: float = Field(3.0, gt=0, le=60_000)
+    p90: float = Field(20.0, gt=0, le=60_000)
+    p99: float = Field(250.0, gt=0, le=60_000)
 
     @model_validator(mode="after")
     def _ordered(self) -> "RttQuantiles":
@@ -78,8 +78,8 @@ class PowerSaveConfig(_Strict):
     """802.11 power save of the phones (an access point never dozes)."""
 
     enabled: bool = True
-    idle_timeout_ms: float = Field(200.0, ge=0)
-    wake_delay_ms: float = Field(51.2, ge=0)
+    idle_timeout_ms: float = Field(200.0, ge=0, le=3.6e6)
+    wake_delay_ms: float = Field(51.2, ge=0, le=60_000)
 
 
 class _WirelessConfig(_Strict):
@@ -87,15 +87,15 @@ class _WirelessConfig(_Strict):
     width_mhz: Literal[20, 40, 80, 160] = 80
     streams: int = Field(2, ge=1, le=4, description="spatial streams of a phone unless its device entry overrides it")
     guard_interval: Literal["short", "long"] = "short"
-    default_rssi_dbm: float = Field(-55.0, le=0, description="RSSI of a phone at its AP unless its device entry overrides it")
+    default_rssi_dbm: float = Field(-55.0, ge=-120, le=0, description="RSSI of a phone at its AP unless its device entry overrides it")
     tcp_goodput_factor: float = Field(0.65, gt=0, le=1)
     rtt_ms: RttQuantiles = Field(default_factory=RttQuantiles)
     rtt_sampling: Literal["random", "expected"] = Field(
         "random", description="random: one RTT draw per transfer; expected: every transfer gets the mean RTT and "
         "the expected retransmission delay (no randomness; what the allocator bench judges plans with)")
     loss_rate: float = Field(0.0, ge=0, lt=1)
-    retransmit_delay_ms: float = Field(200.0, ge=0)
-    packet_bytes: int = Field(1448, ge=1)
+    retransmit_delay_ms: float = Field(200.0, ge=0, le=60_000)
+    packet_bytes: int = Field(1448, ge=1, le=65_535)
     power_save: PowerSaveConfig = Field(default_factory=PowerSaveConfig)
     rts_cts: bool = False
 
@@ -117,7 +117,7 @@ class WifiDirectConfig(_WirelessConfig):
     """One phone (``ap_device``, a device index) is the hotspot / group owner."""
 
     kind: Literal["wifi_direct"] = "wifi_direct"
-    ap_device: int = Field(0, ge=0)
+    ap_device: int = Field(0, ge=0, le=2006)
 
 
 class FixedConfig(_Strict):
@@ -128,8 +128,8 @@ class FixedConfig(_Strict):
     """
 
     kind: Literal["fixed"] = "fixed"
-    goodput_mbps: float = Field(gt=0)
-    rtt_ms: float = Field(0.0, ge=0)
+    goodput_mbps: float = Field(gt=0, le=1e9)  # idealised links for analytic checks may be very fast
+    rtt_ms: float = Field(0.0, ge=0, le=60_000)
     shared: bool = False
     ap_relay: bool = False
 
@@ -138,7 +138,7 @@ class TraceConfig(_Strict):
     """Replay a measured CSV (time_s, throughput_mbps, rtt_ms); relative paths resolve against the caller's base dir."""
 
     kind: Literal["trace"] = "trace"
-    trace: str
+    trace: str = Field(min_length=1)
     on_end: Literal["hold", "loop"] = "hold"
     shared: bool = False
     ap_relay: bool = False

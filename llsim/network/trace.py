@@ -27,6 +27,11 @@ from llsim.errors import LLSimError
 REQUIRED_COLUMNS = ("time_s", "throughput_mbps", "rtt_ms")
 #: Tolerance (s) for deciding that a time is at a breakpoint.
 EPS = 1e-9
+#: Physical bounds of a row: rows at least 1 ms apart (a measured trace samples far slower; each
+#: breakpoint is an event of the simulation), throughput up to 1 Tb/s, RTT up to a minute.
+MIN_STEP_S = 1e-3
+MAX_MBPS = 1e6
+MAX_RTT_MS = 60_000.0
 
 
 @dataclass(frozen=True)
@@ -125,6 +130,8 @@ def load_trace(path: str | Path, on_end: str = "hold") -> Trace:
         text = path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         raise LLSimError(f"network trace file not found: {path}") from None
+    except UnicodeDecodeError:
+        raise LLSimError(f"{path}: not a text CSV file (not UTF-8)") from None
     except OSError as exc:
         raise LLSimError(f"cannot read network trace {path}: {exc.strerror or exc}") from None
     lines = [(i + 1, ln) for i, ln in enumerate(text.splitlines()) if ln.strip() and not ln.lstrip().startswith("#")]
@@ -157,10 +164,16 @@ def load_trace(path: str | Path, on_end: str = "hold") -> Trace:
                 f"{path}: line {line_no}, column time_s: {t:g} is not after the previous row's {times[-1]:g}; "
                 "times must be strictly increasing"
             )
-        if mbps < 0:
-            raise LLSimError(f"{path}: line {line_no}, column throughput_mbps: {mbps:g} is negative")
-        if rtt_ms < 0:
-            raise LLSimError(f"{path}: line {line_no}, column rtt_ms: {rtt_ms:g} is negative")
+        if times and t - times[-1] < MIN_STEP_S:
+            raise LLSimError(f"{path}: line {line_no}, column time_s: {t:g} is {t - times[-1]:.3g} s after the "
+                             f"previous row; rows must be at least {MIN_STEP_S * 1e3:g} ms apart")
+        if t > 1e9:
+            raise LLSimError(f"{path}: line {line_no}, column time_s: {t:g} s is beyond 1e9 s")
+        for col, v, hi in (("throughput_mbps", mbps, MAX_MBPS), ("rtt_ms", rtt_ms, MAX_RTT_MS)):
+            if v < 0:
+                raise LLSimError(f"{path}: line {line_no}, column {col}: {v:g} is negative")
+            if v > hi:
+                raise LLSimError(f"{path}: line {line_no}, column {col}: {v:g} is above {hi:g}")
         times.append(t)
         thr.append(mbps * 1e6)
         rtt.append(rtt_ms / 1e3)

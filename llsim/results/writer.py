@@ -1,19 +1,30 @@
 """Write a run directory.
 
-* ``manifest.json``: resolved scenario, seed, plan, llsim and dependency versions (no timestamps:
-  same scenario + seed -> identical file)
+* ``manifest.json``: what reproduces the run (:mod:`llsim.results.manifest`): llsim version and git
+  commit, command line, resolved scenario, profile contents and digests, input digests, seed, plan,
+  dependency versions (no timestamps)
 * ``metrics.json``: TTFT, token latency percentiles, tokens/s, request counts, simulated time,
-  simpy events; ``wall_time_s`` and ``events_per_wall_s`` are the only wall-clock fields
+  simpy events, ``stop_reason``, the plan of every epoch (``plans``)
+* ``timing.json``: the wall-clock fields (``wall_time_s``, ``events_per_wall_s``); the only file
+  that differs between two runs of the same scenario and seed
 * ``tokens.csv`` (one row per generated token), ``devices.csv``, ``links.csv``
 * ``rebalances.csv`` when the balancer is on: one row per action (time, trigger, kind, predicted
   cost and gain, the actual stall, old and new plan)
-* ``timeline.json``: Chrome trace format; open it in https://ui.perfetto.dev (one track per device
-  and per link)
+* ``timeline.json``: Chrome trace format; open it in https://ui.perfetto.dev. One track per device,
+  per link lane and for the coordinator; timestamps are integer microseconds, a slice's start and
+  end rounded alike, and slices on one track never overlap (concurrent transfers on one link get
+  lanes ``a -> b``, ``a -> b #2``, ...), so Perfetto shows every slice.
+
+Every JSON file is strict JSON (no NaN or Infinity); every file is written to a temporary name and
+renamed, so an interrupted run leaves complete files or none.
 """
 from __future__ import annotations
 
 import csv
+import io
 import json
+import math
+import os
 import platform
 from importlib import metadata
 from pathlib import Path
@@ -21,6 +32,10 @@ from pathlib import Path
 from llsim import __version__
 
 DEPS = ("simpy", "numpy", "pandas", "highspy", "onnx", "onnxruntime", "pydantic", "pyyaml")
+WALL_CLOCK_KEYS = ("wall_time_s", "events_per_wall_s")
+#: Every file a run directory may hold (``--force`` clears a directory made of these).
+RUN_FILES = ("manifest.json", "metrics.json", "timing.json", "tokens.csv", "devices.csv", "links.csv",
+             "rebalances.csv", "timeline.json")
 
 
 def versions() -> dict:
@@ -35,73 +50,169 @@ def versions() -> dict:
 
 def _fmt(v):
     if isinstance(v, float):
-        return f"{v:.9g}"
+        return f"{v:.9g}" if math.isfinite(v) else ""  # an empty cell: no finite value (never "nan" / "inf")
+    if v is None:
+        return ""
     return v
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (a temporary file renamed over it)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(tmp, "w", newline="") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def dumps(obj, **kw) -> str:
+    """Strict JSON (NaN or Infinity is a bug, not an output)."""
+    return json.dumps(obj, allow_nan=False, **kw)
+
+
+def write_json(path: Path, obj, **kw) -> None:
+    write_text(path, dumps(obj, **kw) + "\n")
 
 
 def write_csv(path: Path, rows: list[dict], columns: list[str] | None = None) -> None:
     cols = columns or (list(rows[0]) if rows else [])
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f, lineterminator="\n")
-        w.writerow(cols)
-        for r in rows:
-            w.writerow([_fmt(r.get(c, "")) for c in cols])
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(cols)
+    for r in rows:
+        w.writerow([_fmt(r.get(c, "")) for c in cols])
+    write_text(path, buf.getvalue())
 
 
-def chrome_trace(timeline: list[dict], device_names: list[str]) -> dict:
-    ev = [{"ph": "M", "pid": 1, "name": "process_name", "args": {"name": "devices"}},
-          {"ph": "M", "pid": 2, "name": "process_name", "args": {"name": "links"}}]
-    for i, n in enumerate(device_names):
-        ev.append({"ph": "M", "pid": 1, "tid": i, "name": "thread_name", "args": {"name": n}})
-    link_tid: dict[tuple, int] = {}
-    coord: list[int] = []
+# ---- timeline -----------------------------------------------------------------------------------
+def _us(t: float) -> int:
+    """Seconds -> integer microseconds; a slice's start and end both go through this, so two slices
+    that touch in simulated time touch in the file (no 1-us overlap from rounding start and length
+    separately)."""
+    return int(round(t * 1e6))
+
+
+class _Lanes:
+    """Slices of one logical track spread over lanes (Perfetto tracks) so that slices on a lane never
+    overlap: each slice takes the first lane free at its start."""
+
+    def __init__(self):
+        self.ends: list[int] = []
+
+    def place(self, ts: int, te: int) -> int:
+        for i, end in enumerate(self.ends):
+            if end <= ts:
+                self.ends[i] = te
+                return i
+        self.ends.append(te)
+        return len(self.ends) - 1
+
+
+def chrome_trace(timeline: list[dict], device_names: list[str], truncated: bool = False) -> dict:
+    names = {**dict(enumerate(device_names)), -1: "AP"}
+    meta = [{"ph": "M", "pid": 1, "name": "process_name", "args": {"name": "devices"}},
+            {"ph": "M", "pid": 2, "name": "process_name", "args": {"name": "links"}}]
+    slices: dict[tuple[int, str], list[tuple[int, int, int, dict]]] = {}  # (pid, track) -> (ts, te, order, event)
+    instants: list[dict] = []
+    order = 0
+    coord = False
     for e in timeline:
-        if e["kind"] == "compute":
-            ev.append({"ph": "X", "pid": 1, "tid": e["device"], "name": f"stage {e['stage']}",
-                       "ts": round(e["start"] * 1e6, 3), "dur": round((e["end"] - e["start"]) * 1e6, 3),
-                       "args": {"request": e["request"], "step": e["step"]}})
-        elif e["kind"] == "link":
-            key = (e["src"], e["dst"])
-            if key not in link_tid:
-                link_tid[key] = len(link_tid)
-                s = device_names[e["src"]] if e["src"] >= 0 else "AP"
-                d = device_names[e["dst"]] if e["dst"] >= 0 else "AP"
-                ev.append({"ph": "M", "pid": 2, "tid": link_tid[key], "name": "thread_name",
-                           "args": {"name": f"{s} -> {d}"}})
-            ev.append({"ph": "X", "pid": 2, "tid": link_tid[key], "name": e.get("tag", "transfer"),
-                       "ts": round(e["start"] * 1e6, 3), "dur": round((e["end"] - e["start"]) * 1e6, 3),
-                       "args": {"bytes": e["bytes"]}})
-        elif e["kind"] == "instant":
+        order += 1
+        k = e["kind"]
+        if k == "compute":
+            track = (1, names[e["device"]])
+            ev = {"ph": "X", "pid": 1, "name": f"stage {e['stage']}",
+                  "args": {"request": e["request"], "step": e["step"]}}
+        elif k == "link":
+            track = (2, f"{names.get(e['src'], e['src'])} -> {names.get(e['dst'], e['dst'])}")
+            ev = {"ph": "X", "pid": 2, "name": e.get("tag") or "transfer", "args": {"bytes": e["bytes"]}}
+        elif k == "span":
+            coord = True
+            track = (3, "balancer")
+            ev = {"ph": "X", "pid": 3, "name": e["name"], "args": e.get("args", {})}
+        elif k == "instant":
             dev = e.get("device", -1)
             if dev is None or dev < 0:  # the coordinator's own track: detections, rebalances
-                if not coord:
-                    coord.append(1)
-                    ev.append({"ph": "M", "pid": 3, "name": "process_name", "args": {"name": "coordinator"}})
-                    ev.append({"ph": "M", "pid": 3, "tid": 0, "name": "thread_name", "args": {"name": "balancer"}})
-                ev.append({"ph": "i", "pid": 3, "tid": 0, "name": e["name"], "s": "p",
-                           "ts": round(e["start"] * 1e6, 3), "args": e.get("args", {})})
+                coord = True
+                instants.append({"ph": "i", "pid": 3, "track": "balancer", "name": e["name"], "s": "p",
+                                 "ts": _us(e["start"]), "args": e.get("args", {})})
             else:
-                ev.append({"ph": "i", "pid": 1, "tid": dev, "name": e["name"], "s": "t",
-                           "ts": round(e["start"] * 1e6, 3), "args": e.get("args", {})})
-        elif e["kind"] == "span":
-            ev.append({"ph": "X", "pid": 3, "tid": 0, "name": e["name"], "ts": round(e["start"] * 1e6, 3),
-                       "dur": round((e["end"] - e["start"]) * 1e6, 3), "args": e.get("args", {})})
-    return {"traceEvents": ev, "displayTimeUnit": "ms"}
+                instants.append({"ph": "i", "pid": 1, "track": names[dev], "name": e["name"], "s": "t",
+                                 "ts": _us(e["start"]), "args": e.get("args", {})})
+            continue
+        else:
+            continue
+        ts, te = _us(e["start"]), _us(e["end"])
+        slices.setdefault(track, []).append((ts, max(te, ts), order, ev))
+    # tracks: devices in index order (even idle ones), then links and the coordinator as they appear
+    tids: dict[tuple[int, str], int] = {}
+
+    def tid(pid: int, name: str) -> int:
+        if (pid, name) not in tids:
+            tids[(pid, name)] = t = sum(1 for p, _ in tids if p == pid)
+            meta.append({"ph": "M", "pid": pid, "tid": t, "name": "thread_name", "args": {"name": name}})
+            meta.append({"ph": "M", "pid": pid, "tid": t, "name": "thread_sort_index", "args": {"sort_index": t}})
+        return tids[(pid, name)]
+
+    for n in device_names:
+        tid(1, n)
+    if coord:
+        meta.append({"ph": "M", "pid": 3, "name": "process_name", "args": {"name": "coordinator"}})
+        tid(3, "balancer")
+    out = []
+    for (pid, track), items in slices.items():
+        items.sort(key=lambda x: (x[0], x[1], x[2]))
+        lanes = _Lanes()
+        for ts, te, _, ev in items:
+            lane = lanes.place(ts, te)
+            ev.update(tid=tid(pid, track if lane == 0 else f"{track} #{lane + 1}"), ts=ts, dur=te - ts)
+            out.append(ev)
+    for ev in instants:
+        ev["tid"] = tid(ev["pid"], ev.pop("track"))
+        out.append(ev)
+    out.sort(key=lambda ev: (ev["ts"], ev["pid"], ev["tid"]))
+    trace = {"traceEvents": meta + out, "displayTimeUnit": "ms"}
+    if truncated:
+        trace["otherData"] = {"note": "timeline truncated: the simulator records at most 400,000 events"}
+    return trace
 
 
-def write_run(out: Path, manifest: dict, res, device_names: list[str]) -> Path:
+# ---- tables -------------------------------------------------------------------------------------
+def link_rows(rows: list[dict], token_bytes: int) -> list[dict]:
+    """links.csv: ``payload`` says what a link carried; a link that carried only token ids (the
+    tail's few bytes back to the header) has no goodput (its time is latency, not throughput)."""
+    out = []
+    for r in rows:
+        r = dict(r)
+        only_tokens = r.get("transfers") and r["bytes"] <= token_bytes * r["transfers"]
+        r["payload"] = "token ids" if only_tokens else "tensors"
+        if only_tokens:
+            r["goodput_mbps"] = None
+        out.append(r)
+    return out
+
+
+def write_run(out: Path, manifest: dict, res, device_names: list[str], token_bytes: int = 4) -> Path:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    (out / "metrics.json").write_text(json.dumps(res.metrics, indent=2, sort_keys=True) + "\n")
+    write_json(out / "manifest.json", manifest, indent=2, sort_keys=True)
+    metrics = {k: v for k, v in res.metrics.items() if k not in WALL_CLOCK_KEYS}
+    timeline_full = len(res.timeline) >= 400_000
+    if timeline_full:
+        metrics["timeline_truncated"] = True
+    write_json(out / "metrics.json", metrics, indent=2, sort_keys=True)
+    write_json(out / "timing.json", {k: res.metrics.get(k) for k in WALL_CLOCK_KEYS}, indent=2, sort_keys=True)
     write_csv(out / "tokens.csv", res.tokens, ["request", "token", "kind", "time_s", "latency_ms", "since_submit_ms"])
     write_csv(out / "devices.csv", res.device_rows)
-    write_csv(out / "links.csv", res.link_rows)
+    write_csv(out / "links.csv", link_rows(res.link_rows, token_bytes))
     if getattr(res, "rebalances", None) is not None and (res.rebalances or res.metrics.get("balancer_enabled")):
         write_csv(out / "rebalances.csv", res.rebalances,
                   ["time_s", "trigger", "kind", "predicted_cost_s", "actual_stall_s", "predicted_gain",
                    "predicted_gain_s", "old_ms_per_token", "new_ms_per_token", "moved_bytes", "predicted_drain_s",
                    "actual_drain_s", "predicted_transfer_s", "actual_transfer_s", "predicted_session_s",
                    "old_plan", "new_plan"])
-    (out / "timeline.json").write_text(json.dumps(chrome_trace(res.timeline, device_names)) + "\n")
+    write_json(out / "timeline.json", chrome_trace(res.timeline, device_names, timeline_full))
     return out

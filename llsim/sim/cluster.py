@@ -23,12 +23,15 @@ class DeviceInstance:
 
 
 def expand_devices(sc: Scenario) -> list[DeviceInstance]:
+    from llsim.validate import expanded_names
+
     out: list[DeviceInstance] = []
-    for spec in sc.devices:
-        prof = load_profile(spec.profile)
+    profs = [load_profile(spec.profile) for spec in sc.devices]
+    names = iter(expanded_names(sc.devices, [p.name for p in profs]))
+    for spec, prof in zip(sc.devices, profs):
         for k in range(spec.count):
             i = len(out)
-            name = spec.name if (spec.name and spec.count == 1) else f"{spec.name or prof.name}-{k}"
+            name = next(names)[0]
             avail = spec.ram_available_gb if spec.ram_available_gb is not None else prof.memory.ram_available_gb
             threads = spec.threads or prof.compute.default_threads
             cm = CostModel(prof, speed=spec.speed)

@@ -242,6 +242,7 @@ def _apply(sim, dec):
     for node in sim.nodes.values():
         node.kv_tokens = cached if node in new.nodes else 0
     sim.epoch = new
+    sim.plan_history.append((env.now, dec.kind, dec.plan))
     if not old.ended.triggered:
         old.ended.succeed()
     gate, sim.gate = sim.gate, None
@@ -290,4 +291,5 @@ def dynamic_metrics(sim, makespan: float) -> dict:
            "balancer_enabled": sim.sc.balancer.enabled}
     if sim.balancer is not None:
         out["balancer_evaluations"] = sim.balancer.evaluations
+        out["balancer_evaluations_not_repeated"] = sim.balancer.skipped
     return out

@@ -225,6 +225,7 @@ class Simulation:
         self.nodes = {d.index: Node(d, PhoneLock(self.env), 0, 0) for d in devices}
         self.present: dict[int, frozenset[int]] = {d.index: frozenset() for d in devices}
         self.epoch = self._make_epoch(plan, 0, check=True)
+        self.plan_history: list[tuple[float, str, Plan]] = [(0.0, "initial", plan)]  # (from, change, plan)
         self.tokens: list[dict] = []
         self.submitted = 0
         self.completed = 0
@@ -493,7 +494,10 @@ class Simulation:
         stop_reason = None
         while stop_reason is None:
             # a chunk of events, then the wall-clock check
-            n, stop_reason = self._advance(CHUNK)
+            try:
+                n, stop_reason = self._advance(CHUNK)
+            except KeyboardInterrupt:  # Ctrl-C: stop here and keep what was simulated
+                n, stop_reason = 0, "interrupted"
             events += n
             if stop_reason is None and time.perf_counter() - wall0 > dur.max_wall_s:
                 stop_reason = "max_wall_s"
@@ -565,8 +569,12 @@ class Simulation:
             "events": events,
             "events_per_wall_s": events / wall if wall > 0 else None,
             "stop_reason": stop_reason,
-            "plan": self.plan.to_json(),
+            "plan": self.plan.to_json(),  # the initial plan (the allocator's); ``plans``: every plan in force
             "plan_strategy": self.plan.strategy,
+            "plans": [{"epoch": i, "from_s": t, "until_s": (self.plan_history[i + 1][0]
+                                                            if i + 1 < len(self.plan_history) else sim_t),
+                       "change": change, "strategy": p.strategy, "stages": p.to_json()}
+                      for i, (t, change, p) in enumerate(self.plan_history)],
         }
         if self.dynamic:
             from llsim.sim.dynamics import dynamic_metrics
@@ -576,14 +584,15 @@ class Simulation:
             metrics["error"] = self.error
         sent = {r["index"]: r for r in self.net.station_stats()}
         dev_rows = []
-        stage_of = {st.device: st for st in self.plan.stages}
+        stage_of = [{st.device: st for st in p.stages} for _, _, p in self.plan_history]
         for d in self.devices:
             node = self.nodes.get(d.index)
-            st = stage_of.get(d.index)
             s = sent.get(d.index, {})
+            ranges = [f"{st.start_module}-{st.end_module}" if st else "-" for st in (e.get(d.index) for e in stage_of)]
             dev_rows.append({
                 "index": d.index, "name": d.name, "profile": d.profile.name, "threads": d.threads,
-                "modules": f"{st.start_module}-{st.end_module}" if st else "",
+                # the device's modules in each plan in force, in order ("0-12 > 0-10 > -"; metrics' plans: when)
+                "modules": "" if all(r == "-" for r in ranges) else " > ".join(ranges),
                 "busy_s": node.busy_s if node else 0.0,
                 "utilisation": (node.busy_s / sim_t) if node and sim_t > 0 else 0.0,
                 "peak_memory_bytes": node.peak_bytes if node else 0,

@@ -1,12 +1,13 @@
 """`llsim run`: scenario -> plan -> simulation -> run directory."""
 from __future__ import annotations
 
+from contextlib import nullcontext
 from pathlib import Path
 
 from llsim.alloc.plan import Plan, explicit_plan, uniform_plan, validate_plan
 from llsim.errors import LLSimError
-from llsim.results.writer import versions, write_run
-from llsim.scenario import Scenario, dump_resolved
+from llsim.results.writer import write_json, write_run
+from llsim.scenario import Scenario
 from llsim.sim.cluster import DeviceInstance, expand_devices
 from llsim.sim.engine import Simulation, SimResult
 
@@ -57,12 +58,27 @@ def simulate(sc: Scenario, plan: Plan | None = None, progress=None, timeline: bo
     return sim.run(), devices, plan
 
 
-def run_to_dir(sc: Scenario, out: Path, progress=None) -> tuple[SimResult, list[DeviceInstance], Plan]:
-    res, devices, plan = simulate(sc, progress=progress)
-    manifest = {"scenario": dump_resolved(sc), "scenario_file": str(sc.path) if sc.path else None, "seed": sc.seed,
-                "plan": plan.to_json(), "plan_strategy": plan.strategy,
-                "devices": [{"index": d.index, "name": d.name, "profile": d.profile.name,
-                             "provenance": d.profile.provenance.kind} for d in devices],
-                "versions": versions()}
-    write_run(out, manifest, res, [d.name for d in devices])
+def run_to_dir(sc: Scenario, out: Path, progress=None, plan: Plan | None = None, invocation: dict | None = None,
+               rerun: dict | None = None, status=None) -> tuple[SimResult, list[DeviceInstance], Plan]:
+    """Plan (unless ``plan`` is given), simulate, write ``out``. The manifest is written before the
+    simulation starts, so even an interrupted run leaves a directory that says what it was.
+    ``rerun``: the manifest being reproduced (its scenario file and profile records are kept);
+    ``status(text)``: a context manager shown while planning."""
+    from llsim.results.manifest import build_manifest
+
+    devices = expand_devices(sc)
+    if plan is None:
+        with status(f"planning: {sc.allocation.strategy} on {len(devices)} devices") if status else nullcontext():
+            plan = make_plan(sc, devices)
+    else:
+        plan = validate_plan(plan, n_modules(sc), len(devices), "manifest plan")
+    manifest = build_manifest(sc, devices, plan, invocation,
+                              scenario_file=rerun.get("scenario_file") if rerun else None,
+                              recorded_profiles=rerun.get("profiles") if rerun else None)
+    sim = Simulation(sc, devices, plan, progress=progress)  # refuses a plan that does not fit, before any file
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "manifest.json", manifest, indent=2, sort_keys=True)
+    res = sim.run()
+    write_run(out, manifest, res, [d.name for d in devices], token_bytes=4 * sc.workload.batch)
     return res, devices, plan
