@@ -45,6 +45,7 @@ BAND = 0.10  # a candidate whose linear value (about a lower bound) exceeds the 
 SAME = 1e-6  # evaluations closer than this (relative) are ties
 CYCLE_TOL = 0.005  # the cycle search may stop this close to the linear optimum (several in flight)
 NEIGHBOURS = 4  # neighbours of the MILP plan added as candidates (several in flight)
+FREE_PHONES = 6  # phones outside the ring that a local move may bring in
 NODE_LIMIT = 100  # branch-and-bound nodes per MILP of the cycle search (several in flight; deterministic)
 MAX_MILPS = 0  # MILPs per cycle search of a large model (several in flight): each costs seconds there
 EXACT_UP_TO_ARCS = 1500  # ... but a model of at most this many stage columns is solved exactly
@@ -179,7 +180,7 @@ def _neighbours(pb: AllocProblem, plan: Plan):
     st = list(plan.stages)
     K, n = len(st), pb.n_modules
     used = {s.device for s in st}
-    free = [d for d in range(pb.n_devices) if d not in used and pb.budget[d] > 0]
+    free = _fastest_free(pb, used)
 
     def make(stages):
         return Plan(tuple(StagePlan(*s) for s in stages), "local")
@@ -223,6 +224,21 @@ def _neighbours(pb: AllocProblem, plan: Plan):
                 yield make(tup[:i] + [(d0, a, m - 1), (d, m, b)] + tup[i + 1:])
                 if i > 0 or pb.header is None:
                     yield make(tup[:i] + [(d, a, m - 1), (d0, m, b)] + tup[i + 1:])
+
+
+def _fastest_free(pb: AllocProblem, used: set[int], k: int = FREE_PHONES) -> list[int]:
+    """The ``k`` fastest phones not in the ring (one of each kind of phone first): what moves that
+    bring a phone in try, so a search's neighbourhood does not grow with the cluster."""
+    speed = pb.lat.compute.sum(axis=1) + pb.overhead
+    out, kinds = [], set()
+    order = sorted((d for d in range(pb.n_devices) if d not in used and pb.budget[d] > 0),
+                   key=lambda d: (speed[d], d))
+    for d in order:  # distinct kinds first: identical phones are interchangeable
+        if pb.device_keys[d] not in kinds:
+            kinds.add(pb.device_keys[d])
+            out.append(d)
+    out += [d for d in order if d not in out]
+    return sorted(out[:k])
 
 
 def best_neighbours(pb: AllocProblem, plan: Plan, objective: str, k: int = NEIGHBOURS) -> list[Plan]:
@@ -349,7 +365,7 @@ def order_search(pb: AllocProblem, plan: Plan, objective: str, max_rounds: int =
     seen = {tuple(cur)}
     first = 1 if pb.header is not None else 0
     for _ in range(max_rounds):
-        free = [d for d in range(pb.n_devices) if d not in cur and pb.budget[d] > 0]
+        free = _fastest_free(pb, set(cur))
         moves = [cur[:i] + cur[i + 1:] for i in range(first, len(cur)) if len(cur) > 1]
         moves += [cur[:i] + [d] + cur[i:] for d in free for i in range(first, len(cur) + 1)]
         moves += [cur[:i] + [d] + cur[i + 1:] for d in free for i in range(first, len(cur))]
