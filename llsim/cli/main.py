@@ -359,6 +359,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--only", help="allocator: comma-separated instance names")
     m.set_defaults(fn=cmd_bench)
 
+    sub.add_parser("worker", help="run a HIL worker: llsim worker --listen 127.0.0.1:PORT --secret-file F "
+                   "(llsim worker --help; docs/hil-protocol.md)", add_help=False)
+
     pp = sub.add_parser("profile", help="device profiles and the cost model")
     psub = pp.add_subparsers(dest="sub", required=True, parser_class=_Parser)
     m = psub.add_parser("host", help="measure this machine and write a profile")
@@ -383,6 +386,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["worker"]:  # the worker parses its own options (the same file runs alone on a phone)
+        from llsim.hil.worker import main as worker_main
+
+        return worker_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

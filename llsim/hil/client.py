@@ -51,10 +51,11 @@ class SegmentSpec:
     threads: int = 1
     state: tuple[tuple[str, str], ...] = ()  # KV-cache (past input, present output) pairs
     optimize: bool = True
+    ranks: tuple[tuple[str, int], ...] = ()  # input ranks the worker checks (segment files may not declare them)
 
     def to_json(self) -> dict:
         return {"segment": self.key, "path": self.path, "sha256": self.sha256, "threads": self.threads,
-                "state": [list(p) for p in self.state], "optimize": self.optimize}
+                "state": [list(p) for p in self.state], "optimize": self.optimize, "ranks": dict(self.ranks)}
 
 
 def sha256_file(path: str | Path) -> str:
@@ -72,8 +73,10 @@ def plan_segment_specs(seg_dir: str | Path, prefix: str = "", threads: int = 1) 
     out = []
     for s in plan["segments"]:
         f = (seg_dir / s["file"]).resolve()
+        ranks = [(i["name"], len(i["shape"])) for i in s["inputs"]]
+        ranks += [(st["input"], len(st["shape"])) for st in s.get("state", [])]
         out.append(SegmentSpec(f"{prefix}{s['index']}", str(f), sha256_file(f), threads,
-                               tuple((st["input"], st["output"]) for st in s.get("state", []))))
+                               tuple((st["input"], st["output"]) for st in s.get("state", [])), True, tuple(ranks)))
     return out
 
 
@@ -106,6 +109,8 @@ class StageResult:
     bytes_out: int
     forward_errors: list = field(default_factory=list)
     elapsed_s: float = 0.0  # coordinator's clock: submit -> completion received
+    t_start: float = 0.0  # the worker's perf_counter at the start and end of session.run (its own clock:
+    t_end: float = 0.0  # comparable between stages of one worker only)
 
 
 @dataclass
@@ -429,7 +434,8 @@ class WorkerClient:
             res = StageResult(self.name, h.get("request"), h.get("step"), h.get("segment"), dict(tensors),
                               float(h.get("compute_s", 0.0)), float(h.get("queue_s", 0.0)),
                               float(h.get("wait_s", 0.0)), float(h.get("send_s", 0.0)), int(h.get("bytes_in", 0)),
-                              int(h.get("bytes_out", 0)), list(h.get("forward_errors", [])))
+                              int(h.get("bytes_out", 0)), list(h.get("forward_errors", [])), 0.0,
+                              float(h.get("t_start", 0.0)), float(h.get("t_end", 0.0)))
             res.elapsed_s = time.monotonic() - getattr(fut, "submitted_at", time.monotonic())
             fut.set_result(res)
         else:

@@ -91,7 +91,7 @@ class LocalNode:
             return
         res = StageResult(self.name, job.key[0], job.key[1], job.key[2], dict(reply), timing["compute_s"],
                           timing["queue_s"], timing["wait_s"], timing["send_s"], timing["bytes_in"],
-                          timing["bytes_out"], timing["forward_errors"])
+                          timing["bytes_out"], timing["forward_errors"], 0.0, timing["t_start"], timing["t_end"])
         res.elapsed_s = time.monotonic() - fut.submitted_at
         fut.set_result(res)
 

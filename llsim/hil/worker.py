@@ -271,7 +271,7 @@ class Segment:
     """One loaded segment: its onnxruntime session and its input/output signature."""
 
     def __init__(self, key, path: str, sha256: str, threads: int = 1, state=(), optimize: bool = True,
-                 spin: bool | None = None):
+                 spin: bool | None = None, ranks: dict | None = None):
         ort = _ort()
         t0 = time.perf_counter()
         try:
@@ -301,6 +301,17 @@ class Segment:
             self.inputs[i.name] = (ORT_TYPES.get(i.type, i.type),
                                    [d if isinstance(d, int) else None for d in (i.shape or [])])
         self.outputs = [o.name for o in self.sess.get_outputs()]
+        # ranks the coordinator declares (segment files may leave input shapes open): checked on receipt
+        for name, r in (ranks or {}).items():
+            if name not in self.inputs or not isinstance(r, int) or not 0 <= r <= MAX_RANK:
+                raise JobError("bad_request", f"segment {key}: 'ranks' names {name!r}, not an input of rank "
+                               f"0..{MAX_RANK}")
+            dtype, shape = self.inputs[name]
+            if not shape:
+                self.inputs[name] = (dtype, [None] * r)
+            elif len(shape) != r:
+                raise JobError("bad_request", f"segment {key}: input {name} has rank {len(shape)} in the file, "
+                               f"{r} declared")
         self.state = {}
         for pair in state:
             if (not isinstance(pair, (list, tuple)) or len(pair) != 2
@@ -322,7 +333,8 @@ class Segment:
         dtype, shape = self.inputs[name]
         if arr.dtype.name != dtype:
             raise JobError("bad_input", f"segment {self.key}: input {name} must be {dtype}, got {arr.dtype.name}")
-        if shape and (len(shape) != arr.ndim or any(e is not None and e != g for e, g in zip(shape, arr.shape))):
+        if shape is not None and shape != [] and (len(shape) != arr.ndim
+                                                  or any(e is not None and e != g for e, g in zip(shape, arr.shape))):
             want = "[" + ", ".join("?" if e is None else str(e) for e in shape) + "]"
             raise JobError("bad_input", f"segment {self.key}: input {name} must have shape {want}, got "
                            f"{list(arr.shape)}")
@@ -425,8 +437,11 @@ class Core:
             threads = spec.get("threads", 1)
             if not isinstance(threads, int) or not 1 <= threads <= 256:
                 raise JobError("bad_request", f"segment {key}: threads must be an integer 1..256")
+            ranks = spec.get("ranks") or {}
+            if not isinstance(ranks, dict):
+                raise JobError("bad_request", f"segment {key}: 'ranks' must map input names to ranks")
             seg = Segment(key, spec["path"], spec.get("sha256"), threads, spec.get("state", []) or [],
-                          bool(spec.get("optimize", True)), spec.get("spin"))
+                          bool(spec.get("optimize", True)), spec.get("spin"), ranks)
             with self.lock:
                 self.segments[key] = seg
             out.append(seg.describe())
@@ -612,32 +627,31 @@ class Core:
                             f"{', '.join(sorted(job.expect))} did not arrive within "
                             f"{job.deadline - job.t_submit:g} s", None)
 
+    def _feeds(self, job: Job):
+        """The job's session inputs (its tensors + the KV state kept for its request), or an error."""
+        with self.lock:
+            self.live.pop(job.tag, None)
+            if job.cancelled:
+                return None, ("dropped", f"request {job.key[0]!r} was dropped")
+            feeds = dict(job.given)
+            resident = self.state.get((job.key[0], job.seg.key), {})
+            for name in job.seg.state:
+                if name not in feeds:
+                    if name not in resident:
+                        return None, ("no_state", f"KV state of request {job.key[0]!r} on segment {job.seg.key} "
+                                      "was dropped before the stage ran")
+                    feeds[name] = resident[name]
+            self.busy = job.key
+            return feeds, None
+
     def _executor(self) -> None:
         while not self._stop:
             job = self.ready.get()
             if job is None:
                 return
-            with self.lock:
-                self.live.pop(job.tag, None)
-                if job.cancelled:
-                    cancelled = True
-                else:
-                    cancelled = False
-                    feeds = dict(job.given)
-                    resident = self.state.get((job.key[0], job.seg.key), {})
-                    for name in job.seg.state:
-                        if name not in feeds:
-                            if name not in resident:
-                                cancelled = None
-                                break
-                            feeds[name] = resident[name]
-                self.busy = job.key
-            if cancelled:
-                self.emit_error(job.owner, job.id, "dropped", f"request {job.key[0]!r} was dropped", None)
-                continue
-            if cancelled is None:
-                self.emit_error(job.owner, job.id, "no_state", f"KV state of request {job.key[0]!r} on segment "
-                                f"{job.seg.key} was dropped before the stage ran", None)
+            feeds, err = self._feeds(job)
+            if err is not None:
+                self.emit_error(job.owner, job.id, err[0], err[1], None)
                 continue
             t_start = time.perf_counter()
             try:
@@ -694,7 +708,7 @@ class Core:
         t0, t1 = info["t_start"], info["t_end"]
         timing = {"wait_s": job.t_ready - job.t_submit, "queue_s": t0 - job.t_ready, "compute_s": t1 - t0,
                   "send_s": t_sent - t1, "bytes_in": job.bytes_in, "bytes_out": bytes_out,
-                  "forward_errors": errors}
+                  "forward_errors": errors, "t_start": t0, "t_end": t1}
         self.emit_done(job, reply, timing)
 
     def stop(self) -> None:
