@@ -210,6 +210,7 @@ class WorkerPool:
             if wp.proc.poll() is None:
                 try:
                     os.kill(wp.pid, signal.SIGTERM)
+                    os.kill(wp.pid, signal.SIGCONT)  # a stopped worker must run to handle it
                 except ProcessLookupError:
                     pass
         end = time.monotonic() + grace_s
