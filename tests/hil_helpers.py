@@ -29,12 +29,11 @@ def pid_gone(pid: int) -> bool:
 def wait_gone(pids, timeout_s: float = 5.0) -> list[int]:
     """The pids still running after ``timeout_s``."""
     end = time.monotonic() + timeout_s
-    left = list(pids)
-    while left and time.monotonic() < end:
-        left = [p for p in left if not pid_gone(p)]
-        if left:
-            time.sleep(0.05)
-    return left
+    while True:
+        left = [p for p in pids if not pid_gone(p)]
+        if not left or time.monotonic() >= end:
+            return left
+        time.sleep(0.05)
 
 
 def raw(address: str, timeout: float = 5.0) -> socket.socket:

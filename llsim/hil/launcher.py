@@ -123,7 +123,8 @@ class WorkerPool:
     @classmethod
     def start(cls, n: int, threads: int = 1, *, cpus: list[list[int]] | None = None, heartbeat_s: float = 0.25,
               patience: int = 4, startup_timeout_s: float = 60.0, python: str | None = None,
-              extra_args: list[str] | None = None, **client_kw) -> "WorkerPool":
+              extra_args: list[str] | None = None, extra_args_per_worker: dict[int, list[str]] | None = None,
+              **client_kw) -> "WorkerPool":
         """``n`` workers; ``threads`` is the default intra-op thread count of their sessions
         (:attr:`threads`), ``cpus[i]`` an optional CPU affinity for worker i."""
         if n < 1:
@@ -143,7 +144,7 @@ class WorkerPool:
                         "--heartbeat-s", str(heartbeat_s)]
                 if cpus and i < len(cpus) and cpus[i]:
                     args += ["--cpus", ",".join(map(str, cpus[i]))]
-                args += list(extra_args or [])
+                args += list(extra_args or []) + list((extra_args_per_worker or {}).get(i, []))
                 with open(log, "wb") as logf:
                     proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=logf,
                                             start_new_session=True, close_fds=True)

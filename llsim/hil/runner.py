@@ -142,7 +142,8 @@ class FailoverRecord:
     error: str
     error_type: str
     detected_after_s: float  # from the first failing step's start to the failure being known
-    stall_s: float  # from the failure being known to the new deployment being ready
+    stall_s: float  # re-planning: re-cutting the segments and loading them on the survivors
+    detected_at: float  # time.monotonic() when the first stage failed
     old: str
     new: str | None
     boundaries: list[int] | None
@@ -185,7 +186,8 @@ class GreedyRunner:
     """Greedy generation of ``new_tokens`` per prompt over ``deployment`` (see the module docstring).
 
     ``predict(segment, kind, seq_len, past_len) -> seconds`` (optional) sets each stage's deadline to
-    predicted x ``slack`` (floor ``floor_s``); without it the clients' default deadline applies.
+    ``slack`` x the predicted time of it and the stages before it (it waits for their outputs), with a
+    floor ``floor_s``; without it the clients' default deadline applies.
     ``replan(survivors, old_deployment, failed_nodes) -> Deployment`` enables failover."""
 
     def __init__(self, deployment: Deployment, mode: str = "kv_cache", *, replan: Callable | None = None,
@@ -234,7 +236,7 @@ class GreedyRunner:
         segs = dep.plan["segments"]
         tail = len(segs) - 1
         fresh_state = kind != "decode"
-        jobs = []
+        jobs, cum = [], 0.0
         for s, seg in enumerate(segs):
             node = dep.nodes[s]
             direct, expect = {}, []
@@ -262,8 +264,9 @@ class GreedyRunner:
             reduce = {"logits": "argmax_last"} if (s == tail and self.reduce_on_worker
                                                   and node.has("reduce-argmax-last")) else None
             fw = [Forward(dep.nodes[d].address, dep.key(d), tuple(names)) for d, names in sorted(forwards.items())]
-            pred = self.predict(s, kind, len(ids), past) if self.predict else None
-            jobs.append((s, node, direct, expect, fw, reply, reduce, pred))
+            if self.predict:  # a stage waits for the ones before it: its deadline counts their time too
+                cum += self.predict(s, kind, len(ids), past)
+            jobs.append((s, node, direct, expect, fw, reply, reduce, cum if self.predict else None))
         step.outstanding = len(jobs)
         for s, node, direct, expect, fw, reply, reduce, pred in jobs:
             node.submit(req.rid, step.position, dep.key(s), direct, expect=expect, forward=fw, reply=reply,
@@ -371,8 +374,8 @@ class GreedyRunner:
                     except WorkerError:
                         pass
         self._gen.failovers.append(FailoverRecord([getattr(n, "name", "?") for n in lost], str(first),
-                                                  type(first).__name__, detected, stall, old.tag, new.tag,
-                                                  new.boundaries, resumed))
+                                                  type(first).__name__, detected, stall, min(self._fail_times),
+                                                  old.tag, new.tag, new.boundaries, resumed))
         self.dep = new
         self._failing = False
         self._errors, self._fail_times = [], []

@@ -420,6 +420,7 @@ class Core:
         self.outbox: queue.Queue = queue.Queue()
         self.busy = None  # key of the running job
         self.runs = 0
+        self.stall_after = None  # fault injection (tests): the executor wedges after this many runs
         self._stop = False
         self._jid = 0
         threading.Thread(target=self._executor, name="llsim-executor", daemon=True).start()
@@ -653,6 +654,9 @@ class Core:
             if err is not None:
                 self.emit_error(job.owner, job.id, err[0], err[1], None)
                 continue
+            if self.stall_after is not None and self.runs >= self.stall_after:
+                self.log("fault injection: the executor stalls (heartbeats go on)")
+                threading.Event().wait()
             t_start = time.perf_counter()
             try:
                 vals = job.seg.sess.run(None, feeds)
@@ -834,7 +838,10 @@ class Server:
     def serve_forever(self) -> None:
         threading.Thread(target=self._heartbeats, name="llsim-heartbeat", daemon=True).start()
         threading.Thread(target=self._accept, name="llsim-accept", daemon=True).start()
-        self.stopped.wait()
+        # wake up regularly: a signal the kernel hands to another thread (e.g. a SIGTERM that waited while
+        # the process was stopped) runs its Python handler only once the main thread executes again
+        while not self.stopped.wait(0.2):
+            pass
 
     def stop(self) -> None:
         self.stopped.set()
@@ -1138,6 +1145,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--parent-pid", type=int, help="exit when this process is gone (set by llsim's launcher)")
     ap.add_argument("--name", help="name shown in hello and logs")
     ap.add_argument("--thermal-root", default="/sys/class/thermal", help=argparse.SUPPRESS)
+    ap.add_argument("--fault-stall-after", type=int, help=argparse.SUPPRESS)  # tests: wedge after N runs
     ap.add_argument("--allow-shared-secret-file", action="store_true",
                     help="accept a secret file readable by others (e.g. pushed by adb to a phone)")
     ap.add_argument("--version", action="version", version=f"llsim-worker {WORKER_VERSION} (protocol {PROTOCOL})")
@@ -1186,6 +1194,8 @@ def main(argv: list[str] | None = None) -> int:
     sys.stdout.write(json.dumps({"listening": server.address, "pid": os.getpid(), "protocol": PROTOCOL,
                                  "worker_version": WORKER_VERSION, "onnxruntime_version": ort.__version__}) + "\n")
     sys.stdout.flush()
+    if args.fault_stall_after is not None:
+        server.core.stall_after = args.fault_stall_after
     server.serve_forever()
     server.core.stop()
     return 0
