@@ -277,3 +277,19 @@ def test_full_model_on_one_worker_matches(pool, tmp_path):
     out = r.result(timeout=10).outputs["logits"]
     assert out.dtype == np.int64 and out.tolist() == [int(np.argmax(ref[0, -1]))]
     w.unload(["whole0"])
+
+
+def test_a_refused_fed_input_fails_its_stage_not_the_connection(pool, kv_segments):
+    d, plan, _ = kv_segments
+    w = pool.workers[0]
+    w.load([plan_segment_specs(d, "fed")[1]])
+    seg = plan["segments"][1]
+    name = seg["inputs"][0]["name"]
+    fresh = {st["input"]: empty_state(st, 1) for st in seg["state"]}
+    f = w.submit("fd", 0, "fed1", fresh, expect=[i["name"] for i in seg["inputs"]])
+    w.feed("fd", 0, "fed1", {name: np.zeros((1, 2, 3), np.int64)})  # the wrong dtype
+    with pytest.raises(BadInput, match="must be float32"):
+        f.result(timeout=5)
+    assert w.alive and w.ping() < 1
+    w.drop("fd")
+    w.unload(["fed1"])

@@ -150,6 +150,7 @@ class _Call:
     kind: str
     deadline: float | None
     what: str
+    key: tuple | None = None  # (request, step, segment) of a stage
 
 
 class _Monitor:
@@ -199,6 +200,8 @@ class WorkerClient:
         self._secret = secret
         self._ids = itertools.count(1)
         self._calls: dict[int, _Call] = {}
+        self._stage_ids: dict[tuple, int] = {}
+        self.errors: list = []  # errors the worker reported about fed tensors of no known stage
         self._lock = threading.Lock()
         self._wlock = threading.Lock()
         self._closing = False
@@ -299,16 +302,21 @@ class WorkerClient:
         cid = next(self._ids)
         header = dict(header, id=cid)
         deadline = None if deadline_s is None else time.monotonic() + deadline_s
+        key = (header.get("request"), header.get("step"), header.get("segment")) if kind == "stage" else None
         with self._lock:
             if self.health.lost is not None:
                 fut.set_exception(self.health.lost)
                 return fut
-            self._calls[cid] = _Call(fut, kind, deadline, what or header["type"])
+            self._calls[cid] = _Call(fut, kind, deadline, what or header["type"], key)
+            if key is not None:
+                self._stage_ids[key] = cid
         try:
             self._send(header, tensors)
         except WorkerError as e:
             with self._lock:
                 self._calls.pop(cid, None)
+                if key is not None:
+                    self._stage_ids.pop(key, None)
             if not fut.done():
                 fut.set_exception(e)
         return fut
@@ -392,7 +400,8 @@ class WorkerClient:
     def _read_loop(self) -> None:
         try:
             while True:
-                h, tensors = wire.read_frame(self.sock, wire.MAX_HEADER, wire.DEFAULT_MAX_PAYLOAD * 4)
+                h, tensors = wire.read_frame(self.sock, wire.MAX_HEADER, wire.DEFAULT_MAX_PAYLOAD * 4,
+                                             progress=self._alive_now)
                 self.health.last_seen = time.monotonic()
                 self._on_frame(h, tensors)
         except wire.PeerClosed:
@@ -406,6 +415,9 @@ class WorkerClient:
         if not self._closing:
             self._lose(err)
 
+    def _alive_now(self) -> None:
+        self.health.last_seen = time.monotonic()
+
     def _on_frame(self, h: dict, tensors: list) -> None:
         t = h["type"]
         if t == "heartbeat":
@@ -417,14 +429,21 @@ class WorkerClient:
             hb.state_bytes, hb.runs = int(h.get("state_bytes", 0)), int(h.get("runs", 0))
             return
         cid = h.get("id")
-        if t == "error" and (cid is None or h.get("fatal")):
+        if t == "error" and (h.get("fatal") or (cid is None and "fatal" not in h)):
             err = remote_error(h, self.name)
             if not isinstance(err, WorkerLost):
                 err = WorkerDied(f"the worker closed the connection: {err.detail}", self.name)
             self._lose(err)
             return
         with self._lock:
+            if cid is None and t == "error":  # a fed input refused: fail the stage it was meant for
+                cid = self._stage_ids.get((h.get("request"), h.get("step"), h.get("segment")))
+                if cid is None:
+                    self.errors.append(remote_error(h, self.name))
+                    return
             call = self._calls.pop(cid, None)
+            if call is not None and call.kind == "stage":
+                self._stage_ids.pop(call.key, None)
         if call is None or call.future.done():
             return  # a late answer to a call that already failed (deadline): dropped
         if t == "error":
@@ -454,6 +473,7 @@ class WorkerClient:
                 self.health.lost = err
             calls = list(self._calls.values())
             self._calls.clear()
+            self._stage_ids.clear()
         for c in calls:
             if not c.future.done():
                 c.future.set_exception(err)
@@ -475,6 +495,8 @@ class WorkerClient:
             for cid, c in list(self._calls.items()):
                 if c.deadline is not None and now > c.deadline:
                     del self._calls[cid]
+                    if c.key is not None:
+                        self._stage_ids.pop(c.key, None)
                     expired.append(c)
         for c in expired:
             if not c.future.done():

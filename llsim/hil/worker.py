@@ -140,7 +140,7 @@ def send_parts(sock: socket.socket, parts, stall_s: float = SEND_STALL_S) -> int
     return sent
 
 
-def _recv_into(sock: socket.socket, view: memoryview, started: bool, timeout_s: float) -> None:
+def _recv_into(sock: socket.socket, view: memoryview, started: bool, timeout_s: float, progress=None) -> None:
     """Fill ``view``. Before the frame started, wait as long as it takes (EOF there is a clean close);
     once started, each chunk must arrive within ``timeout_s`` and EOF is a truncated frame."""
     got, n = 0, len(view)
@@ -164,6 +164,8 @@ def _recv_into(sock: socket.socket, view: memoryview, started: bool, timeout_s: 
                                     "of a part")
         got += k
         started = True
+        if progress is not None:
+            progress()
 
 
 def check_tensor_meta(meta, max_bytes: int) -> tuple[str, str, tuple, int]:
@@ -195,9 +197,10 @@ def check_tensor_meta(meta, max_bytes: int) -> tuple[str, str, tuple, int]:
 
 
 def read_frame(sock: socket.socket, max_header: int = MAX_HEADER, max_payload: int = DEFAULT_MAX_PAYLOAD,
-               timeout_s: float = FRAME_TIMEOUT_S) -> tuple[dict, list]:
+               timeout_s: float = FRAME_TIMEOUT_S, progress=None) -> tuple[dict, list]:
     """One frame: (header, [(name, array), ...]). Raises PeerClosed between frames, ProtocolViolation
-    for anything malformed or over a bound (checked before any allocation)."""
+    for anything malformed or over a bound (checked before any allocation). ``progress()`` is called
+    as bytes arrive (a large frame still in transit is a sign of life)."""
     pre = bytearray(PREFIX.size)
     _recv_into(sock, memoryview(pre), False, timeout_s)
     magic, hlen, plen = PREFIX.unpack(pre)
@@ -229,7 +232,7 @@ def read_frame(sock: socket.socket, max_header: int = MAX_HEADER, max_payload: i
     for name, dtype, shape, nbytes in checked:
         buf = np.empty(nbytes, dtype=np.uint8)
         if nbytes:
-            _recv_into(sock, memoryview(buf), True, timeout_s)
+            _recv_into(sock, memoryview(buf), True, timeout_s, progress)
         out.append((name, buf.view(np.dtype(dtype)).reshape(shape)))
     return header, out
 
@@ -988,7 +991,8 @@ class Server:
                 threading.Thread(target=self.stop, daemon=True).start()
         except JobError as e:
             conn.send({"type": "error", "id": mid, "code": e.code, "message": e.message, "traceback": e.tb,
-                       "request": h.get("request"), "step": h.get("step"), "segment": h.get("segment")})
+                       "fatal": False, "about": t, "request": h.get("request"), "step": h.get("step"),
+                       "segment": h.get("segment")})
 
     def _configure(self, h: dict) -> dict:
         out = {}
