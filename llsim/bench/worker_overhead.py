@@ -110,8 +110,9 @@ def measure(rounds: int = ROUNDS, runs: int = RUNS, log=print):
             spec = plan_segment_specs(d, f"{key[0]}{key[1]}/")[seg]
             w.load([spec])
             sess = _session(Path(spec.path))
-            feeds = _inputs(plan, seg, seq, past, rng)
             states = plan["segments"][seg].get("state", [])
+            # per run: a decode step's cache (and mask) is one token longer than the last one's
+            feeds = [_inputs(plan, seg, seq, past + (k if states else 0), rng) for k in range(runs)]
             past_t = {}
             for st in states:
                 shape = list(st["shape"])
@@ -125,9 +126,10 @@ def measure(rounds: int = ROUNDS, runs: int = RUNS, log=print):
             st = dict(c["past"])
             ts = []
             names = c["outs"] + [s["output"] for s in c["states"]]
-            for _ in range(runs):
+            for k in range(runs):
+                x = {**c["feeds"][k], **st}
                 t0 = time.perf_counter()
-                vals = c["sess"].run(names, {**c["feeds"], **st})
+                vals = c["sess"].run(names, x)
                 ts.append(time.perf_counter() - t0)
                 if c["states"]:  # a decode step: the cache grows by one token, as on the worker
                     st = {s["input"]: v for s, v in zip(c["states"], vals[len(c["outs"]):])}
@@ -138,7 +140,7 @@ def measure(rounds: int = ROUNDS, runs: int = RUNS, log=print):
             rid = f"bench{r}"
             w.drop(rid)
             for k in range(runs):
-                x = dict(c["feeds"])
+                x = dict(c["feeds"][k])
                 if c["states"] and k == 0:
                     x.update(c["past"])  # the first step brings the cache, later ones use the kept one
                 t0 = time.perf_counter()
