@@ -293,3 +293,15 @@ def test_a_refused_fed_input_fails_its_stage_not_the_connection(pool, kv_segment
     assert w.alive and w.ping() < 1
     w.drop("fd")
     w.unload(["fed1"])
+
+
+def test_sessions_open_with_the_pools_thread_count(tmp_path):
+    b = onnx_bundle("tiny-gpt2", seq_len=4)
+    split_model(b.om, b.cuts, b.graph, [0, 2, 5], tmp_path, b.proto)
+    specs = plan_segment_specs(tmp_path, "t")
+    with WorkerPool.start(1, threads=2) as p:
+        loaded = p.workers[0].load(specs[:1])
+        assert loaded["t0"]["threads"] == 2
+        from dataclasses import replace
+
+        assert p.workers[0].load([replace(specs[1], threads=1)])["t1"]["threads"] == 1

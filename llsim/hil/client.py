@@ -48,13 +48,14 @@ class SegmentSpec:
     key: str
     path: str
     sha256: str
-    threads: int = 1
+    threads: int | None = None  # intra-op threads; None: the client's default (WorkerPool.start(n, threads))
     state: tuple[tuple[str, str], ...] = ()  # KV-cache (past input, present output) pairs
     optimize: bool = True
     ranks: tuple[tuple[str, int], ...] = ()  # input ranks the worker checks (segment files may not declare them)
 
-    def to_json(self) -> dict:
-        return {"segment": self.key, "path": self.path, "sha256": self.sha256, "threads": self.threads,
+    def to_json(self, default_threads: int = 1) -> dict:
+        threads = self.threads if self.threads is not None else default_threads
+        return {"segment": self.key, "path": self.path, "sha256": self.sha256, "threads": threads,
                 "state": [list(p) for p in self.state], "optimize": self.optimize, "ranks": dict(self.ranks)}
 
 
@@ -66,7 +67,7 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def plan_segment_specs(seg_dir: str | Path, prefix: str = "", threads: int = 1) -> list[SegmentSpec]:
+def plan_segment_specs(seg_dir: str | Path, prefix: str = "", threads: int | None = None) -> list[SegmentSpec]:
     """One spec per segment of a ``split_model`` directory (plan.json), ids ``{prefix}{index}``."""
     seg_dir = Path(seg_dir)
     plan = json.loads((seg_dir / "plan.json").read_text())
@@ -190,12 +191,14 @@ class WorkerClient:
     def __init__(self, address: str, secret: bytes, *, heartbeat_s: float = 0.25, patience: int = 4,
                  connect_timeout_s: float = 10.0, floor_s: float = 2.0, slack: float = 3.0,
                  default_deadline_s: float = 60.0, send_stall_s: float = 10.0, name: str | None = None,
-                 log_tail: Callable[[], str | None] | None = None, pending_timeout_s: float | None = None):
+                 log_tail: Callable[[], str | None] | None = None, pending_timeout_s: float | None = None,
+                 threads: int = 1):
         self.address = address
         self.name = name or address
         self.heartbeat_s, self.patience = heartbeat_s, patience
         self.floor_s, self.slack, self.default_deadline_s = floor_s, slack, default_deadline_s
         self.send_stall_s = send_stall_s
+        self.threads = threads  # default intra-op threads of the segments loaded here
         self.log_tail = log_tail
         self._secret = secret
         self._ids = itertools.count(1)
@@ -330,7 +333,7 @@ class WorkerClient:
     def load(self, segments: list[SegmentSpec], deadline_s: float = 300.0) -> dict[str, dict]:
         """Load segment files on the worker (verified by sha256); returns per id its signature and
         ``load_s`` (file read + hash + session creation, measured there)."""
-        r = self._sync({"type": "load", "segments": [s.to_json() for s in segments]}, deadline_s)
+        r = self._sync({"type": "load", "segments": [s.to_json(self.threads) for s in segments]}, deadline_s)
         return {d["segment"]: d for d in r["segments"]}
 
     def unload(self, keys: list[str]) -> list[str]:

@@ -125,8 +125,8 @@ class WorkerPool:
               patience: int = 4, startup_timeout_s: float = 60.0, python: str | None = None,
               extra_args: list[str] | None = None, extra_args_per_worker: dict[int, list[str]] | None = None,
               **client_kw) -> "WorkerPool":
-        """``n`` workers; ``threads`` is the default intra-op thread count of their sessions
-        (:attr:`threads`), ``cpus[i]`` an optional CPU affinity for worker i."""
+        """``n`` workers; ``threads`` is the intra-op thread count of the sessions they open (unless a
+        :class:`SegmentSpec` says otherwise), ``cpus[i]`` an optional CPU affinity for worker i."""
         if n < 1:
             raise ValueError("a pool needs at least one worker")
         pool = cls()
@@ -154,7 +154,8 @@ class WorkerPool:
                 wp.address = pool._read_address(wp, deadline)
             for wp in pool.processes:
                 pool.workers.append(WorkerClient(wp.address, pool.secret, heartbeat_s=heartbeat_s, patience=patience,
-                                                 name=f"local-{wp.index}", log_tail=wp.log_tail, **client_kw))
+                                                 name=f"local-{wp.index}", log_tail=wp.log_tail, threads=threads,
+                                                 **client_kw))
         except BaseException:
             pool.stop()
             raise

@@ -24,8 +24,9 @@ from llsim.hil.errors import WorkerDied, remote_error
 class LocalNode:
     address = None  # nothing to forward to: the coordinator feeds it
 
-    def __init__(self, name: str = "coordinator"):
+    def __init__(self, name: str = "coordinator", threads: int = 1):
         self.name = name
+        self.threads = threads
         self._futures: dict[int, StageFuture] = {}
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
@@ -43,7 +44,7 @@ class LocalNode:
 
     def load(self, segments: list[SegmentSpec]) -> dict[str, dict]:
         try:
-            return {d["segment"]: d for d in self.core.load([s.to_json() for s in segments])}
+            return {d["segment"]: d for d in self.core.load([s.to_json(self.threads) for s in segments])}
         except wire.JobError as e:
             raise remote_error({"code": e.code, "message": e.message, "traceback": e.tb}, self.name) from None
 

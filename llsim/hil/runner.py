@@ -83,7 +83,7 @@ def is_real(node) -> bool:
     return getattr(node, "address", None) is not None
 
 
-def deploy(seg_dir: str | Path, nodes: list, tag: str = "d0", threads: int = 1) -> Deployment:
+def deploy(seg_dir: str | Path, nodes: list, tag: str = "d0", threads: int | None = None) -> Deployment:
     """Load segment i of ``seg_dir`` on ``nodes[i]`` (one node may hold several), and open the links
     between real workers that forward to each other."""
     import json
@@ -427,7 +427,7 @@ class GreedyRunner:
 
 
 # ---- re-planning and references ------------------------------------------------------------------
-def even_replan(bundle, workdir: str | Path, threads: int = 1) -> Callable:
+def even_replan(bundle, workdir: str | Path, threads: int | None = None) -> Callable:
     """A ``replan`` that cuts the model into one segment per survivor (as even as its modules allow),
     writes the files under ``workdir/<tag>`` and loads them on the survivors."""
     from llsim.model.segment import split_model
