@@ -63,7 +63,7 @@ def test_worker_lost_mid_run_fails_over_and_resumes_exactly(name, mode, how, tmp
         assert len(g.failovers) == 1
         f = g.failovers[0]
         assert f.failed == ["local-1"] and f.error_type == ("WorkerDied" if how == "killed" else "WorkerHung")
-        bound = 1.0 if how == "killed" else HB * PATIENCE + 0.5
+        bound = 1.5 if how == "killed" else HB * PATIENCE + 1.0  # + scheduling on a busy host
         assert f.detected_at - hit["t"] < bound
         assert len(f.boundaries) == 3  # re-cut into 2 segments for the 2 survivors
         after = {e.deployment for e in g.events if e.deployment != "d0"}

@@ -24,7 +24,7 @@ NEW = 8
 
 @pytest.fixture(scope="module")
 def pool():
-    p = WorkerPool.start(3, heartbeat_s=0.1, patience=20)
+    p = WorkerPool.start(3, heartbeat_s=0.1, patience=50)
     yield p
     p.stop()
 

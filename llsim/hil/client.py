@@ -111,7 +111,9 @@ class StageResult:
     forward_errors: list = field(default_factory=list)
     elapsed_s: float = 0.0  # coordinator's clock: submit -> completion received
     t_start: float = 0.0  # the worker's perf_counter at the start and end of session.run (its own clock:
-    t_end: float = 0.0  # comparable between stages of one worker only)
+    t_end: float = 0.0  # comparable between stages of one worker only; on one Linux host it is CLOCK_MONOTONIC,
+    t_submit: float = 0.0  # the same clock as this process's perf_counter) and when its submit was read
+    t_received: float = 0.0  # this process's perf_counter when the completion frame was read
 
 
 @dataclass
@@ -188,7 +190,7 @@ _MONITOR = _Monitor()
 class WorkerClient:
     """A connection to one worker. ``WorkerClient.connect(address, secret)``; see the module docstring."""
 
-    def __init__(self, address: str, secret: bytes, *, heartbeat_s: float = 0.25, patience: int = 4,
+    def __init__(self, address: str, secret: bytes, *, heartbeat_s: float = 0.5, patience: int = 4,
                  connect_timeout_s: float = 10.0, floor_s: float = 2.0, slack: float = 3.0,
                  default_deadline_s: float = 60.0, send_stall_s: float = 10.0, name: str | None = None,
                  log_tail: Callable[[], str | None] | None = None, pending_timeout_s: float | None = None,
@@ -406,6 +408,7 @@ class WorkerClient:
                 h, tensors = wire.read_frame(self.sock, wire.MAX_HEADER, wire.DEFAULT_MAX_PAYLOAD * 4,
                                              progress=self._alive_now)
                 self.health.last_seen = time.monotonic()
+                self._t_frame = time.perf_counter()
                 self._on_frame(h, tensors)
         except wire.PeerClosed:
             err = WorkerDied("the worker closed the connection", self.name, self._tail())
@@ -459,6 +462,7 @@ class WorkerClient:
                               int(h.get("bytes_out", 0)), list(h.get("forward_errors", [])), 0.0,
                               float(h.get("t_start", 0.0)), float(h.get("t_end", 0.0)))
             res.elapsed_s = time.monotonic() - getattr(fut, "submitted_at", time.monotonic())
+            res.t_submit, res.t_received = float(h.get("t_submit", 0.0)), self._t_frame
             fut.set_result(res)
         else:
             call.future.set_result(h)

@@ -121,7 +121,7 @@ class WorkerPool:
         self._lock = threading.Lock()
 
     @classmethod
-    def start(cls, n: int, threads: int = 1, *, cpus: list[list[int]] | None = None, heartbeat_s: float = 0.25,
+    def start(cls, n: int, threads: int = 1, *, cpus: list[list[int]] | None = None, heartbeat_s: float = 0.5,
               patience: int = 4, startup_timeout_s: float = 60.0, python: str | None = None,
               extra_args: list[str] | None = None, extra_args_per_worker: dict[int, list[str]] | None = None,
               **client_kw) -> "WorkerPool":

@@ -767,7 +767,7 @@ class Core:
         t0, t1 = info["t_start"], info["t_end"]
         timing = {"wait_s": job.t_ready - job.t_submit, "queue_s": t0 - job.t_ready, "compute_s": t1 - t0,
                   "send_s": t_sent - t1, "bytes_in": job.bytes_in, "bytes_out": bytes_out,
-                  "forward_errors": errors, "t_start": t0, "t_end": t1}
+                  "forward_errors": errors, "t_submit": job.t_submit, "t_start": t0, "t_end": t1}
         self.emit_done(job, reply, timing)
 
     def stop(self) -> None:
