@@ -80,6 +80,58 @@ def test_frames_round_trip_every_dtype_and_shape():
         b.close()
 
 
+def test_buffered_reader_splits_any_byte_stream_into_the_frames_sent():
+    """Random frames (small, large headers, tensors larger than the buffer) sent back to back and cut at
+    random places: the connection's buffered reader returns exactly the frames, in order."""
+    rng = np.random.default_rng(5)
+    frames = []
+    for k in range(60):
+        kind = k % 4
+        tensors = []
+        if kind == 1:
+            tensors = [("big", rng.standard_normal(int(rng.integers(20_000, 60_000))).astype(np.float32))]
+        elif kind == 2:
+            tensors = [(f"t{i}", rng.integers(0, 9, (int(rng.integers(0, 4)), 3)).astype(np.int64)) for i in range(3)]
+        header = {"type": "tensors", "k": k, "pad": "x" * (int(rng.integers(70_000, 200_000)) if kind == 3 else 3)}
+        frames.append((header, tensors))
+    stream = b"".join(bytes(p) for h, t in frames for p in wire.encode(h, t))
+    a, b = socket.socketpair()
+
+    def sender():
+        i = 0
+        while i < len(stream):
+            n = int(rng.integers(1, 100_000))
+            a.sendall(stream[i:i + n])
+            i += n
+        a.shutdown(socket.SHUT_WR)
+
+    t = threading.Thread(target=sender)
+    t.start()
+    reader = wire.FrameReader(b)
+    for header, tensors in frames:
+        h, got = reader.read()
+        assert h["k"] == header["k"] and h["pad"] == header["pad"]
+        assert [n for n, _ in got] == [n for n, _ in tensors]
+        for (_, x), (_, y) in zip(tensors, got):
+            np.testing.assert_array_equal(x, y)
+    with pytest.raises(wire.PeerClosed):
+        reader.read()
+    t.join()
+    a.close()
+    b.close()
+
+
+def test_buffered_reader_reports_a_truncated_frame():
+    a, b = socket.socketpair()
+    data = b"".join(bytes(p) for p in wire.encode({"type": "tensors"}, [("x", np.arange(50, dtype=np.int64))]))
+    a.sendall(data[:-7])
+    a.shutdown(socket.SHUT_WR)
+    with pytest.raises(wire.ProtocolViolation, match="truncated"):
+        wire.FrameReader(b).read()
+    a.close()
+    b.close()
+
+
 def test_large_tensor_frames_cross_in_parts():
     a, b = socket.socketpair()
     x = np.arange(3_000_000, dtype=np.float32)  # 12 MB: larger than the socket buffers

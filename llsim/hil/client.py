@@ -403,10 +403,10 @@ class WorkerClient:
 
     # -- incoming
     def _read_loop(self) -> None:
+        reader = wire.FrameReader(self.sock, progress=self._alive_now)
         try:
             while True:
-                h, tensors = wire.read_frame(self.sock, wire.MAX_HEADER, wire.DEFAULT_MAX_PAYLOAD * 4,
-                                             progress=self._alive_now)
+                h, tensors = reader.read(wire.MAX_HEADER, wire.DEFAULT_MAX_PAYLOAD * 4)
                 self.health.last_seen = time.monotonic()
                 self._t_frame = time.perf_counter()
                 self._on_frame(h, tensors)

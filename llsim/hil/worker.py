@@ -202,14 +202,7 @@ def check_tensor_meta(meta, max_bytes: int) -> tuple[str, str, tuple, int]:
     return name, dtype, tuple(shape), nbytes
 
 
-def read_frame(sock: socket.socket, max_header: int = MAX_HEADER, max_payload: int = DEFAULT_MAX_PAYLOAD,
-               timeout_s: float = FRAME_TIMEOUT_S, progress=None) -> tuple[dict, list]:
-    """One frame: (header, [(name, array), ...]). Raises PeerClosed between frames, ProtocolViolation
-    for anything malformed or over a bound (checked before any allocation). ``progress()`` is called
-    as bytes arrive (a large frame still in transit is a sign of life)."""
-    pre = bytearray(PREFIX.size)
-    _recv_into(sock, memoryview(pre), False, timeout_s)
-    magic, hlen, plen = PREFIX.unpack(pre)
+def _check_prefix(magic: bytes, hlen: int, plen: int, max_header: int, max_payload: int) -> None:
     if magic != MAGIC:
         raise ProtocolViolation("malformed", f"not an llsim HIL frame (magic {bytes(magic)!r}, expected {MAGIC!r})")
     if hlen == 0 or hlen > max_header:
@@ -217,10 +210,11 @@ def read_frame(sock: socket.socket, max_header: int = MAX_HEADER, max_payload: i
                                 f"header length {hlen} is outside the bound 1..{max_header}")
     if plen > max_payload:
         raise ProtocolViolation("too_large", f"payload length {plen} exceeds the bound of {max_payload} bytes")
-    hb = bytearray(hlen)
-    _recv_into(sock, memoryview(hb), True, timeout_s)
+
+
+def _parse_header(hb, plen: int, max_payload: int) -> tuple[dict, list]:
     try:
-        header = json.loads(hb.decode("utf-8"))
+        header = json.loads(bytes(hb).decode("utf-8"))
     except (UnicodeDecodeError, ValueError):
         raise ProtocolViolation("malformed", "the frame header is not UTF-8 JSON") from None
     if not isinstance(header, dict) or not isinstance(header.get("type"), str):
@@ -234,6 +228,22 @@ def read_frame(sock: socket.socket, max_header: int = MAX_HEADER, max_payload: i
     total = sum(c[3] for c in checked)
     if total != plen:
         raise ProtocolViolation("malformed", f"payload length {plen} != the tensors' {total} bytes")
+    return header, checked
+
+
+def read_frame(sock: socket.socket, max_header: int = MAX_HEADER, max_payload: int = DEFAULT_MAX_PAYLOAD,
+               timeout_s: float = FRAME_TIMEOUT_S, progress=None) -> tuple[dict, list]:
+    """One frame: (header, [(name, array), ...]), reading exactly its bytes. Raises PeerClosed between
+    frames, ProtocolViolation for anything malformed or over a bound (checked before any allocation).
+    ``progress()`` is called as bytes arrive (a large frame still in transit is a sign of life).
+    Connections use the buffered :class:`FrameReader`; this one suits a socket read frame by frame."""
+    pre = bytearray(PREFIX.size)
+    _recv_into(sock, memoryview(pre), False, timeout_s)
+    magic, hlen, plen = PREFIX.unpack(pre)
+    _check_prefix(magic, hlen, plen, max_header, max_payload)
+    hb = bytearray(hlen)
+    _recv_into(sock, memoryview(hb), True, timeout_s)
+    header, checked = _parse_header(hb, plen, max_payload)
     out = []
     for name, dtype, shape, nbytes in checked:
         buf = np.empty(nbytes, dtype=np.uint8)
@@ -241,6 +251,91 @@ def read_frame(sock: socket.socket, max_header: int = MAX_HEADER, max_payload: i
             _recv_into(sock, memoryview(buf), True, timeout_s, progress)
         out.append((name, buf.view(np.dtype(dtype)).reshape(shape)))
     return header, out
+
+
+class FrameReader:
+    """Frames from one socket through a buffer: a small frame (and whatever follows it) usually costs a
+    single recv. Same bounds, checks and errors as :func:`read_frame`; tensor bytes beyond what the
+    buffer holds are received straight into their arrays."""
+
+    CHUNK = 1 << 16
+
+    def __init__(self, sock: socket.socket, timeout_s: float = FRAME_TIMEOUT_S, progress=None):
+        self.sock, self.timeout_s, self.progress = sock, timeout_s, progress
+        self.buf = bytearray(self.CHUNK)
+        self.start = self.end = 0
+        self._flag = getattr(socket, "MSG_DONTWAIT", 0)
+
+    def _recv(self, started: bool) -> None:
+        """At least one more byte into the buffer (waiting forever at a frame boundary)."""
+        if self.end == len(self.buf):
+            n = self.end - self.start
+            self.buf[:n] = self.buf[self.start:self.end]
+            self.start, self.end = 0, n
+        while True:
+            with memoryview(self.buf) as mv:
+                if not started:
+                    k = self.sock.recv_into(mv[self.end:])
+                else:
+                    try:
+                        k = self.sock.recv_into(mv[self.end:], 0, self._flag) if self._flag else \
+                            self.sock.recv_into(mv[self.end:])
+                    except (BlockingIOError, InterruptedError):
+                        r, _, _ = select.select([self.sock], [], [], self.timeout_s)
+                        if not r:
+                            raise ProtocolViolation("truncated", f"truncated frame: no data for {self.timeout_s:g} s "
+                                                    "in the middle of a frame") from None
+                        continue
+            if k == 0:
+                if not started:
+                    raise PeerClosed()
+                raise ProtocolViolation("truncated", "truncated frame: the connection closed in the middle of a "
+                                        "frame")
+            self.end += k
+            if self.progress is not None:
+                self.progress()
+            return
+
+    def _need(self, n: int) -> None:
+        """``n`` bytes buffered from ``start`` (n is bounded by the caller)."""
+        if self.start + n > len(self.buf):  # make room: move what is left to the front, grow if need be
+            left = self.end - self.start
+            self.buf[:left] = self.buf[self.start:self.end]
+            self.start, self.end = 0, left
+            if n > len(self.buf):
+                self.buf.extend(bytes(n - len(self.buf)))
+        while self.end - self.start < n:
+            self._recv(True)
+
+    def read(self, max_header: int = MAX_HEADER, max_payload: int = DEFAULT_MAX_PAYLOAD) -> tuple[dict, list]:
+        if self.end == self.start:
+            self.start = self.end = 0
+            self._recv(False)
+        self._need(PREFIX.size)
+        magic, hlen, plen = PREFIX.unpack_from(self.buf, self.start)
+        _check_prefix(magic, hlen, plen, max_header, max_payload)
+        self.start += PREFIX.size
+        self._need(hlen)
+        header, checked = _parse_header(self.buf[self.start:self.start + hlen], plen, max_payload)
+        self.start += hlen
+        out = []
+        for name, dtype, shape, nbytes in checked:
+            arr = np.empty(nbytes, dtype=np.uint8)
+            take = min(nbytes, self.end - self.start)
+            if take:
+                with memoryview(self.buf) as mv:
+                    memoryview(arr)[:take] = mv[self.start:self.start + take]
+                self.start += take
+            if take < nbytes:
+                _recv_into(self.sock, memoryview(arr)[take:], True, self.timeout_s, self.progress)
+            out.append((name, arr.view(np.dtype(dtype)).reshape(shape)))
+        if self.start == self.end:
+            self.start = self.end = 0
+        if len(self.buf) > 4 * self.CHUNK and self.end - self.start < self.CHUNK:  # a large header passed
+            left = self.end - self.start
+            self.buf = bytearray(self.buf[self.start:self.end]) + bytearray(self.CHUNK - left)
+            self.start, self.end = 0, left
+        return header, out
 
 
 def auth_mac(secret: bytes, who: bytes, nonce_client: str, nonce_worker: str) -> str:
@@ -473,6 +568,8 @@ class Core:
         return out
 
     def unload(self, keys) -> list:
+        if not isinstance(keys, list):
+            raise JobError("bad_request", "'segments' must be a list of segment ids")
         done = []
         with self.lock:
             for k in keys:
@@ -778,8 +875,9 @@ class Core:
 
 # ---- the server -----------------------------------------------------------------------------------
 class Conn:
-    def __init__(self, sock: socket.socket, addr):
+    def __init__(self, sock: socket.socket, addr, frame_timeout_s: float = FRAME_TIMEOUT_S):
         self.sock, self.addr = sock, addr
+        self.reader = FrameReader(sock, frame_timeout_s)
         self.role = None
         self.wlock = threading.Lock()
         self.alive = True
@@ -919,7 +1017,7 @@ class Server:
                 time.sleep(0.05)
                 continue
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            conn = Conn(sock, addr)
+            conn = Conn(sock, addr, self.frame_timeout_s)
             with self.clock:
                 if len(self.conns) >= MAX_CONNECTIONS:
                     full = True
@@ -942,7 +1040,7 @@ class Server:
                 raise ProtocolViolation("timeout", f"no authentication within {HANDSHAKE_S:g} s") from None
             conn.sock.settimeout(None)
             while conn.alive and not self.stopped.is_set():
-                header, tensors = read_frame(conn.sock, MAX_HEADER, self.max_payload, self.frame_timeout_s)
+                header, tensors = conn.reader.read(MAX_HEADER, self.max_payload)
                 self._dispatch(conn, header, tensors, time.perf_counter())
         except PeerClosed:
             pass
@@ -963,7 +1061,7 @@ class Server:
                 self.controls.discard(conn)
 
     def _handshake(self, conn: Conn) -> None:
-        h, _ = read_frame(conn.sock, MAX_PREAUTH_HEADER, 0, HANDSHAKE_S)
+        h, _ = conn.reader.read(MAX_PREAUTH_HEADER, 0)
         if h["type"] != "hello":
             raise ProtocolViolation("unauthenticated", f"'{h['type']}' before hello and authentication")
         proto, lo = h.get("protocol"), h.get("min_protocol", h.get("protocol"))
@@ -991,7 +1089,7 @@ class Server:
                    "python": platform.python_version(), "platform": f"{platform.system()} {platform.machine()}",
                    "pid": os.getpid(), "name": self.name, "address": self.address, "cpus": _cpus(),
                    "features": features(), "max_payload": self.max_payload, "nonce": wn})
-        a, _ = read_frame(conn.sock, MAX_PREAUTH_HEADER, 0, HANDSHAKE_S)
+        a, _ = conn.reader.read(MAX_PREAUTH_HEADER, 0)
         if a["type"] != "auth":
             raise ProtocolViolation("unauthenticated", f"'{a['type']}' before authentication")
         if not hmac.compare_digest(str(a.get("mac", "")), auth_mac(self.secret, b"client", cn, wn)):
