@@ -52,11 +52,13 @@ class SegmentSpec:
     state: tuple[tuple[str, str], ...] = ()  # KV-cache (past input, present output) pairs
     optimize: bool = True
     ranks: tuple[tuple[str, int], ...] = ()  # input ranks the worker checks (segment files may not declare them)
+    spin: bool | None = None  # onnxruntime's allow_spinning (None: its default, on); see docs/hil-protocol.md
 
     def to_json(self, default_threads: int = 1) -> dict:
         threads = self.threads if self.threads is not None else default_threads
         return {"segment": self.key, "path": self.path, "sha256": self.sha256, "threads": threads,
-                "state": [list(p) for p in self.state], "optimize": self.optimize, "ranks": dict(self.ranks)}
+                "state": [list(p) for p in self.state], "optimize": self.optimize, "ranks": dict(self.ranks),
+                "spin": self.spin}
 
 
 def sha256_file(path: str | Path) -> str:
@@ -218,7 +220,7 @@ class WorkerClient:
             self.sock = socket.create_connection((host, port), timeout=connect_timeout_s)
         except OSError as e:
             raise WorkerDied(f"cannot connect: {e.strerror or e}", self.name, self._tail()) from None
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        wire.tune_socket(self.sock)
         try:
             self._handshake(connect_timeout_s)
         except BaseException:
