@@ -377,12 +377,14 @@ class WorkerClient:
                reply: tuple[str, ...] | list[str] = (), reduce: dict[str, str] | None = None,
                keep_state: bool = True, predicted_s: float | None = None, slack: float | None = None,
                floor_s: float | None = None, pending_timeout_s: float | None = None,
+               deadline_s: float | None = None,
                on_done: Callable[[StageFuture], None] | None = None) -> StageFuture:
         """Run ``segment`` for (request, step) once its inputs are there: ``inputs`` sent now, ``expect``
         named ones arriving from other workers (their ``forward``) or from :meth:`feed`. State inputs
         (KV cache) not sent are taken from what the worker keeps for ``request``. Outputs named in
         ``forward`` go straight to those workers; ``reply`` ones come back in the result (``reduce``
-        ``{"logits": "argmax_last"}`` sends greedy token ids instead). Never blocks beyond sending."""
+        ``{"logits": "argmax_last"}`` sends greedy token ids instead). The deadline is ``deadline_s``, else
+        ``max(floor_s, predicted_s x slack)``, else the default. Never blocks beyond sending."""
         fut = StageFuture(self.name, request, step, segment)
         if on_done is not None:
             fut.add_done_callback(on_done)
@@ -392,7 +394,7 @@ class WorkerClient:
             h["reduce"] = dict(reduce)
         if pending_timeout_s is not None:
             h["timeout_s"] = pending_timeout_s
-        deadline = self._deadline(predicted_s, slack, floor_s)
+        deadline = deadline_s if deadline_s is not None else self._deadline(predicted_s, slack, floor_s)
         self._call(h, list((inputs or {}).items()), kind="stage", deadline_s=deadline, future=fut,
                    what=f"request {request!r} step {step} segment {segment}")
         return fut

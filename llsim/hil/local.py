@@ -61,7 +61,7 @@ class LocalNode:
 
     def submit(self, request, step: int, segment: str, inputs: dict[str, np.ndarray] | None = None, *,
                expect=(), forward=(), reply=(), reduce: dict[str, str] | None = None, keep_state: bool = True,
-               predicted_s=None, slack=None, floor_s=None, pending_timeout_s: float | None = None,
+               predicted_s=None, slack=None, floor_s=None, pending_timeout_s: float | None = None, deadline_s=None,
                on_done: Callable[[StageFuture], None] | None = None) -> StageFuture:
         fut = StageFuture(self.name, request, step, segment)
         if on_done is not None:

@@ -34,7 +34,7 @@ from typing import Callable
 import numpy as np
 
 from llsim.hil.client import Forward, SegmentSpec, StageResult, plan_segment_specs
-from llsim.hil.errors import DeadlineExceeded, Dropped, InputsTimeout, WorkerError, WorkerLost
+from llsim.hil.errors import DeadlineExceeded, Dropped, InputsTimeout, WorkerDied, WorkerError, WorkerLost
 from llsim.model.segment import empty_state
 
 GRAPH_INPUTS = ("input_ids", "attention_mask", "position_ids")
@@ -186,8 +186,9 @@ class GreedyRunner:
     """Greedy generation of ``new_tokens`` per prompt over ``deployment`` (see the module docstring).
 
     ``predict(segment, kind, seq_len, past_len) -> seconds`` (optional) sets each stage's deadline to
-    ``slack`` x the predicted time of it and the stages before it (it waits for their outputs), with a
-    floor ``floor_s``; without it the clients' default deadline applies.
+    ``floor_s`` (2 s) + ``slack`` (3) x the predicted time of it and of the stages before it (it waits
+    for their outputs), so deadlines grow along the chain; a missed one is blamed on the step's first
+    unfinished stage. Without it the clients' default deadline applies.
     ``replan(survivors, old_deployment, failed_nodes) -> Deployment`` enables failover."""
 
     def __init__(self, deployment: Deployment, mode: str = "kv_cache", *, replan: Callable | None = None,
@@ -264,14 +265,16 @@ class GreedyRunner:
             reduce = {"logits": "argmax_last"} if (s == tail and self.reduce_on_worker
                                                   and node.has("reduce-argmax-last")) else None
             fw = [Forward(dep.nodes[d].address, dep.key(d), tuple(names)) for d, names in sorted(forwards.items())]
-            if self.predict:  # a stage waits for the ones before it: its deadline counts their time too
-                cum += self.predict(s, kind, len(ids), past)
-            jobs.append((s, node, direct, expect, fw, reply, reduce, cum if self.predict else None))
+            deadline = None
+            if self.predict:  # a stage waits for the ones before it: its deadline counts their time too, so
+                cum += self.predict(s, kind, len(ids), past)  # a later stage never expires before an earlier one
+                deadline = (self.floor_s if self.floor_s is not None else 2.0) + (self.slack or 3.0) * cum
+            jobs.append((s, node, direct, expect, fw, reply, reduce, deadline))
         step.outstanding = len(jobs)
-        for s, node, direct, expect, fw, reply, reduce, pred in jobs:
+        for s, node, direct, expect, fw, reply, reduce, deadline in jobs:
             node.submit(req.rid, step.position, dep.key(s), direct, expect=expect, forward=fw, reply=reply,
-                        reduce=reduce, keep_state=self.mode == "kv_cache", predicted_s=pred, slack=self.slack,
-                        floor_s=self.floor_s, on_done=lambda f, _s=s, _st=step: self._q.put((_st, _s, f)))
+                        reduce=reduce, keep_state=self.mode == "kv_cache", deadline_s=deadline,
+                        on_done=lambda f, _s=s, _st=step: self._q.put((_st, _s, f)))
 
     def _on_stage(self, step: _Step, s: int, fut) -> None:
         step.outstanding -= 1
@@ -287,8 +290,11 @@ class GreedyRunner:
         self._gen.stages.append(StageRecord(dep.tag, step.req.rid, step.position, step.kind, s, res.worker,
                                             step.seq_len, step.past_len, res.compute_s, res.queue_s, res.wait_s,
                                             res.send_s, res.bytes_in, res.bytes_out, res.elapsed_s))
-        if res.forward_errors:
-            self._fail(step, WorkerError(f"stage {s} could not forward: {res.forward_errors[0]}", res.worker))
+        if res.forward_errors:  # the next worker is unreachable: it is the one lost, not this one
+            fe = res.forward_errors[0]
+            dst = next((n for n in dep.nodes if getattr(n, "address", None) == fe.get("to")), None)
+            self._fail(step, WorkerDied(f"unreachable from {res.worker} ({fe.get('code')}: {fe.get('message')})",
+                                        getattr(dst, "name", fe.get("to"))))
             return
         seg = dep.plan["segments"][s]
         node = dep.nodes[s]
@@ -305,13 +311,22 @@ class GreedyRunner:
             step.token = int(out.reshape(-1)[0]) if out.dtype == np.int64 and out.size == 1 else \
                 int(np.argmax(out[0, -1]))
 
+    @staticmethod
+    def _culprit(step: _Step, exc: Exception) -> str | None:
+        """For a missed deadline: the node of the step's first unfinished stage. Every later stage waits
+        for its outputs, so a downstream deadline expiring first must not blame its own worker."""
+        if not isinstance(exc, DeadlineExceeded):
+            return getattr(exc, "worker", None)
+        pending = [s for s in range(len(step.dep.plan["segments"])) if s not in step.results]
+        return step.dep.nodes[pending[0]].name if pending else getattr(exc, "worker", None)
+
     def _fail(self, step: _Step, exc: Exception) -> None:
         step.error = exc
         self._failing = True
         if not isinstance(exc, (WorkerLost, DeadlineExceeded, Dropped, InputsTimeout)):
             self._fatal = self._fatal or exc
         elif not isinstance(exc, (Dropped, InputsTimeout)):
-            self._errors.append((exc, step))
+            self._errors.append((exc, step, self._culprit(step, exc)))
         for n in step.dep.unique_nodes():  # the step's other stages answer now instead of at their deadline
             if getattr(n, "alive", True):
                 try:
@@ -338,11 +353,12 @@ class GreedyRunner:
     def _failover(self, reqs: list[_Req]) -> None:
         old = self.dep
         nodes = old.unique_nodes()
-        lost = [n for n in nodes if not getattr(n, "alive", True)]
-        if not lost:  # a deadline missed by a worker that still heartbeats: stop trusting it
-            names = {e.worker for e, _ in self._errors if isinstance(e, DeadlineExceeded)}
-            lost = [n for n in nodes if getattr(n, "name", None) in names]
-            for n in lost:
+        # lost: the nodes whose connection is gone, and the ones blamed for a failure although their client
+        # has not noticed yet (a worker its upstream could not reach; a missed deadline while it heartbeats)
+        blamed = {who for _, _, who in self._errors}
+        lost = [n for n in nodes if not getattr(n, "alive", True) or getattr(n, "name", None) in blamed]
+        for n in lost:
+            if getattr(n, "alive", False):
                 n.close()
         first = self._errors[0][0] if self._errors else None
         if self._fatal is not None:
@@ -354,7 +370,7 @@ class GreedyRunner:
         survivors = [n for n in nodes if all(n is not m for m in lost)]
         if not survivors:
             self._raise(first)
-        detected = max(0.0, min(t for t in self._fail_times) - min(st.started for _, st in self._errors))
+        detected = max(0.0, min(t for t in self._fail_times) - min(st.started for _, st, _ in self._errors))
         t0 = time.monotonic()
         new = self.replan(survivors, old, lost)
         stall = time.monotonic() - t0
