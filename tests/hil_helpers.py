@@ -92,14 +92,6 @@ def error_then_closed(sock: socket.socket, timeout: float = 10.0) -> dict:
     return err
 
 
-def next_reply(sock: socket.socket, timeout: float = 10.0) -> dict:
-    """The next frame that is not a heartbeat (header only)."""
-    while True:
-        h, t = recv(sock, timeout)
-        if h["type"] != "heartbeat":
-            return h
-
-
 def prefix(hlen: int, plen: int, magic: bytes = wire.MAGIC) -> bytes:
     return struct.pack(">4sIQ", magic, hlen, plen)
 

@@ -17,7 +17,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from hil_helpers import authed, error_then_closed, hello, next_reply, prefix, raw, recv, send
+from hil_helpers import authed, error_then_closed, hello, prefix, raw, recv, send
 from llsim.hil import worker as wire
 from llsim.hil.client import WorkerClient, plan_segment_specs
 from llsim.hil.errors import AuthError, BadInput, ProtocolError, SegmentLoadError, UnknownSegment, VersionError

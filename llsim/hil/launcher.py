@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from llsim.hil.client import WorkerClient
-from llsim.hil.errors import WorkerDied, WorkerError
+from llsim.hil.errors import WorkerDied
 
 WORKER_PY = Path(__file__).with_name("worker.py")
 
@@ -252,4 +252,4 @@ class WorkerPool:
         return id(self)
 
 
-__all__ = ["WorkerPool", "WorkerProcess", "write_secret", "WORKER_PY", "WorkerError"]
+__all__ = ["WorkerPool", "WorkerProcess", "write_secret", "WORKER_PY"]
