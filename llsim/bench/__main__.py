@@ -169,8 +169,15 @@ def bench_balancer() -> None:
     balancer_main()
 
 
+def bench_worker_overhead() -> None:
+    """A stage through a local HIL worker vs the same segment in-process (llsim.bench.worker_overhead)."""
+    from llsim.bench.worker_overhead import main as overhead_main
+
+    overhead_main()
+
+
 BENCHES = [bench_model_analysis, bench_onnx_ingestion, bench_simulator_speed, bench_costmodel_accuracy,
-           bench_allocator, bench_paper, bench_solve_time, bench_balancer]
+           bench_allocator, bench_paper, bench_solve_time, bench_balancer, bench_worker_overhead]
 
 
 def bench_names() -> list[str]:

@@ -524,13 +524,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     m = sub.add_parser("bench", help="benchmarks (allocator quality regression, simulator speed, ...)")
     m.add_argument("name", help="allocator | model_analysis | onnx_ingestion | simulator_speed | "
-                   "costmodel_accuracy | solve_time | balancer")
+                   "costmodel_accuracy | solve_time | balancer | worker_overhead")
     m.add_argument("--check", action="store_true", help="allocator: fail on a quality regression (CI)")
     m.add_argument("--write", action="store_true", help="allocator: rewrite the committed reference CSV")
     m.add_argument("--only", help="allocator: comma-separated instance names")
     m.add_argument("--random", type=int, metavar="N", help="allocator: N random instances instead of scenarios/bench")
     m.add_argument("--seed", type=int, help="allocator --random: the instances' seed (default 1)")
     m.set_defaults(fn=cmd_bench)
+
+    sub.add_parser("worker", help="run a HIL worker: llsim worker --listen 127.0.0.1:PORT --secret-file F "
+                   "(llsim worker --help; docs/hil-protocol.md)", add_help=False)
 
     pp = sub.add_parser("profile", help="device profiles and the cost model")
     psub = pp.add_subparsers(dest="sub", required=True, parser_class=_Parser)
@@ -604,6 +607,10 @@ def main(argv: list[str] | None = None) -> int:
     one line saying it is a bug in llsim, with the path of a file holding the traceback (exit 70);
     Ctrl-C exits 130 (a run keeps what it simulated); a closed stdout exits 141 quietly."""
     argv = [str(a) for a in (sys.argv[1:] if argv is None else argv)]
+    if argv[:1] == ["worker"]:  # the worker parses its own options (the same file runs alone on a phone)
+        from llsim.hil.worker import main as worker_main
+
+        return worker_main(argv[1:])
     try:
         args = build_parser().parse_args(argv)
         args.argv = argv

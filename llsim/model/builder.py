@@ -2,7 +2,15 @@
 
 The graph is a plain opset-17 decoder (no custom ops): ``input_ids [batch, seq] (int64) -> logits
 [batch, seq, vocab]``, no KV cache (every call recomputes the whole sequence, as LinguaLinked
-does). Node for node it follows :mod:`llsim.model.analytic`. Initializer names follow the Hugging
+does). Node for node it follows :mod:`llsim.model.analytic`.
+
+``kv_cache=True`` builds the same decoder (the same weights for the same seed) with a KV cache, in
+the Hugging Face convention: inputs ``input_ids [batch, seq]``, ``attention_mask [batch, past+seq]``
+(int64, 0 = padding) and per block ``past_key_values.{i}.key`` / ``.value`` ``[batch, kv_heads,
+past, head_dim]``; outputs ``logits`` and ``present.{i}.key`` / ``.value`` ``[batch, kv_heads,
+past+seq, head_dim]`` (the cached and the new keys concatenated). Positions start at ``past``. A
+prefill feeds an empty past (``past = 0``); a decode step feeds one token and the previous
+``present`` tensors. The block ops follow the analytical graph at ``past_len > 0``. Initializer names follow the Hugging
 Face convention of each family (``h.3.mlp...``, ``model.layers.3...``), which is also what
 :mod:`llsim.model.cuts` uses to group nodes into blocks in any exported model.
 
@@ -110,7 +118,8 @@ def _repeat_kv(g: _G, x: str, p: str) -> str:
     return g.op("Reshape", [e, g.const([0, cfg.heads, -1, cfg.head_dim], np.int64)], p)
 
 
-def _attention(g: _G, x: str, pre: str, bias: str, cos: str | None, sin: str | None, p: str) -> str:
+def _attention(g: _G, x: str, pre: str, bias: str, cos: str | None, sin: str | None, p: str,
+               kv: int | None = None) -> str:
     cfg = g.cfg
     H, nh, nkv, hd = cfg.hidden, cfg.heads, cfg.n_kv_heads, cfg.head_dim
     if cfg.family in ("bloom", "gpt2"):
@@ -125,6 +134,16 @@ def _attention(g: _G, x: str, pre: str, bias: str, cos: str | None, sin: str | N
         v = g.op("MatMul", [x, g.w(f"{pre}.v_proj.weight", (H, nkv * hd))], p)
         q, k, v = _heads(g, q, nh, p), _heads(g, k, nkv, p), _heads(g, v, nkv, p)
         q, k = _rope(g, q, cos, sin, p), _rope(g, k, cos, sin, p)
+    if kv is not None:  # KV cache: the new keys/values appended to the cached ones, returned as present
+        for t, new in (("key", k), ("value", v)):
+            g.k += 1
+            out = f"present.{kv}.{t}"
+            g.nodes.append(helper.make_node("Concat", [f"past_key_values.{kv}.{t}", new], [out],
+                                            name=f"{p}/Concat_{g.k}", axis=2))
+            if t == "key":
+                k = out
+            else:
+                v = out
     if nkv != nh:
         k, v = _repeat_kv(g, k, p), _repeat_kv(g, v, p)
     kt = g.op("Transpose", [k], p, perm=[0, 1, 3, 2])
@@ -137,13 +156,13 @@ def _attention(g: _G, x: str, pre: str, bias: str, cos: str | None, sin: str | N
     return g.op("Reshape", [c, g.const([0, 0, nh * hd], np.int64)], p)
 
 
-def _block(g: _G, x: str, i: int, bias: str, cos, sin) -> str:
+def _block(g: _G, x: str, i: int, bias: str, cos, sin, kv: bool = False) -> str:
     cfg = g.cfg
     H, F = cfg.hidden, cfg.ffn
     if cfg.family == "llama":
         pre, p = f"model.layers.{i}", f"/model/layers.{i}"
         n = _rmsnorm(g, x, f"{pre}.input_layernorm", p)
-        a = _attention(g, n, f"{pre}.self_attn", bias, cos, sin, p)
+        a = _attention(g, n, f"{pre}.self_attn", bias, cos, sin, p, i if kv else None)
         a = g.op("MatMul", [a, g.w(f"{pre}.self_attn.o_proj.weight", (H, H))], p)
         x = g.op("Add", [x, a], p)
         n = _rmsnorm(g, x, f"{pre}.post_attention_layernorm", p)
@@ -157,7 +176,7 @@ def _block(g: _G, x: str, i: int, bias: str, cos, sin) -> str:
     pre = f"h.{i}" if cfg.family == "bloom" else f"transformer.h.{i}"
     p = "/" + pre
     n = _layernorm(g, x, f"{pre}.ln_1", p)
-    a = _attention(g, n, f"{pre}.attn", bias, None, None, p)
+    a = _attention(g, n, f"{pre}.attn", bias, None, None, p, i if kv else None)
     a = g.op("MatMul", [a, g.w(f"{pre}.attn.dense.weight", (H, H))], p)
     a = g.op("Add", [a, g.w(f"{pre}.attn.dense.bias", (H,), value=0.0)], p)
     x = g.op("Add", [x, a], p)
@@ -181,7 +200,9 @@ def _alibi_slopes(n: int) -> np.ndarray:
     return np.asarray(slopes, dtype=np.float32)
 
 
-def build_model(cfg: ModelConfig, seed: int = 0) -> onnx.ModelProto:
+def build_model(cfg: ModelConfig, seed: int = 0, kv_cache: bool = False) -> onnx.ModelProto:
+    """The zoo decoder with seeded random weights; ``kv_cache`` adds past/present key-value tensors
+    per block (same weights for the same seed; see the module docstring)."""
     g = _G(cfg, seed)
     H, V = cfg.hidden, cfg.vocab
     fam = cfg.family
@@ -191,24 +212,43 @@ def build_model(cfg: ModelConfig, seed: int = 0) -> onnx.ModelProto:
     x = g.op("Gather", [wte, "input_ids"], p, axis=0)
     shape = g.op("Shape", ["input_ids"], p)
     S = g.op("Gather", [shape, g.const(1, np.int64)], p, axis=0)
-    pos = g.op("Range", [g.const(0, np.int64), S, g.const(1, np.int64)], p)
+    if kv_cache:  # T = past + seq from the attention mask; positions P..T-1
+        mshape = g.op("Shape", ["attention_mask"], p)
+        T = g.op("Gather", [mshape, g.const(1, np.int64)], p, axis=0)
+        P = g.op("Sub", [T, S], p)
+        pos = g.op("Range", [P, T, g.const(1, np.int64)], p)
+    else:
+        T = S
+        pos = g.op("Range", [g.const(0, np.int64), S, g.const(1, np.int64)], p)
     if fam == "gpt2":
         wpe = g.w("transformer.wpe.weight", (cfg.max_positions, H), scale=0.01)
         pe = g.op("Gather", [wpe, pos], p, axis=0)
         x = g.op("Add", [x, pe], p)
     if fam == "bloom":
         x = _layernorm(g, x, "word_embeddings_layernorm", p)
-    kpos = g.op("Range", [g.const(0, np.int64), S, g.const(1, np.int64)], p)
+    kpos = g.op("Range", [g.const(0, np.int64), T, g.const(1, np.int64)], p)
     qi = g.op("Unsqueeze", [pos, g.const([1], np.int64)], p)
     kj = g.op("Unsqueeze", [kpos, g.const([0], np.int64)], p)
     future = g.op("Greater", [kj, qi], p)
-    mask = g.op("Where", [future, g.const(NEG), g.const(0.0)], p)
+    if kv_cache:  # [B, 1, S, T]: a key is masked when it is in the future or padding
+        pad = g.op("Equal", ["attention_mask", g.const(0, np.int64)], p)
+        pad = g.op("Unsqueeze", [pad, g.const([1, 2], np.int64)], p)
+        fut = g.op("Unsqueeze", [future, g.const([0, 1], np.int64)], p)
+        masked = g.op("Or", [pad, fut], p)
+        mask = g.op("Where", [masked, g.const(NEG), g.const(0.0)], p)
+    else:
+        mask = g.op("Where", [future, g.const(NEG), g.const(0.0)], p)
     cos = sin = None
     if fam == "bloom":
         kf = g.op("Cast", [kpos], p, to=TensorProto.FLOAT)
         alibi = g.op("Mul", [g.const(_alibi_slopes(cfg.heads).reshape(-1, 1, 1)), kf], p)
-        ab = g.op("Add", [alibi, mask], p)
-        bias = g.op("Unsqueeze", [ab, g.const([0], np.int64)], p)
+        if kv_cache:
+            bias = g.op("Add", [alibi, mask], p)  # [nh,1,T] + [B,1,S,T] -> [B,nh,S,T]
+        else:
+            ab = g.op("Add", [alibi, mask], p)
+            bias = g.op("Unsqueeze", [ab, g.const([0], np.int64)], p)
+    elif kv_cache:
+        bias = mask
     else:
         bias = g.op("Unsqueeze", [mask, g.const([0, 1], np.int64)], p)
     if fam == "llama":
@@ -222,7 +262,7 @@ def build_model(cfg: ModelConfig, seed: int = 0) -> onnx.ModelProto:
         cos = g.op("Unsqueeze", [c, g.const([0, 1], np.int64)], p)
         sin = g.op("Unsqueeze", [s, g.const([0, 1], np.int64)], p)
     for i in range(cfg.layers):
-        x = _block(g, x, i, bias, cos, sin)
+        x = _block(g, x, i, bias, cos, sin, kv_cache)
     p = "/head"
     if fam == "llama":
         x = _rmsnorm(g, x, "model.norm", p)
@@ -234,15 +274,22 @@ def build_model(cfg: ModelConfig, seed: int = 0) -> onnx.ModelProto:
         wt = g.w("lm_head.weight", (H, V), scale=0.02)
     logits = g.op("MatMul", [x, wt], p)
     g.nodes.append(helper.make_node("Identity", [logits], ["logits"], name="/head/Identity_out"))
-    graph = helper.make_graph(
-        g.nodes, cfg.name,
-        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", "seq", V])],
-        initializer=g.inits,
-    )
+    inputs = [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"])]
+    outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", "seq", V])]
+    if kv_cache:
+        kvh, hd = cfg.n_kv_heads, cfg.head_dim
+        inputs.append(helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "past+seq"]))
+        for i in range(cfg.layers):
+            for t in ("key", "value"):
+                inputs.append(helper.make_tensor_value_info(f"past_key_values.{i}.{t}", TensorProto.FLOAT,
+                                                            ["batch", kvh, "past", hd]))
+                outputs.append(helper.make_tensor_value_info(f"present.{i}.{t}", TensorProto.FLOAT,
+                                                             ["batch", kvh, "past+seq", hd]))
+    graph = helper.make_graph(g.nodes, cfg.name, inputs, outputs, initializer=g.inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="llsim",
                               ir_version=8)
-    model.doc_string = f"llsim zoo model {cfg.name} (random weights, seed {seed})"
+    model.doc_string = (f"llsim zoo model {cfg.name} (random weights, seed {seed})"
+                        + (", KV cache (past_key_values.* -> present.*)" if kv_cache else ""))
     onnx.checker.check_model(model)
     return model
 

@@ -13,6 +13,10 @@ Vocabulary:
   a tensor type, and exactly one main tensor crosses it (the residual stream). Side tensors that
   cross are sent directly from their producer (LinguaLinked's residual map).
 
+KV-cache inputs and outputs (``past_key_values.*`` -> ``present.*``, :mod:`llsim.model.kv`) are
+**state**, not crossing tensors: they stay on the device that runs their block, so a cut between
+two readers of one state input is invalid, and they never appear among the boundary tensors.
+
 Modules are runs of nodes between valid cuts, merged by the layer index found in their weight
 names, node names or exporter metadata (``layers.3``, ``h.3``, ``layer.3``, ``blocks.3``), so a
 transformer gives embedding, one module per block, and head. Without layer names every
@@ -22,12 +26,13 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import onnx
 
 from llsim.model.graph import BoundaryTensor, ModelGraph, Module, module_output_bytes
-from llsim.model.onnx_graph import OnnxModel
+from llsim.model.kv import state_pairs
+from llsim.model.onnx_graph import OnnxModel, dtype_size
 
 HEAVY_NUMEL = 1024
 _WEIGHT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16,
@@ -51,6 +56,7 @@ class CutAnalysis:
     module_starts: list[int]  # exec positions where modules start (first is 0)
     module_names: list[str]
     module_kinds: list[str]
+    state: dict[str, str] = field(default_factory=dict)  # KV-cache input -> the output that replaces it
 
 
 def _has_subgraph(n: onnx.NodeProto) -> bool:
@@ -156,7 +162,8 @@ def analyse_cuts(om: OnnxModel) -> CutAnalysis:
     producer: dict[str, int] = {}
     for name in om.input_names:
         producer[name] = -1
-    main: set[str] = {n for n in om.input_names if om.tensors[n].elem_type in _WEIGHT_TYPES - {
+    state = {sp.input: sp.output for sp in state_pairs(om.proto)}
+    main: set[str] = {n for n in om.input_names if n not in state and om.tensors[n].elem_type in _WEIGHT_TYPES - {
         onnx.TensorProto.INT8, onnx.TensorProto.UINT8, onnx.TensorProto.INT4, onnx.TensorProto.UINT4}}
     consumers: dict[str, list[int]] = defaultdict(list)
     for p, idx in enumerate(exec_nodes):
@@ -178,6 +185,12 @@ def analyse_cuts(om: OnnxModel) -> CutAnalysis:
     d_bad = [0] * (n_exec + 2)
     for t, cons in consumers.items():
         if t not in producer:
+            continue
+        if t in state:  # state stays with its readers: no cut between the first and the last of them
+            lo, hi = min(cons) + 1, max(cons)
+            if hi >= lo:
+                d_bad[lo] += 1
+                d_bad[hi + 1] -= 1
             continue
         lo, hi = producer[t] + 1, max(cons)  # crosses cut p for lo <= p <= hi
         if hi < lo:
@@ -253,7 +266,8 @@ def analyse_cuts(om: OnnxModel) -> CutAnalysis:
             names.append(f"part.{i}"); kinds.append("other")
     if n_mod == 1:
         names, kinds = ["model"], ["other"]
-    return CutAnalysis(om, exec_nodes, free_t, free_n, main, producer, dict(consumers), valid, starts, names, kinds)
+    return CutAnalysis(om, exec_nodes, free_t, free_n, main, producer, dict(consumers), valid, starts, names, kinds,
+                       state)
 
 
 def _numel(shape) -> int:
@@ -295,6 +309,28 @@ def _as_deployed(om: OnnxModel, ca: CutAnalysis, i: int):
     return c
 
 
+def _kv_bytes_per_token(om: OnnxModel, ca: CutAnalysis, mod_of_pos: list[int]) -> dict[int, int]:
+    """Per module: bytes of its KV-cache state per cached token (the state inputs' bytes with their
+    cached axis set to 1), for models with a cache."""
+    out: dict[int, int] = {}
+    if not ca.state:
+        return out
+    for sp in state_pairs(om.proto):
+        info = om.tensors.get(sp.input)
+        cons = ca.consumer_pos.get(sp.input)
+        if info is None or info.shape is None or not cons:
+            continue
+        shape = list(info.shape)
+        if sp.axis < len(shape):
+            shape[sp.axis] = 1
+        n = 1
+        for d in shape:
+            n *= int(d)
+        mi = mod_of_pos[min(cons)]
+        out[mi] = out.get(mi, 0) + n * dtype_size(info.elem_type)
+    return out
+
+
 def model_graph_from_onnx(om: OnnxModel, ca: CutAnalysis | None = None) -> ModelGraph:
     ca = ca or analyse_cuts(om)
     n_exec = len(ca.exec_nodes)
@@ -306,8 +342,9 @@ def model_graph_from_onnx(om: OnnxModel, ca: CutAnalysis | None = None) -> Model
             mod_of_pos[p] = mi
     n_mod = len(starts)
     tensors: list[BoundaryTensor] = []
+    state_out = set(ca.state.values())
     for t, cons in sorted(ca.consumer_pos.items(), key=lambda kv: (ca.producer_pos.get(kv[0], -1), kv[0])):
-        if t not in ca.producer_pos:
+        if t not in ca.producer_pos or t in ca.state or t in state_out:
             continue
         pp = ca.producer_pos[t]
         pm = -1 if pp < 0 else mod_of_pos[pp]
@@ -321,12 +358,15 @@ def model_graph_from_onnx(om: OnnxModel, ca: CutAnalysis | None = None) -> Model
                                       tuple(info.shape) if info and info.shape else (), info.dtype if info else "?",
                                       t in ca.main))
     for t in om.output_names:
+        if t in state_out:
+            continue
         if t in ca.producer_pos and ca.producer_pos[t] >= 0:
             info = om.tensors.get(t)
             tensors.append(BoundaryTensor(t, mod_of_pos[ca.producer_pos[t]], (n_mod,), info.nbytes if info else 0,
                                           tuple(info.shape) if info and info.shape else (),
                                           info.dtype if info else "?", True))
     outb = module_output_bytes(n_mod, tensors)
+    kv_tok = _kv_bytes_per_token(om, ca, mod_of_pos)
     modules = []
     used_params_total: set[str] = set()
     for mi, (a, b) in enumerate(zip(starts, ends)):
@@ -341,7 +381,7 @@ def model_graph_from_onnx(om: OnnxModel, ca: CutAnalysis | None = None) -> Model
         modules.append(Module(mi, ca.module_names[mi], ca.module_kinds[mi],
                               sum(_numel(om.initializers[x].shape) for x in params),
                               sum(om.initializers[x].nbytes for x in params),
-                              float(sum(o.flops for o in ops)), outb[mi], 0, ops, (a, b)))
+                              float(sum(o.flops for o in ops)), outb[mi], kv_tok.get(mi, 0), ops, (a, b)))
     total = sum(_numel(om.initializers[x].shape) for x in used_params_total)
     hidden = None
     mains = [t for t in tensors if t.main and t.producer == 0 and len(t.shape) >= 2]

@@ -10,6 +10,7 @@ from llsim.errors import LLSimError
 from llsim.model.analytic import analytic_graph
 from llsim.model.cuts import CutAnalysis, analyse_cuts, model_graph_from_onnx
 from llsim.model.graph import ModelGraph
+from llsim.model.kv import has_kv_cache, kv_dim_overrides, require_kv_cache
 from llsim.model.onnx_graph import OnnxModel, analyse, load_proto
 from llsim.model.zoo import ZOO, get_config
 
@@ -38,11 +39,20 @@ class OnnxBundle:
     graph: ModelGraph
 
 
-def onnx_bundle(model: str, seq_len: int = 16, batch: int = 1, seed: int = 0) -> OnnxBundle:
-    """A runnable ONNX model with its analysis: zoo models are built (random weights, ``seed``)."""
+def onnx_bundle(model: str, seq_len: int = 16, batch: int = 1, seed: int = 0, kv_cache: bool = False,
+                past_len: int = 0) -> OnnxBundle:
+    """A runnable ONNX model with its analysis: zoo models are built (random weights, ``seed``).
+
+    ``kv_cache``: the model with past/present key-value tensors (zoo models are built so; an ONNX
+    file must have them, else a clear error: it runs in recompute mode only), analysed at a step of
+    ``seq_len`` new tokens after ``past_len`` cached ones."""
+    if past_len < 0:
+        raise LLSimError(f"past_len ({past_len}) must be >= 0")
     if is_onnx_path(model):
         path = Path(model)
         proto = load_proto(path, load_weights=True)
+        if kv_cache:
+            require_kv_cache(proto, str(path))
     else:
         from llsim.model.builder import build_model
         cfg = get_config(model)
@@ -50,8 +60,9 @@ def onnx_bundle(model: str, seq_len: int = 16, batch: int = 1, seed: int = 0) ->
             raise LLSimError(f"{model} is too large to materialise as ONNX here (> ~2 GB of weights); "
                              "use a tiny-* or small-* zoo model, or pass your own .onnx file")
         path = None
-        proto = build_model(cfg, seed)
-    om = analyse(proto, batch, seq_len, path)
+        proto = build_model(cfg, seed, kv_cache=kv_cache)
+    overrides = kv_dim_overrides(proto, batch, seq_len, past_len) if has_kv_cache(proto) else None
+    om = analyse(proto, batch, seq_len, path, dim_overrides=overrides)
     if path is None:
         om.path = None
         proto.graph.name = model

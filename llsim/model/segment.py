@@ -6,7 +6,10 @@
   (``"from": k``; graph inputs come from the header, segment 0, or are fed directly to segment 0),
 * ``sequential`` / ``residual``: LinguaLinked's dependency maps (i -> i+1, and i -> k >= i+2 sent
   directly from the producer, never relayed),
-* module ranges and the byte size of every route at the analysed (batch, seq_len).
+* module ranges and the byte size of every route at the analysed (batch, seq_len),
+* for a model with a KV cache (``"kv_cache": true``), ``segments[i].state``: the past -> present
+  pairs of the blocks the segment runs. They are inputs and outputs of the segment file but not
+  routes: the device running the segment keeps them between steps.
 
 ``run_chain`` executes the segments in order with onnxruntime, feeding each only what the plan's
 maps route to it; ``verify`` compares that with the full model.
@@ -24,6 +27,7 @@ from onnx import helper
 from llsim.errors import LLSimError
 from llsim.model.cuts import CutAnalysis, free_closure, node_inputs
 from llsim.model.graph import ModelGraph
+from llsim.model.kv import state_pairs
 from llsim.model.onnx_graph import OnnxModel, random_inputs
 
 PLAN_VERSION = 1
@@ -124,13 +128,31 @@ def split_model(om: OnnxModel, ca: CutAnalysis, mg: ModelGraph, boundaries: list
     out.mkdir(parents=True, exist_ok=True)
     segs, seg_of_pos = segment_io(om, ca, b)
     maps = mg.dependency_maps(b)
-    graph_inputs = om.input_names
+    state_out = {o: i for i, o in ca.state.items()}
+    axis = {sp.input: sp.axis for sp in state_pairs(om.proto)}
+    graph_inputs = [x for x in om.input_names if x not in ca.state]
+    graph_outputs = [x for x in om.output_names if x not in state_out]
     files, seg_meta = [], []
     for s, ((a, e), ins, outs) in enumerate(segs):
         proto = _segment_proto(om, ca, full, a, e, ins, outs, f"{om.name}_seg{s}")
         f = out / f"segment_{s}.onnx"
         onnx.save_model(proto, str(f))
         files.append(f)
+        state = []
+        for x in ins:
+            if x in ca.state:
+                if ca.state[x] not in outs:
+                    raise LLSimError(f"{om.name}: KV-cache input {x} is read in segment {s} but its output "
+                                     f"{ca.state[x]} is computed elsewhere: this model cannot keep its cache per segment")
+                info = om.tensors[x]
+                state.append({"input": x, "output": ca.state[x], "dtype": info.dtype,
+                              "shape": list(info.shape or ()), "axis": axis[x]})
+        stray = [x for x in outs if x in state_out and state_out[x] not in ins]
+        if stray:
+            raise LLSimError(f"{om.name}: KV-cache output {stray[0]} is computed in segment {s} but its input "
+                             f"{state_out[stray[0]]} is read elsewhere: this model cannot keep its cache per segment")
+        ins = [x for x in ins if x not in ca.state]
+        outs = [x for x in outs if x not in state_out]
         inputs = []
         for x in ins:
             pp = ca.producer_pos.get(x, -1)
@@ -142,11 +164,13 @@ def split_model(om: OnnxModel, ca: CutAnalysis, mg: ModelGraph, boundaries: list
         for x in outs:
             dsts = sorted({seg_of_pos[c] for c in ca.consumer_pos.get(x, []) if seg_of_pos[c] > s})
             info = om.tensors[x]
-            outputs.append({"name": x, "to": dsts, "graph_output": x in om.output_names, "dtype": info.dtype,
+            outputs.append({"name": x, "to": dsts, "graph_output": x in graph_outputs, "dtype": info.dtype,
                             "shape": list(info.shape or ()), "bytes": info.nbytes})
         seg_meta.append({"index": s, "file": f.name, "modules": [b[s], b[s + 1]],
                          "module_names": [m.name for m in mg.modules[b[s]:b[s + 1]]],
                          "inputs": inputs, "outputs": outputs})
+        if ca.state:
+            seg_meta[-1]["state"] = state
     route = lambda r: {"name": r.name, "src": r.src_segment, "dst": r.dst_segment, "bytes": r.nbytes}  # noqa: E731
     plan = {
         "version": PLAN_VERSION,
@@ -155,7 +179,7 @@ def split_model(om: OnnxModel, ca: CutAnalysis, mg: ModelGraph, boundaries: list
         "batch": om.batch,
         "seq_len": om.seq_len,
         "graph_inputs": graph_inputs,
-        "graph_outputs": om.output_names,
+        "graph_outputs": graph_outputs,
         "modules": [{"index": m.index, "name": m.name, "kind": m.kind, "params": m.params, "flops": m.flops,
                      "output_bytes": m.output_bytes} for m in mg.modules],
         "boundaries": b,
@@ -163,6 +187,8 @@ def split_model(om: OnnxModel, ca: CutAnalysis, mg: ModelGraph, boundaries: list
         "sequential": [route(r) for r in maps.sequential],
         "residual": [route(r) for r in maps.residual],
     }
+    if ca.state:
+        plan["kv_cache"] = True
     _check_plan_consistency(plan)
     (out / "plan.json").write_text(json.dumps(plan, indent=2, allow_nan=False) + "\n")
     return SplitResult(out, plan, files)
@@ -189,12 +215,28 @@ def _session(path_or_bytes, threads: int = 1):
                                 providers=["CPUExecutionProvider"])
 
 
-def run_chain(seg_dir: str | Path, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Run the segments of ``seg_dir`` in order, each fed only what plan.json routes to it."""
+def empty_state(entry: dict, batch: int) -> np.ndarray:
+    """An empty KV cache for one plan.json ``state`` entry: its shape with the cached axis 0 and the
+    batch axis (0) set to ``batch``."""
+    shape = list(entry["shape"])
+    shape[entry["axis"]] = 0
+    if shape:
+        shape[0] = batch
+    return np.zeros(shape, dtype=np.dtype(entry["dtype"]))
+
+
+def run_chain(seg_dir: str | Path, feeds: dict[str, np.ndarray],
+              state: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """Run the segments of ``seg_dir`` in order, each fed only what plan.json routes to it.
+
+    For a KV-cache plan each segment's past tensors come from ``state`` (by input name), else from
+    ``feeds``, else are empty (a prefill); the present tensors are returned with the graph outputs."""
     seg_dir = Path(seg_dir)
     plan = json.loads((seg_dir / "plan.json").read_text())
     produced: dict[int, dict[str, np.ndarray]] = {}
     results: dict[str, np.ndarray] = {}
+    state = state or {}
+    batch = next((int(v.shape[0]) for v in feeds.values() if getattr(v, "ndim", 0)), 1)
     for seg in plan["segments"]:
         s = seg["index"]
         sess = _session(seg_dir / seg["file"])
@@ -205,12 +247,17 @@ def run_chain(seg_dir: str | Path, feeds: dict[str, np.ndarray]) -> dict[str, np
                 x[i["name"]] = feeds[i["name"]]
             else:
                 x[i["name"]] = produced[src][i["name"]]
-        names = [o["name"] for o in seg["outputs"]]
+        kv = seg.get("state", [])
+        for st in kv:
+            n = st["input"]
+            x[n] = state[n] if n in state else feeds[n] if n in feeds else empty_state(st, batch)
+        names = [o["name"] for o in seg["outputs"]] + [st["output"] for st in kv]
         vals = sess.run(names, x)
         produced[s] = dict(zip(names, vals))
         for o, v in zip(seg["outputs"], vals):
             if o["graph_output"]:
                 results[o["name"]] = v
+        results.update(zip([st["output"] for st in kv], vals[len(seg["outputs"]):]))
     return results
 
 
