@@ -106,7 +106,10 @@ def main() -> int:
     from rich.console import Console
     from rich.table import Table
 
+    from llsim.bench.output import save_rows
+
     rows = run()
+    out = save_rows("balancer", rows)
     t = Table(title="runtime load balancer: the same run (same seed) with the balancer on and off")
     for c in ("scenario", "tokens/s on", "tokens/s off", "gain", "degraded window: on / off", "gain (degraded)",
               "recovery to 90% of best static", "rebalances", "completed on / off", "steps retried"):
@@ -129,4 +132,5 @@ def main() -> int:
     Console(width=200).print(t)
     print(f"target: gain >= x{TARGET} in the degraded window of the throttling and background-load scenarios: "
           f"{'met' if ok else 'NOT met'}")
+    print(f"wrote {out}")
     return 0

@@ -25,7 +25,8 @@ def run(in_flight: int = 4) -> list[dict]:
             judged, names, pb = compare(sc, ["milp", *OTHERS], obj, expected_rtt=True)
             s = {j.result.strategy: j for j in judged}
             m = s["milp"]
-            row = {"scenario": name, "setting": mode, "milp_plan": m.result.plan.describe(names),
+            row = {"scenario": name, "setting": mode, "in_flight": sc.workload.in_flight, "objective": obj,
+                   "milp_plan": m.result.plan.describe(names),
                    "milp_ms_per_token": m.simulated_token_latency_ms, "milp_tokens_per_s": m.simulated_tokens_per_s}
             for o in OTHERS:
                 j = s[o]
@@ -48,8 +49,13 @@ def main() -> None:
     for c in ("scenario", "setting", "milp plan", "ms/token", "tokens/s", "vs uniform", "vs memory (exo)",
               "vs lingualinked"):
         t.add_column(c, justify="left" if c in ("scenario", "setting", "milp plan") else "right")
-    for r in run():
+    from llsim.bench.output import save_rows
+
+    rows = run()
+    out = save_rows("paper", rows)
+    for r in rows:
         t.add_row(r["scenario"], r["setting"], r["milp_plan"], f"{r['milp_ms_per_token']:.1f}",
                   f"{r['milp_tokens_per_s']:.2f}",
                   *[("infeasible" if r[f"vs_{o}"] is None else f"{r[f'vs_{o}']:.2f}x") for o in OTHERS])
     Console(width=200).print(t)
+    print(f"wrote {out}")

@@ -80,10 +80,15 @@ def main() -> None:
     for c in ("devices x modules", "objective", "device types", "one exact solve: median s", "gap", "status",
               "milp strategy: median s", "max s"):
         t.add_column(c, justify="right")
-    for r in run():
+    from llsim.bench.output import save_rows
+
+    rows = run()
+    out = save_rows("solve_time", rows)
+    for r in rows:
         t.add_row(f"{r['devices']}x{r['modules']}", r["objective"], str(r["types"]),
                   f"{r['once_median_s']:.3f}" if r["once_median_s"] is not None else "-",
                   f"{r['max_gap']:.1e}" if r["max_gap"] is not None else "-", r["status"],
                   f"{r['median_s']:.3f}" if r["median_s"] is not None else "-",
                   f"{r['max_s']:.3f}" if r["max_s"] is not None else "-")
     Console(width=160).print(t)
+    print(f"wrote {out}")

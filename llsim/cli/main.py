@@ -359,6 +359,12 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--only", help="allocator: comma-separated instance names")
     m.set_defaults(fn=cmd_bench)
 
+    from llsim.cli.sweep import add_parser as add_sweep
+    from llsim.plot.cli import add_parser as add_plot
+
+    add_sweep(sub)  # llsim sweep (llsim/sweep.py)
+    add_plot(sub)  # llsim plot (llsim/plot/)
+
     pp = sub.add_parser("profile", help="device profiles and the cost model")
     psub = pp.add_subparsers(dest="sub", required=True, parser_class=_Parser)
     m = psub.add_parser("host", help="measure this machine and write a profile")

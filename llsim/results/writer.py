@@ -8,7 +8,9 @@
 * ``rebalances.csv`` when the balancer is on: one row per action (time, trigger, kind, predicted
   cost and gain, the actual stall, old and new plan)
 * ``timeline.json``: Chrome trace format; open it in https://ui.perfetto.dev (one track per device
-  and per link)
+  and per link, a memory counter per device); left out when the run was made without a timeline
+
+:func:`llsim.results.load` (:mod:`llsim.results.reader`) reads a run directory back as pandas DataFrames.
 """
 from __future__ import annotations
 
@@ -55,11 +57,19 @@ def chrome_trace(timeline: list[dict], device_names: list[str]) -> dict:
         ev.append({"ph": "M", "pid": 1, "tid": i, "name": "thread_name", "args": {"name": n}})
     link_tid: dict[tuple, int] = {}
     coord: list[int] = []
+    last_mem: dict[int, int] = {}
     for e in timeline:
         if e["kind"] == "compute":
+            args = {"request": e["request"], "step": e["step"]}
+            if "memory" in e:  # the phone's memory in use at the end of the execution: also a counter track
+                args["memory_bytes"] = e["memory"]
             ev.append({"ph": "X", "pid": 1, "tid": e["device"], "name": f"stage {e['stage']}",
                        "ts": round(e["start"] * 1e6, 3), "dur": round((e["end"] - e["start"]) * 1e6, 3),
-                       "args": {"request": e["request"], "step": e["step"]}})
+                       "args": args})
+            if "memory" in e and last_mem.get(e["device"]) != e["memory"]:
+                last_mem[e["device"]] = e["memory"]
+                ev.append({"ph": "C", "pid": 1, "name": f"memory MB {device_names[e['device']]}",
+                           "ts": round(e["end"] * 1e6, 3), "args": {"MB": round(e["memory"] / 1e6, 6)}})
         elif e["kind"] == "link":
             key = (e["src"], e["dst"])
             if key not in link_tid:
@@ -70,7 +80,7 @@ def chrome_trace(timeline: list[dict], device_names: list[str]) -> dict:
                            "args": {"name": f"{s} -> {d}"}})
             ev.append({"ph": "X", "pid": 2, "tid": link_tid[key], "name": e.get("tag", "transfer"),
                        "ts": round(e["start"] * 1e6, 3), "dur": round((e["end"] - e["start"]) * 1e6, 3),
-                       "args": {"bytes": e["bytes"]}})
+                       "args": {"bytes": e["bytes"], "src": e["src"], "dst": e["dst"]}})
         elif e["kind"] == "instant":
             dev = e.get("device", -1)
             if dev is None or dev < 0:  # the coordinator's own track: detections, rebalances
@@ -89,7 +99,7 @@ def chrome_trace(timeline: list[dict], device_names: list[str]) -> dict:
     return {"traceEvents": ev, "displayTimeUnit": "ms"}
 
 
-def write_run(out: Path, manifest: dict, res, device_names: list[str]) -> Path:
+def write_run(out: Path, manifest: dict, res, device_names: list[str], timeline: bool = True) -> Path:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
@@ -103,5 +113,6 @@ def write_run(out: Path, manifest: dict, res, device_names: list[str]) -> Path:
                    "predicted_gain_s", "old_ms_per_token", "new_ms_per_token", "moved_bytes", "predicted_drain_s",
                    "actual_drain_s", "predicted_transfer_s", "actual_transfer_s", "predicted_session_s",
                    "old_plan", "new_plan"])
-    (out / "timeline.json").write_text(json.dumps(chrome_trace(res.timeline, device_names)) + "\n")
+    if timeline:
+        (out / "timeline.json").write_text(json.dumps(chrome_trace(res.timeline, device_names)) + "\n")
     return out

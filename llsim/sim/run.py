@@ -57,12 +57,12 @@ def simulate(sc: Scenario, plan: Plan | None = None, progress=None, timeline: bo
     return sim.run(), devices, plan
 
 
-def run_to_dir(sc: Scenario, out: Path, progress=None) -> tuple[SimResult, list[DeviceInstance], Plan]:
-    res, devices, plan = simulate(sc, progress=progress)
+def run_to_dir(sc: Scenario, out: Path, progress=None, timeline: bool = True) -> tuple[SimResult, list[DeviceInstance], Plan]:
+    res, devices, plan = simulate(sc, progress=progress, timeline=timeline)
     manifest = {"scenario": dump_resolved(sc), "scenario_file": str(sc.path) if sc.path else None, "seed": sc.seed,
                 "plan": plan.to_json(), "plan_strategy": plan.strategy,
                 "devices": [{"index": d.index, "name": d.name, "profile": d.profile.name,
                              "provenance": d.profile.provenance.kind} for d in devices],
                 "versions": versions()}
-    write_run(out, manifest, res, [d.name for d in devices])
+    write_run(out, manifest, res, [d.name for d in devices], timeline=timeline)
     return res, devices, plan
