@@ -117,7 +117,7 @@ def _safe(text: str, n: int = 24) -> str:
 def point_name(assign: list[tuple[str, str]], seed: int) -> str:
     """Deterministic directory name of a point: readable, then a hash of the exact assignments."""
     h = hashlib.sha1(json.dumps([[list(a) for a in assign], seed]).encode()).hexdigest()[:8]
-    slug = "_".join(f"{_safe(p.split('.')[-1], 16)}={_safe(v)}" for p, v in assign)[:90]
+    slug = "_".join(f"{_safe(p, 32)}={_safe(v)}" for p, v in assign)[:120]
     return f"{slug}_seed{seed}_{h}" if slug else f"seed{seed}_{h}"
 
 
@@ -136,8 +136,8 @@ class Point:
         return {p: _value(v) for p, v in self.assign}
 
 
-def expand(grid: list[tuple[str, list[str]]], zipped: list[tuple[str, list[str]]], seeds: list[int]) -> list[Point]:
-    """Every point of the grid (cartesian product of its axes, then the zipped axis), then each seed."""
+def combinations(grid: list[tuple[str, list[str]]], zipped: list[tuple[str, list[str]]]) -> list[list[tuple[str, str]]]:
+    """Every assignment of the grid: the cartesian product of its axes, the zipped paths one more axis."""
     paths = [p for p, _ in grid] + [p for p, _ in zipped]
     dup = {p for p in paths if paths.count(p) > 1}
     if dup:
@@ -150,12 +150,12 @@ def expand(grid: list[tuple[str, list[str]]], zipped: list[tuple[str, list[str]]
     axes = [[[(p, v)] for v in vs] for p, vs in grid]
     if zipped:
         axes.append([[(p, vs[i]) for p, vs in zipped] for i in range(len(zipped[0][1]))])
-    points = []
-    for combo in itertools.product(*axes) if axes else [()]:
-        assign = [a for part in combo for a in part]
-        for s in seeds:
-            points.append(Point(point_name(assign, s), assign, s))
-    return points
+    return [[a for part in combo for a in part] for combo in itertools.product(*axes)] if axes else [[]]
+
+
+def expand(grid: list[tuple[str, list[str]]], zipped: list[tuple[str, list[str]]], seeds: list[int]) -> list[Point]:
+    """Every point of the grid, each with every seed (grid order, then seeds)."""
+    return [Point(point_name(a, s), a, s) for a in combinations(grid, zipped) for s in seeds]
 
 
 # ---- running one point ---------------------------------------------------------------------------
@@ -325,21 +325,30 @@ def prepare(scenario: str, grid: list[str], zipped: list[str], seeds: str | None
     """Points and validated scenarios; raises when no point's scenario is valid (a typo in a path)."""
     from llsim.scenario import load_scenario
 
-    base = load_scenario(scenario, sets)
-    seed_list = parse_seeds(seeds) or [base.seed]
+    seed_list = parse_seeds(seeds)
     g = [parse_axis(x) for x in grid]
     z = [parse_axis(x, "--zip") for x in zipped]
-    points = expand(g, z, seed_list)
-    tasks, errors = [], []
-    for pt in points:
-        try:
-            sc = load_scenario(scenario, list(sets) + pt.sets, pt.seed)
-            tasks.append(Task(pt, sc, None))
-        except LLSimError as e:
-            tasks.append(Task(pt, None, str(e)))
-            errors.append(str(e))
-    if errors and len(errors) == len(points):
-        raise LLSimError(f"no point of the sweep is a valid scenario: {errors[0]}")
+    combos = combinations(g, z)
+    built = []  # (assign, seed or None, scenario or None, error)
+    for a in combos:
+        for s in seed_list or [None]:
+            try:
+                built.append((a, s, load_scenario(scenario, list(sets) + [f"{p}={v}" for p, v in a], s), None))
+            except LLSimError as e:
+                built.append((a, s, None, str(e)))
+    valid = [b[2] for b in built if b[2] is not None]
+    if not valid:
+        raise LLSimError(f"no point of the sweep is a valid scenario: {built[0][3]}")
+    base = valid[0]
+    points, tasks = [], []
+    for a, s, sc, err in built:
+        seed = s if s is not None else (sc.seed if sc is not None else base.seed)  # default: the scenario's seed
+        pt = Point(point_name(a, seed), a, seed)
+        points.append(pt)
+        tasks.append(Task(pt, sc, err))
+    if len({p.name for p in points}) < len(points):
+        raise LLSimError("the sweep has two points with the same parameters and seed (a seed given twice?)")
+    seed_list = seed_list or sorted({p.seed for p in points})
     spec = {"scenario": str(base.path) if base.path else scenario, "scenario_sha256": _digest(base.path),
             "name": base.name, "sets": list(sets), "grid": [[p, v] for p, v in g], "zip": [[p, v] for p, v in z],
             "seeds": seed_list, "parameters": [p for p, _ in g] + [p for p, _ in z],

@@ -76,6 +76,8 @@ def parsers():
     fg.add_argument("--results", default=None, help="results directory (default: the repository's results/)")
     fg.add_argument("--out", default=None, help="default RESULTS/figures")
     fg.add_argument("--format", default="png,pdf")
+    fg.add_argument("--sweeps", default=None, help="directory of the figures' sweeps (default: the repository's "
+                    "runs/figures)")
     fg.add_argument("--only", help="comma-separated figure names")
     return {"run": run, "compare": cmp_, "sweep": sw, "figures": fg}
 
@@ -108,7 +110,7 @@ def cmd_plot(args) -> int:
         from llsim.plot.paper import make_figures
 
         only = [x.strip() for x in a.only.split(",")] if a.only else None
-        paths = make_figures(a.results, a.out, _formats(a.format), only=only, log=log)
+        paths = make_figures(a.results, a.out, _formats(a.format), only=only, sweeps=a.sweeps, log=log)
     for p in paths:
         print(p)
     return 0

@@ -108,8 +108,8 @@ def legend_above(fig_or_ax, handles=None, labels=None, ncol: int | None = None, 
     if not handles:
         return None
     n = ncol or min(len(handles), 4)
-    return ax.legend(handles, labels, loc="lower left", bbox_to_anchor=(0.0, 1.01, 1.0, 0.1), mode="expand",
-                     ncol=n, borderaxespad=0.0, **kw)
+    return ax.legend(handles, labels, loc="lower center", bbox_to_anchor=(0.5, 1.01), ncol=n, borderaxespad=0.0,
+                     **kw)
 
 
 def fig_legend_top(fig, handles, labels, ncol: int | None = None, **kw):
@@ -125,7 +125,7 @@ def save(fig, stem: str | Path, formats=("png",)) -> list[Path]:
     stem.parent.mkdir(parents=True, exist_ok=True)
     out = []
     for fmt in formats:
-        p = stem.with_suffix(f".{fmt}")
+        p = stem.parent / f"{stem.name}.{fmt}"  # (a stem may contain dots: tokens_per_s_vs_workload.concurrency)
         kw = {"metadata": {"Software": None}} if fmt == "png" else {}
         if fmt == "pdf":
             kw = {"metadata": {"CreationDate": None, "Producer": None, "Creator": "llsim"}}

@@ -86,7 +86,12 @@ def _guess(col: pd.Series) -> pd.Series:
 
 def read_table(path: Path, schema: dict) -> pd.DataFrame:
     """A CSV of a run directory with the dtypes of ``schema`` (unknown columns guessed)."""
-    raw = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False)
+    try:
+        raw = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False)
+    except pd.errors.EmptyDataError:  # no row and no header (e.g. links.csv of a run on one phone)
+        return _empty(schema)
+    except pd.errors.ParserError as e:
+        raise LLSimError(f"{path}: not a readable CSV table ({str(e).strip()}); the run directory is damaged") from None
     if raw.columns.empty:
         return _empty(schema)
     out = {}
