@@ -42,8 +42,8 @@ def _match(series: pd.Series, raw: str) -> pd.Series:
         v = raw
     if isinstance(v, bool) or series.dtype == "boolean":
         return series.astype("string").str.lower() == str(v).lower()
-    if isinstance(v, (int, float)) and series.dtype.kind in "iuf":
-        return np.isclose(series.astype("float64"), float(v))
+    if isinstance(v, (int, float)) and pd.api.types.is_numeric_dtype(series):
+        return pd.Series(np.isclose(series.astype("float64"), float(v)), index=series.index)
     return series.astype("string") == str(raw)
 
 
