@@ -43,7 +43,7 @@ figures: $(STAMP)
 	$(BIN)/llsim sweep balance-background --grid balancer.enabled=true,false --jobs 2 --no-timeline --out runs/figures/balance-background
 	$(BIN)/llsim sweep lingualinked-bloom-3b --grid allocation.strategy=milp,uniform,memory,lingualinked,halda,pipeedge,greedy --set workload.concurrency=4 --set workload.requests=8 --set allocation.objective=throughput --set network.rtt_sampling=expected --jobs 2 --no-timeline --out runs/figures/allocation
 	$(BIN)/llsim sweep scenarios/sweeps/phones.yaml --zip devices.0.count=1,2,3,4 --zip devices.1.count=1,2,3,4 --grid allocation.strategy=milp,uniform,memory,lingualinked --seeds 1-4 --jobs 2 --no-timeline --out runs/figures/phones
-	$(BIN)/llsim sweep scenarios/sweeps/rssi.yaml --grid network.default_rssi_dbm=-50,-60,-65,-70,-75,-80 --grid allocation.strategy=milp,uniform,memory,lingualinked --seeds 1-3 --jobs 2 --no-timeline --out runs/figures/rssi
+	$(BIN)/llsim sweep scenarios/sweeps/rssi.yaml --grid network.default_rssi_dbm=-50,-55,-60,-65,-70,-73,-76 --grid allocation.strategy=milp,uniform,memory,lingualinked --seeds 1-3 --jobs 2 --no-timeline --out runs/figures/rssi
 	$(BIN)/llsim plot figures
 
 # Refresh the lock: the newest versions pyproject.toml's bounds allow, today (commit the result).

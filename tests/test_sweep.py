@@ -300,3 +300,13 @@ def test_ray_backend_gives_the_local_table(tiny, tmp_path):
     while time.time() < deadline and _ray_processes() - before:
         time.sleep(0.5)
     assert not (_ray_processes() - before), "Ray processes left after ray.shutdown()"
+    # the command starts its own local instance and stops it; its stdout is the JSON document only
+    p = subprocess.run([sys.executable, "-m", "llsim", "sweep", str(tiny), "--grid", "workload.concurrency=1,2",
+                        "--backend", "ray", "--jobs", "2", "--json", "--out", str(tmp_path / "ray-cli")],
+                       capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["done"] == 2
+    deadline = time.time() + 20
+    while time.time() < deadline and _ray_processes() - before:
+        time.sleep(0.5)
+    assert not (_ray_processes() - before), "Ray processes left after llsim sweep --backend ray"

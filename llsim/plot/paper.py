@@ -105,7 +105,7 @@ def draw_paper_speedup(src: Sources):
         ax.set_title(f"{setting} ({'ms per token' if inflight == 1 else 'tokens/s'})", loc="left", fontsize=6.5)
         ax.grid(axis="x", visible=False)
     axes[-1].set_xticks(range(len(scen)), [_short_scenario(s) for s in scen])
-    axes[-1].set_xlabel("LinguaLinked-style scenario (int8 weights, recompute mode)")
+    axes[-1].set_xlabel("scenario (int8 weights, recompute mode)")
     from matplotlib.patches import Patch
 
     h, lab = axes[0].get_legend_handles_labels()
@@ -238,7 +238,7 @@ def draw_allocation_map(src: Sources):
     ax2.text(len(names) - 0.5, 100, "budget", ha="right", va="bottom", fontsize=5.5, color=OKABE_ITO["vermillion"])
     budgets = m.drop_duplicates("device").sort_values("device")
     ax2.set_xticks(range(len(names)), [f"{i}\n({b:.1f} GB)" for i, b in zip(budgets["device"], budgets["budget_gb"])])
-    ax2.set_xlabel("phone (its memory budget); bar colour = strategy, as above")
+    ax2.set_xlabel("phone (memory budget); colour = strategy")
     ax2.set_ylabel("peak memory (% of budget)")
     ax2.set_ylim(0, 110)
     ax2.grid(axis="x", visible=False)
@@ -430,7 +430,7 @@ FIGURES = [
                            "--seeds 1-4")],
                draw_speedup_phones),
     FigureSpec("speedup_rssi", "speed-up vs RSSI",
-               [_sweep_cmd("scenarios/sweeps/rssi.yaml", "rssi", "--grid network.default_rssi_dbm=-50,-60,-65,-70,-75,-80",
+               [_sweep_cmd("scenarios/sweeps/rssi.yaml", "rssi", "--grid network.default_rssi_dbm=-50,-55,-60,-65,-70,-73,-76",
                            "--grid allocation.strategy=milp,uniform,memory,lingualinked", "--seeds 1-3")],
                draw_speedup_rssi),
     FigureSpec("costmodel", "cost model: predicted vs measured per held-out segment",

@@ -26,7 +26,7 @@ STRATEGY_COLOURS = {"milp": OKABE_ITO["blue"], "oracle": OKABE_ITO["black"], "un
 STRATEGY_MARKERS = {"milp": "o", "oracle": "*", "uniform": "s", "memory": "^", "lingualinked": "D", "halda": "v",
                     "pipeedge": "P", "greedy": "X", "explicit": "."}
 STRATEGY_LABELS = {"milp": "milp (llsim)", "memory": "memory (exo)", "lingualinked": "LinguaLinked",
-                   "halda": "halda (prima.cpp)", "pipeedge": "PipeEdge", "uniform": "uniform", "greedy": "greedy",
+                   "pipeedge": "PipeEdge", "uniform": "uniform", "greedy": "greedy",
                    "oracle": "oracle"}
 # anything else (runs compared, sweep hues that are not strategies): in this order (yellow last: low contrast)
 CYCLE = [OKABE_ITO[k] for k in ("blue", "orange", "green", "vermillion", "purple", "sky", "black", "yellow")]

@@ -282,7 +282,8 @@ def load_sweep(sweep_dir: str | Path) -> pd.DataFrame:
     Columns: ``point``, ``seed``, the swept parameters (by scenario path, e.g. ``workload.concurrency``,
     with the values' types), ``status`` (``ok`` | ``failed``), ``error``, ``wall_s`` (the point's wall
     time), ``run_dir`` (relative to DIR; ``llsim.results.load`` reads it) and the run's scalar metrics.
-    Points still running or interrupted (no complete directory) are not in it.
+    Points still running or interrupted (no complete directory) are not in it, nor points of an earlier
+    grid run on the same directory (the table is the last command's).
     """
     d = Path(sweep_dir)
     spec_p = d / "sweep.json"
@@ -296,6 +297,8 @@ def load_sweep(sweep_dir: str | Path) -> pd.DataFrame:
         if f.parent.name.startswith("."):
             continue
         points.append((_read_json(f), f.parent))
+    if order:  # the points of the last command run on DIR (others, of an earlier grid, stay on disk)
+        points = [p for p in points if p[0]["name"] in order]
     points.sort(key=lambda x: (order.get(x[0]["name"], len(order)), x[0]["name"]))
     params: list[str] = list(spec.get("parameters", []))  # the sweep's order, then any from older points
     for pt, _ in points:
