@@ -12,7 +12,7 @@ SUBS = ("compare", "sweep", "figures")
 
 
 def add_parser(sub) -> None:
-    m = sub.add_parser("plot", add_help=False, help="figures of a run (RUN_DIR), of runs compared (compare), of a "
+    m = sub.add_parser("plot", add_help=False, prefix_chars="\x00", help="figures of a run (RUN_DIR), of runs compared (compare), of a "
                        "sweep (sweep) or the paper set (figures)")
     m.add_argument("words", nargs=argparse.REMAINDER)
     m.set_defaults(fn=cmd_plot)
@@ -52,7 +52,7 @@ def parsers():
     run.add_argument("--out", help="directory for the figures (default RUN_DIR/figures)")
     run.add_argument("--format", default="png", help="png, pdf, svg (comma-separated)")
     run.add_argument("--window", help="Gantt chart: START:END in simulated seconds (default: the whole run, or "
-                     "160 executions from its middle)")
+                     "about 12 executions per device from its middle)")
     cmp_ = _Parser(prog="llsim plot compare", description="Runs overlaid: latency CDFs and tokens/s over time "
                    "(e.g. the balancer on and off)")
     cmp_.add_argument("run_dirs", nargs="+")
@@ -85,11 +85,13 @@ def parsers():
 def cmd_plot(args) -> int:
     words = list(args.words)
     ps = parsers()
-    if not words or words[0] in ("-h", "--help"):
+    if not words:
+        ps["run"].error("give a run directory, or one of: compare, sweep, figures")
+    if words[0] in ("-h", "--help"):
         ps["run"].print_help()
         print("\nsub-commands: llsim plot compare RUN_DIR RUN_DIR... | llsim plot sweep DIR --x PATH --y METRIC "
               "[--hue PATH] | llsim plot figures")
-        return 0 if words else 2
+        return 0
     which = words[0] if words[0] in SUBS else "run"
     a = ps[which].parse_args(words[1:] if which != "run" else words)
     log = lambda m: print(m, file=sys.stderr)  # noqa: E731
