@@ -85,6 +85,22 @@ def test_plot_run_without_timeline_skips_what_needs_it(runs, capsys):
     assert "skipped gantt" in err and "skipped memory" in err
 
 
+def test_plot_a_run_that_made_no_token(runs, capsys):
+    from llsim.scenario import load_scenario
+    from llsim.sim.run import run_to_dir
+
+    res, _, _ = run_to_dir(load_scenario(runs / "tiny.yaml", ["duration.max_sim_s=0.001"]), runs / "empty")
+    assert not res.tokens
+    code, out, err = run_cli(["plot", runs / "empty"], capsys)
+    assert code == 0, err  # the executions begun still give a Gantt chart, memory and airtime
+    assert {Path(x).stem for x in out.split()} == {"gantt", "memory", "airtime"}
+    assert "skipped latency_cdf" in err and "generated no token" in err and "skipped tokens_per_s" in err
+    (runs / "empty" / "timeline.json").unlink()
+    (runs / "empty" / "links.csv").write_text("")
+    code, out, err = run_cli(["plot", runs / "empty"], capsys)
+    assert code == 2 and "nothing to plot" in err and out == ""
+
+
 def test_plot_compare(runs, capsys):
     code, out, err = run_cli(["plot", "compare", runs / "a", runs / "b", runs / "dyn", "--labels", "uniform,milp,dyn",
                               "--out", runs / "cmp"], capsys)

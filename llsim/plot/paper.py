@@ -19,7 +19,7 @@ import pandas as pd
 
 from llsim.errors import LLSimError
 from llsim.plot.style import (DEVICE_FILLS, GREY, OKABE_ITO, STRATEGY_MARKERS, colour, fig_legend_top, label,
-                              legend_above, new_figure, paper_style, save, strategy_colour)
+                              legend_above, new_figure, paper_style, plain_log, save, strategy_colour)
 
 ROOT = Path(__file__).resolve().parents[2]
 SWEEPS = "runs/figures"  # where make figures writes its sweeps (relative to the repository)
@@ -335,6 +335,8 @@ def draw_costmodel(src: Sources):
                        label=f"{mdl}, {th} thread{'s' if th > 1 else ''}")
     ax.set_xscale("log")
     ax.set_yscale("log")
+    plain_log(ax.xaxis)
+    plain_log(ax.yaxis)
     ax.set_xlim(lo, hi)
     ax.set_ylim(lo, hi)
     ax.set_aspect("equal")
@@ -373,6 +375,7 @@ def draw_solve_time(src: Sources):
                     color=OKABE_ITO["vermillion"])
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
+    plain_log(ax.yaxis)
     sizes = df.drop_duplicates("devices").sort_values("devices")
     ax.set_xticks(sizes["devices"], [f"{d}\n\u00d7{m}" for d, m in zip(sizes["devices"], sizes["modules"])])
     ax.minorticks_off()

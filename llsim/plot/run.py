@@ -90,6 +90,9 @@ def mark_events(ax, run: Run, end_s: float, legend: list | None = None) -> None:
 def fig_latency_cdf(runs: list[tuple[str, Run]]):
     """Token-latency CDFs: decode tokens (time since the previous token) and, in its own panel, the
     first token of each request (TTFT, from submission)."""
+    for _, run in runs:
+        if run.tokens.empty:
+            raise LLSimError(f"{run.path}: the run generated no token (stop_reason: {run.metrics.get('stop_reason')})")
     fig = new_figure(3.0)
     axes = fig.subplots(2, 1)
     handles = []
@@ -122,9 +125,11 @@ def fig_latency_cdf(runs: list[tuple[str, Run]]):
 
 def fig_throughput(runs: list[tuple[str, Run]], bin_s: float | None = None):
     """Tokens/s over time in fixed bins, the scenario's events shaded, rebalances as dashed lines."""
+    end = max(float(r.tokens["time_s"].max()) if not r.tokens.empty else 0.0 for _, r in runs)
+    if end <= 0:
+        raise LLSimError(f"{runs[0][1].path}: no token was generated: no tokens/s over time")
     fig = new_figure(2.4)
     ax = fig.subplots()
-    end = max(float(r.tokens["time_s"].max()) if not r.tokens.empty else 0.0 for _, r in runs)
     b = bin_s or nice_bin(end)
     legend = []
     for i, (lab, run) in enumerate(runs):
@@ -287,14 +292,18 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None, formats=("png",
               ("tokens_per_s", lambda: fig_throughput([(label, run)])),
               ("gantt", lambda: fig_gantt(run, window)), ("memory", lambda: fig_memory(run)),
               ("airtime", lambda: fig_airtime(run))]
+    notes = []
     with paper_style():
         for name, make in makers:
             try:
                 fig = make()
             except LLSimError as e:
+                notes.append(f"{name}: {e}")
                 log(f"skipped {name}: {e}")
                 continue
             written += save(fig, out / name, formats)
+    if not written:
+        raise LLSimError(f"nothing to plot ({notes[0]})")
     return written
 
 

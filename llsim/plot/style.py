@@ -119,6 +119,15 @@ def fig_legend_top(fig, handles, labels, ncol: int | None = None, **kw):
     return fig.legend(handles, labels, loc="outside upper center", ncol=ncol or min(len(handles), 4), **kw)
 
 
+def plain_log(axis) -> None:
+    """Log-axis tick labels as plain numbers (0.1, 1, 10) rather than powers of ten."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_formatter(NullFormatter())
+
+
 def save(fig, stem: str | Path, formats=("png",)) -> list[Path]:
     """Write ``stem.<fmt>`` for each format; returns the paths written."""
     stem = Path(stem)
