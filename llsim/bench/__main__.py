@@ -79,6 +79,14 @@ def bench_costmodel_accuracy() -> None:
     console.print(f"held-out segments: {s['n']}   median APE {s['median_ape'] * 100:.1f}%   "
                   f"p90 APE {s['p90_ape'] * 100:.1f}%   max {s['max_ape'] * 100:.1f}%   "
                   f"(targets: <= 10% and <= 20%)")
+    from llsim.bench.output import save_rows
+
+    committed = {(r.model, r.seq_len, r.threads, r.segment): r.predicted_ms for r in predict(measured, shipped)}
+    out = save_rows("costmodel_accuracy", [
+        {"model": r.model, "seq_len": r.seq_len, "threads": r.threads, "segment": r.segment,
+         "predicted_ms": r.predicted_ms, "measured_ms": r.measured_ms,
+         "committed_profile_predicted_ms": committed.get((r.model, r.seq_len, r.threads, r.segment))} for r in rows])
+    console.print(f"wrote {out}")
     o = summary(predict(measured, shipped))
     console.print(f"committed host profile (measured {shipped.provenance.date}) on the same measurements: median APE "
                   f"{o['median_ape'] * 100:.1f}%, p90 {o['p90_ape'] * 100:.1f}%, median predicted/measured "

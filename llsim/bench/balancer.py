@@ -108,7 +108,10 @@ def run() -> list[dict]:
 def main() -> int:
     from llsim.cli.tables import fit_table, stdout_console
 
+    from llsim.bench.output import save_rows
+
     rows = run()
+    out = save_rows("balancer", rows)
     cols = [(c, "key" if c == "scenario" else "text") for c in (
         "scenario", "tokens/s on", "tokens/s off", "gain", "degraded window: on / off", "gain (degraded)",
         "recovery to 90% of best static", "rebalances", "completed on / off", "steps retried")]
@@ -133,4 +136,5 @@ def main() -> int:
     con.print(fit_table(cols, cells, con.width, max_word=10))
     print(f"target: gain >= x{TARGET} in the degraded window of the throttling and background-load scenarios: "
           f"{'met' if ok else 'NOT met'}")
+    print(f"wrote {out}")
     return 0

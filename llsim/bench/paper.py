@@ -28,7 +28,8 @@ def run(in_flight: int = 4) -> list[dict]:
             judged, names, pb = compare(sc, ["milp", *OTHERS], obj, expected_rtt=True)
             s = {j.result.strategy: j for j in judged}
             m = s["milp"]
-            row = {"scenario": name, "setting": mode, "milp_plan": m.result.plan.describe(names),
+            row = {"scenario": name, "setting": mode, "in_flight": sc.workload.in_flight, "objective": obj,
+                   "milp_plan": m.result.plan.describe(names),
                    "milp_ms_per_token": m.simulated_token_latency_ms, "milp_tokens_per_s": m.simulated_tokens_per_s}
             for o in OTHERS:
                 j = s[o]
@@ -45,11 +46,16 @@ def run(in_flight: int = 4) -> list[dict]:
 def main() -> None:
     from llsim.cli.tables import fit_table, stdout_console
 
+    from llsim.bench.output import save_rows
+
+    results = run()
+    out = save_rows("paper", results)
     rows = [[r["scenario"], r["setting"], r["milp_plan"], f"{r['milp_ms_per_token']:.1f}", f"{r['milp_tokens_per_s']:.2f}",
-             *[("infeasible" if r[f"vs_{o}"] is None else f"{r[f'vs_{o}']:.2f}x") for o in OTHERS]] for r in run()]
+             *[("infeasible" if r[f"vs_{o}"] is None else f"{r[f'vs_{o}']:.2f}x") for o in OTHERS]] for r in results]
     con = stdout_console()
     con.print("LinguaLinked-style scenarios: milp speedup (simulated; paper: 1.11-1.61x single, 1.73-2.65x "
               "multi-threaded, vs their baseline)")
     con.print(fit_table([("scenario", "key"), ("setting", "text"), ("milp plan", "text"), ("ms/token", "num"),
                          ("tokens/s", "num"), ("vs uniform", "num"), ("vs memory (exo)", "num"),
                          ("vs lingualinked", "num")], rows, con.width, max_word=12))
+    print(f"wrote {out}")

@@ -127,7 +127,10 @@ def run(sizes=SIZES, seeds: int = 20, progress=None) -> list[dict]:
 def main(sizes=SIZES, seeds: int = 20) -> int:
     from llsim.cli.tables import fit_table, note, stdout_console
 
+    from llsim.bench.output import save_rows
+
     rows = run(sizes, seeds, progress=note)
+    out = save_rows("solve_time", rows)
     table, bad = [], []
     for r in rows:
         tgt = r["target_s"]
@@ -144,4 +147,5 @@ def main(sizes=SIZES, seeds: int = 20) -> int:
                          ("strategy, model", "num"), ("strategy, +sims", "num"), ("target", "num")], table, con.width))
     for b in bad:
         con.print("target missed: " + b)
+    print(f"wrote {out}")
     return 0

@@ -534,6 +534,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("worker", help="run a HIL worker: llsim worker --listen 127.0.0.1:PORT --secret-file F "
                    "(llsim worker --help; docs/hil-protocol.md)", add_help=False)
+    from llsim.cli.sweep import add_parser as add_sweep
+    from llsim.plot.cli import add_parser as add_plot
+
+    add_sweep(sub)  # llsim sweep (llsim/sweep.py)
+    add_plot(sub)  # llsim plot (llsim/plot/)
 
     pp = sub.add_parser("profile", help="device profiles and the cost model")
     psub = pp.add_subparsers(dest="sub", required=True, parser_class=_Parser)

@@ -13,7 +13,10 @@
 * ``timeline.json``: Chrome trace format; open it in https://ui.perfetto.dev. One track per device,
   per link lane and for the coordinator; timestamps are integer microseconds, a slice's start and
   end rounded alike, and slices on one track never overlap (concurrent transfers on one link get
-  lanes ``a -> b``, ``a -> b #2``, ...), so Perfetto shows every slice.
+  lanes ``a -> b``, ``a -> b #2``, ...), so Perfetto shows every slice; a memory counter per device
+  when the simulator recorded it; left out when the run was made without a timeline.
+
+:func:`llsim.results.load` (:mod:`llsim.results.reader`) reads a run directory back as pandas DataFrames.
 
 Every JSON file is strict JSON (no NaN or Infinity); every file is written to a temporary name and
 renamed, so an interrupted run leaves complete files or none.
@@ -117,6 +120,8 @@ def chrome_trace(timeline: list[dict], device_names: list[str], truncated: bool 
             {"ph": "M", "pid": 2, "name": "process_name", "args": {"name": "links"}}]
     slices: dict[tuple[int, str], list[tuple[int, int, int, dict]]] = {}  # (pid, track) -> (ts, te, order, event)
     instants: list[dict] = []
+    counters: list[dict] = []  # per-device memory counter tracks (when the timeline records memory)
+    last_mem: dict[int, int] = {}
     order = 0
     coord = False
     for e in timeline:
@@ -124,11 +129,18 @@ def chrome_trace(timeline: list[dict], device_names: list[str], truncated: bool 
         k = e["kind"]
         if k == "compute":
             track = (1, names[e["device"]])
-            ev = {"ph": "X", "pid": 1, "name": f"stage {e['stage']}",
-                  "args": {"request": e["request"], "step": e["step"]}}
+            args = {"request": e["request"], "step": e["step"]}
+            if "memory" in e:  # the phone's memory in use at the end of the execution: also a counter track
+                args["memory_bytes"] = e["memory"]
+                if last_mem.get(e["device"]) != e["memory"]:
+                    last_mem[e["device"]] = e["memory"]
+                    counters.append({"ph": "C", "pid": 1, "name": f"memory MB {names[e['device']]}",
+                                     "ts": _us(e["end"]), "args": {"MB": round(e["memory"] / 1e6, 6)}})
+            ev = {"ph": "X", "pid": 1, "name": f"stage {e['stage']}", "args": args}
         elif k == "link":
             track = (2, f"{names.get(e['src'], e['src'])} -> {names.get(e['dst'], e['dst'])}")
-            ev = {"ph": "X", "pid": 2, "name": e.get("tag") or "transfer", "args": {"bytes": e["bytes"]}}
+            ev = {"ph": "X", "pid": 2, "name": e.get("tag") or "transfer",
+                  "args": {"bytes": e["bytes"], "src": e["src"], "dst": e["dst"]}}
         elif k == "span":
             coord = True
             track = (3, "balancer")
@@ -174,6 +186,7 @@ def chrome_trace(timeline: list[dict], device_names: list[str], truncated: bool 
         ev["tid"] = tid(ev["pid"], ev.pop("track"))
         out.append(ev)
     out.sort(key=lambda ev: (ev["ts"], ev["pid"], ev["tid"]))
+    out += counters
     trace = {"traceEvents": meta + out, "displayTimeUnit": "ms"}
     if truncated:
         trace["otherData"] = {"note": "timeline truncated: the simulator records at most 400,000 events"}
@@ -195,7 +208,8 @@ def link_rows(rows: list[dict], token_bytes: int) -> list[dict]:
     return out
 
 
-def write_run(out: Path, manifest: dict, res, device_names: list[str], token_bytes: int = 4) -> Path:
+def write_run(out: Path, manifest: dict, res, device_names: list[str], token_bytes: int = 4,
+              timeline: bool = True) -> Path:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "manifest.json", manifest, indent=2, sort_keys=True)
@@ -214,5 +228,6 @@ def write_run(out: Path, manifest: dict, res, device_names: list[str], token_byt
                    "predicted_gain_s", "old_ms_per_token", "new_ms_per_token", "moved_bytes", "predicted_drain_s",
                    "actual_drain_s", "predicted_transfer_s", "actual_transfer_s", "predicted_session_s",
                    "old_plan", "new_plan"])
-    write_json(out / "timeline.json", chrome_trace(res.timeline, device_names, timeline_full))
+    if timeline:
+        write_json(out / "timeline.json", chrome_trace(res.timeline, device_names, timeline_full))
     return out

@@ -418,7 +418,8 @@ class Simulation:
                         mon.stage_time(devs[s], t1, t1 - t0, cost.stage_seconds[s])  # what the phone reports
                     if tags and len(timeline) < 400_000:
                         timeline.append({"kind": "compute", "device": devs[s], "start": t0,
-                                         "end": t1, "request": rid, "step": step, "stage": s})
+                                         "end": t1, "request": rid, "step": step, "stage": s,
+                                         "memory": node.used_bytes})  # the phone's memory in use at t1
                     lock.release()
                     if node.dead:  # died mid-step: its outputs never leave
                         ok = yield from self._stall(ep)

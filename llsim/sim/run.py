@@ -59,11 +59,13 @@ def simulate(sc: Scenario, plan: Plan | None = None, progress=None, timeline: bo
 
 
 def run_to_dir(sc: Scenario, out: Path, progress=None, plan: Plan | None = None, invocation: dict | None = None,
-               rerun: dict | None = None, status=None) -> tuple[SimResult, list[DeviceInstance], Plan]:
+               rerun: dict | None = None, status=None, timeline: bool = True
+               ) -> tuple[SimResult, list[DeviceInstance], Plan]:
     """Plan (unless ``plan`` is given), simulate, write ``out``. The manifest is written before the
     simulation starts, so even an interrupted run leaves a directory that says what it was.
     ``rerun``: the manifest being reproduced (its scenario file and profile records are kept);
-    ``status(text)``: a context manager shown while planning."""
+    ``status(text)``: a context manager shown while planning; ``timeline``: record and write
+    ``timeline.json`` (sweeps may leave it out)."""
     from llsim.results.manifest import build_manifest
 
     devices = expand_devices(sc)
@@ -75,10 +77,10 @@ def run_to_dir(sc: Scenario, out: Path, progress=None, plan: Plan | None = None,
     manifest = build_manifest(sc, devices, plan, invocation,
                               scenario_file=rerun.get("scenario_file") if rerun else None,
                               recorded_profiles=rerun.get("profiles") if rerun else None)
-    sim = Simulation(sc, devices, plan, progress=progress)  # refuses a plan that does not fit, before any file
+    sim = Simulation(sc, devices, plan, progress=progress, timeline=timeline)  # refuses a plan that does not fit
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "manifest.json", manifest, indent=2, sort_keys=True)
     res = sim.run()
-    write_run(out, manifest, res, [d.name for d in devices], token_bytes=4 * sc.workload.batch)
+    write_run(out, manifest, res, [d.name for d in devices], token_bytes=4 * sc.workload.batch, timeline=timeline)
     return res, devices, plan
