@@ -179,7 +179,8 @@ def test_out_must_be_empty_or_forced_and_force_clears_a_previous_run(tmp_path, c
 
 
 def test_token_return_links_report_no_goodput(tmp_path, capsys):
-    out = _run(tmp_path, capsys, "demo", "workload.requests=2")
+    # a ring of three phones (uniform: a plan fixed by the test), so the tail returns token ids
+    out = _run(tmp_path, capsys, "demo", "workload.requests=2", "allocation.strategy=uniform")
     rows = list(csv.DictReader(open(out / "links.csv")))
     tok = [r for r in rows if r["payload"] == "token ids"]
     ten = [r for r in rows if r["payload"] == "tensors"]
@@ -292,7 +293,8 @@ def test_ctrl_c_during_the_simulation_keeps_what_was_simulated(tmp_path, capsys,
             raise KeyboardInterrupt
         return orig(self, 200)
     monkeypatch.setattr(engine.Simulation, "_advance", advance)
-    code, out, err = run_cli(["run", "demo", "--out", tmp_path / "o"], capsys)
+    # a fixed plan: the milp strategy judges its candidates by short simulations of its own
+    code, out, err = run_cli(["run", "demo", "--out", tmp_path / "o", "--set", "allocation.strategy=uniform"], capsys)
     assert code == 130 and "interrupted" in err and len(err.strip().splitlines()) == 1
     m = strict_json(tmp_path / "o" / "metrics.json")
     assert m["stop_reason"] == "interrupted" and m["tokens_generated"] > 0

@@ -40,7 +40,7 @@ from llsim.alloc.milp import MilpResult, solve_once
 from llsim.alloc.plan import Plan, StagePlan
 from llsim.alloc.problem import AllocProblem
 
-MAX_EVALUATED = 4  # candidates judged by the finer evaluation, at most
+MAX_EVALUATED = 4  # candidates judged by the finer evaluation, at most (twice that for up to 6 phones)
 BAND = 0.10  # a candidate whose linear value (about a lower bound) exceeds the best score so far by more is not judged
 SAME = 1e-6  # evaluations closer than this (relative) are ties
 CYCLE_TOL = 0.005  # the cycle search may stop this close to the linear optimum (several in flight)
@@ -139,6 +139,8 @@ def solve(pb: AllocProblem, objective: str | None = None, time_limit: float = 30
         for p in starts:
             add(improve(pb, p, objective), "local search (full power-save model)")
     clock["evaluation"] = time.perf_counter()
+    if max_evaluated == MAX_EVALUATED and pb.n_devices <= 6:  # small rings simulate fast: judge more
+        max_evaluated = 2 * MAX_EVALUATED
     chosen = _select(pb, list(cands.values()), objective, evaluate, max_evaluated)
     clock["end"] = time.perf_counter()
     names = list(clock)
@@ -352,6 +354,37 @@ def _cut_tables(pb: AllocProblem, view) -> tuple[list[list[float]], list[list[in
     return cache[key]
 
 
+def _order_moves(pb: AllocProblem, cur: list[int]) -> list[list[int]]:
+    """Device orders one move from ``cur``: drop, add, replace or swap a phone (the header stays)."""
+    first = 1 if pb.header is not None else 0
+    free = _fastest_free(pb, set(cur))
+    moves = [cur[:i] + cur[i + 1:] for i in range(first, len(cur)) if len(cur) > 1]
+    moves += [cur[:i] + [d] + cur[i:] for d in free for i in range(first, len(cur) + 1)]
+    moves += [cur[:i] + [d] + cur[i + 1:] for d in free for i in range(first, len(cur))]
+    moves += [cur[:i] + [cur[j]] + cur[i + 1:j] + [cur[i]] + cur[j + 1:]
+              for i in range(first, len(cur)) for j in range(i + 1, len(cur))]
+    return moves
+
+
+def order_neighbours(pb: AllocProblem, plan: Plan, objective: str, k: int = NEIGHBOURS) -> list[Plan]:
+    """The ``k`` best plans one device-order move from ``plan``, each with its balanced cuts, and
+    ``plan``'s own order re-balanced: plans that keep most phones and their order, so most weights
+    stay where they are (what a re-plan at run time wants)."""
+    view = pb.lat if objective == "latency" else pb.thr
+    scored = []
+    for order in [list(plan.devices)] + _order_moves(pb, list(plan.devices)):
+        p = balanced_cuts(pb, order, view)
+        if p is not None and pb.evaluate(p).feasible:
+            scored.append((_rank(pb, p, objective), _key(p), p))
+    scored.sort(key=lambda x: x[:2])
+    out, seen = [], set()
+    for _, key, p in scored:
+        if key not in seen:
+            seen.add(key)
+            out.append(p)
+    return out[:k]
+
+
 def order_search(pb: AllocProblem, plan: Plan, objective: str, max_rounds: int = 20) -> Plan:
     """Hill-climb over device orders (drop, add, swap or replace a phone), each order with its
     balanced cuts (:func:`balanced_cuts`), under the linear model: moves a boundary search alone
@@ -363,16 +396,9 @@ def order_search(pb: AllocProblem, plan: Plan, objective: str, max_rounds: int =
     if _rank(pb, plan, objective) < cur_v:
         cur_plan, cur_v = plan, _rank(pb, plan, objective)
     seen = {tuple(cur)}
-    first = 1 if pb.header is not None else 0
     for _ in range(max_rounds):
-        free = _fastest_free(pb, set(cur))
-        moves = [cur[:i] + cur[i + 1:] for i in range(first, len(cur)) if len(cur) > 1]
-        moves += [cur[:i] + [d] + cur[i:] for d in free for i in range(first, len(cur) + 1)]
-        moves += [cur[:i] + [d] + cur[i + 1:] for d in free for i in range(first, len(cur))]
-        moves += [cur[:i] + [cur[j]] + cur[i + 1:j] + [cur[i]] + cur[j + 1:]
-                  for i in range(first, len(cur)) for j in range(i + 1, len(cur))]
         improved = False
-        for order in moves:
+        for order in _order_moves(pb, cur):
             if tuple(order) in seen:
                 continue
             seen.add(tuple(order))

@@ -41,7 +41,7 @@ import numpy as np
 
 from llsim.alloc.plan import Plan, StagePlan
 from llsim.alloc.problem import AllocProblem, View
-from llsim.alloc.search import best_neighbours
+from llsim.alloc.search import best_neighbours, order_neighbours
 from llsim.balance.monitor import Snapshot
 
 
@@ -354,9 +354,11 @@ class Balancer:
             cands.append(c)
         res = self._allocate(pb, self.cfg.strategy)
         # re-plans: the allocator's plan, and the current plan's neighbours (drop, swap or replace a
-        # phone, move a boundary), which keep most weights where they are: the cheapest to switch to
+        # phone, move a boundary; or a device-order move with re-balanced cuts), which keep most
+        # weights where they are: the cheapest to switch to
         replans = [res.plan] if res.feasible else []
         replans += best_neighbours(pb, cs.plan, pb.objective, REPLAN_NEIGHBOURS)
+        replans += order_neighbours(pb, cs.plan, pb.objective, REPLAN_NEIGHBOURS)
         seen = {cs.plan.stages}
         for p in replans:
             if p.stages in seen:

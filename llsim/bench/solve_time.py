@@ -72,6 +72,9 @@ def instance(D: int, n: int, seed: int, objective: str, rssi=(-50.0, -62.0, -70.
 
 
 def run(sizes=SIZES, seeds: int = 20, progress=None) -> list[dict]:
+    """``seeds`` instances per size (an int; a sequence counts as its length)."""
+    if not isinstance(seeds, int):
+        seeds = len(seeds)
     from llsim.alloc import milp
     from llsim.alloc.problem import build_problem
     from llsim.alloc.strategies import allocate_problem

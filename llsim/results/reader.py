@@ -238,10 +238,13 @@ def load(run_dir: str | Path) -> Run:
     known = {"tokens", "devices", "links", "rebalances", "fidelity"}
     extra = {f.stem: read_table(f, {}) for f in sorted(p.glob("*.csv")) if f.stem not in known}
     devs = tables["devices"]
-    if "modules" in devs:  # "3-9" -> start_module 3, end_module 9 (missing when the device holds nothing)
-        parts = devs["modules"].str.split("-", n=1, expand=True).reindex(columns=[0, 1])
+    if "modules" in devs:
+        # "3-9" -> start_module 3, end_module 9, from the first plan in force when the run rebalanced
+        # ("3-9 > 0-12 > -"); missing when the device held nothing then
+        first = devs["modules"].str.split(" > ", n=1).str[0].replace({"-": pd.NA, "": pd.NA})
+        parts = first.str.split("-", n=1, expand=True).reindex(columns=[0, 1])
         devs["start_module"] = pd.to_numeric(parts[0]).astype("Int64")
-        devs["end_module"] = pd.to_numeric(parts[1]).astype("Int64")
+        devs["end_module"] = pd.to_numeric(parts[1].fillna(parts[0])).astype("Int64")
     return Run(path=p, manifest=_read_json(p / "manifest.json"), metrics=_read_json(p / "metrics.json"),
                fidelity=read_table(fid, {}) if fid.exists() else None, extra=extra, **tables)
 
