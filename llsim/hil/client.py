@@ -343,9 +343,13 @@ class WorkerClient:
     def unload(self, keys: list[str]) -> list[str]:
         return self._sync({"type": "unload", "segments": list(keys)}, 30.0)["segments"]
 
-    def drop(self, request, deadline_s: float = 10.0) -> dict:
+    def drop(self, request, deadline_s: float = 10.0, wait: bool = True) -> dict | None:
         """Forget ``request`` on the worker: its KV state, and its stages still waiting (they fail with
-        :class:`~llsim.hil.errors.Dropped`)."""
+        :class:`~llsim.hil.errors.Dropped`). ``wait=False``: send it and return at once (a worker
+        whose executor is wedged must not hold up a coordinator that is failing over)."""
+        if not wait:
+            self._call({"type": "drop", "request": request}, deadline_s=deadline_s)
+            return None
         return self._sync({"type": "drop", "request": request}, deadline_s)
 
     def connect_peers(self, addresses: list[str]) -> dict[str, str]:

@@ -56,7 +56,7 @@ class LocalNode:
     def unload(self, keys: list[str]) -> list[str]:
         return self.core.unload(keys)
 
-    def drop(self, request) -> dict:
+    def drop(self, request, wait: bool = True) -> dict:
         return self.core.drop(request)
 
     def submit(self, request, step: int, segment: str, inputs: dict[str, np.ndarray] | None = None, *,

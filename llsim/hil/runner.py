@@ -330,7 +330,7 @@ class GreedyRunner:
         for n in step.dep.unique_nodes():  # the step's other stages answer now instead of at their deadline
             if getattr(n, "alive", True):
                 try:
-                    n.drop(step.req.rid)
+                    n.drop(step.req.rid, wait=False)  # never wait here: the culprit may be wedged
                 except WorkerError:
                     pass
 
