@@ -607,10 +607,19 @@ def _quiet_stdout() -> None:
         pass
 
 
+def _format_warning(message, category, filename, lineno, line=None) -> str:
+    """A warning is one line on stderr, like an error (not a source path and a line of code)."""
+    return f"llsim: warning: {_one_line(message)}\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     """The command line, behind a guard: a user error is one line and exit 2; anything unexpected is
     one line saying it is a bug in llsim, with the path of a file holding the traceback (exit 70);
-    Ctrl-C exits 130 (a run keeps what it simulated); a closed stdout exits 141 quietly."""
+    Ctrl-C exits 130 (a run keeps what it simulated); a closed stdout exits 141 quietly. Warnings
+    are one line on stderr."""
+    import warnings
+
+    warnings.formatwarning = _format_warning
     argv = [str(a) for a in (sys.argv[1:] if argv is None else argv)]
     if argv[:1] == ["worker"]:  # the worker parses its own options (the same file runs alone on a phone)
         from llsim.hil.worker import main as worker_main
