@@ -21,7 +21,7 @@ from llsim.alloc.plan import Plan, StagePlan
 from llsim.alloc.problem import build_problem
 from llsim.alloc.strategies import allocate
 from llsim.scenario import load_scenario
-from llsim.sim.cluster import expand_devices
+from llsim.cluster import expand_devices
 from llsim.sim.run import simulate
 
 from conftest import run_cli

@@ -25,7 +25,7 @@ from llsim.balance.replicas import overlap_replicas
 from llsim.errors import LLSimError
 from llsim.scenario import Balancer as BalancerCfg
 from llsim.scenario import load_scenario
-from llsim.sim.cluster import expand_devices
+from llsim.cluster import expand_devices
 from llsim.sim.run import simulate
 
 from conftest import run_cli

@@ -14,7 +14,7 @@ from llsim.alloc.problem import build_problem
 from llsim.alloc.strategies import STRATEGIES, AllocResult, allocate_problem, memory_diagnosis
 from llsim.errors import LLSimError
 from llsim.scenario import Scenario
-from llsim.sim.cluster import expand_devices
+from llsim.cluster import expand_devices
 
 
 @dataclass

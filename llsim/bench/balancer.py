@@ -47,7 +47,7 @@ def _degraded(sc):
 
 def best_static(sc, device, factor) -> float:
     """Steady tokens/s of the allocator's plan for the cluster degraded from the start (no events)."""
-    from llsim.sim.cluster import expand_devices
+    from llsim.cluster import expand_devices
 
     devs = expand_devices(sc)
     idx = device if isinstance(device, int) else next(d.index for d in devs if d.name == device)

@@ -56,7 +56,7 @@ def instance(D: int, n: int, seed: int, objective: str, rssi=(-50.0, -62.0, -70.
     """A fixed-form instance (three signal levels, one 802.11ax AP): the tests' Llama-shaped problems."""
     from llsim.alloc.problem import build_problem
     from llsim.scenario import validate_scenario
-    from llsim.sim.cluster import expand_devices
+    from llsim.cluster import expand_devices
 
     rng = np.random.default_rng(seed)
     devices = [{"profile": PHONES[int(rng.integers(len(PHONES)))], "threads": 4,
@@ -80,7 +80,7 @@ def run(sizes=SIZES, seeds: int = 20, progress=None) -> list[dict]:
     from llsim.alloc.strategies import allocate_problem
     from llsim.errors import LLSimError
     from llsim.scenario import validate_scenario
-    from llsim.sim.cluster import expand_devices
+    from llsim.cluster import expand_devices
 
     rows = []
     for D, n in sizes:

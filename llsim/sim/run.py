@@ -8,7 +8,7 @@ from llsim.alloc.plan import Plan, explicit_plan, uniform_plan, validate_plan
 from llsim.errors import LLSimError
 from llsim.results.writer import write_json, write_run
 from llsim.scenario import Scenario
-from llsim.sim.cluster import DeviceInstance, expand_devices
+from llsim.cluster import DeviceInstance, expand_devices
 from llsim.sim.engine import Simulation, SimResult
 
 
