@@ -22,11 +22,11 @@ class _Strict(BaseModel):
 
 
 def _known_strategy(v: str, explicit: bool) -> str:
-    from llsim.alloc.strategies import STRATEGIES
+    from llsim import registry
 
-    known = (*STRATEGIES, "explicit") if explicit else STRATEGIES
-    if v not in known:
-        raise ValueError(f"unknown strategy '{v}'; use one of {', '.join(known)}")
+    s = registry.get(v)
+    if s is None or not (explicit or s.judged):
+        raise ValueError(registry.unknown(v, judged_only=not explicit))
     return v
 
 

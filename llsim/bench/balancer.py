@@ -20,7 +20,7 @@ TARGET = 1.3
 
 
 def _run(name: str, sets: list[str]):
-    from llsim.sim.run import simulate
+    from llsim.judge.run import simulate
 
     sc = load_scenario(name, sets=sets)
     res, _, _ = simulate(sc, timeline=False)
