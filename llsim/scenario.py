@@ -11,6 +11,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from llsim.cost.steps import step_shape
 from llsim.errors import LLSimError
 from llsim.network.config import InfrastructureConfig, NetworkConfig
 
@@ -107,9 +108,7 @@ class Workload(_Strict):
 
     def step_shape(self, step: int) -> tuple[int, int]:
         """(new tokens S, cached tokens P) of generation step ``step`` (0 = prefill)."""
-        if self.mode == "kv_cache":
-            return (self.prompt_tokens, 0) if step == 0 else (1, self.prompt_tokens + step - 1)
-        return (self.prompt_tokens + step, 0)
+        return step_shape(self.mode, self.prompt_tokens, step)
 
     @property
     def in_flight(self) -> int:

@@ -28,7 +28,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from llsim.alloc.plan import Plan, StagePlan, plan_from_backpointers
-from llsim.alloc.problem import TOKEN_BYTES, AllocProblem, View
+from llsim.alloc.problem import AllocProblem, View
+from llsim.cost.steps import TOKEN_BYTES
 
 MAX_DEVICES = 6
 MAX_MODULES = 32

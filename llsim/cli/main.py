@@ -389,7 +389,8 @@ def cmd_allocate(args) -> int:
     strategies = list(known) if args.strategy == "all" else [x.strip() for x in args.strategy.split(",")]
     bad = [x for x in strategies if x not in known]
     if bad or not strategies:
-        raise LLSimError(f"--strategy: {registry.unknown(bad[0] if bad else args.strategy, judged_only=True, extra=' (comma-separated) or all')}")
+        raise LLSimError("--strategy: " + registry.unknown(bad[0] if bad else args.strategy, judged_only=True,
+                                                           extra=" (comma-separated) or all"))
     with status(f"planning {sc.name} with {len(strategies)} strategies and judging each plan by simulation"):
         judged, names, pb = compare(sc, strategies, objective, expected_rtt=args.expected_rtt,
                                     simulate_plans=not args.no_simulate)

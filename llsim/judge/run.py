@@ -8,6 +8,7 @@ from llsim import registry
 from llsim.alloc.adjust import adjusted_problem
 from llsim.alloc.plan import Plan, header_first, validate_plan
 from llsim.alloc.problem import build_problem
+from llsim.cost.steps import token_bytes
 from llsim.errors import LLSimError
 from llsim.results.writer import write_json, write_run
 from llsim.scenario import Scenario
@@ -78,5 +79,6 @@ def run_to_dir(sc: Scenario, out: Path, progress=None, plan: Plan | None = None,
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "manifest.json", manifest, indent=2, sort_keys=True)
     res = sim.run()
-    write_run(out, manifest, res, [d.name for d in devices], token_bytes=4 * sc.workload.batch, timeline=timeline)
+    write_run(out, manifest, res, [d.name for d in devices], token_bytes=token_bytes(sc.workload.batch),
+              timeline=timeline)
     return res, devices, plan
