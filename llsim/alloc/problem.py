@@ -51,7 +51,7 @@ from llsim.alloc.plan import Plan
 from llsim.cost.steps import (TOKEN_BYTES, StepGraphs, affine, kv_anchors, kv_bytes_per_token, module_activation_bytes,
                               module_seconds, tensor_groups)
 from llsim.network.planning import LinkCosts, link_costs, make_network
-from llsim.network.wifi import StationSpec
+from llsim.network.links import StationSpec
 from llsim.scenario import Scenario
 
 INF = float("inf")
