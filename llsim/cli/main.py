@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.table import Table  # noqa: F401 - kept for commands that build their own tables
 
 from llsim import registry
+from llsim.cli.parser import _Parser
 from llsim.cli.tables import fit_table, int_ranges, status, stdout_console
 from llsim.errors import LLSimError
 
@@ -462,12 +463,6 @@ def cmd_bench(args) -> int:
 
 
 # ---- parser --------------------------------------------------------------------------------------
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, exit 2, like every other user error
-        print(f"llsim: error: {message} (see `{self.prog} --help`)", file=sys.stderr)
-        raise SystemExit(2)
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="llsim", description="Distributed LLM inference on phone clusters: simulate, plan, verify.")
     from llsim import __version__
