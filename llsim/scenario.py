@@ -1,5 +1,6 @@
 """Scenarios: validated YAML describing a model, a set of phones, a Wi-Fi network, an allocation,
-a workload and a seed. One schema for the simulator, the allocator and HIL runs.
+a workload and a seed. One schema for the simulator and the allocator (HIL runs from a scenario do not exist
+yet: a device's `worker:` is refused at load).
 
 Errors name the file, the field path and what to do; ``--set path.to.field=value`` overrides a
 field before validation (values are parsed as YAML scalars).
