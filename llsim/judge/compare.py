@@ -15,6 +15,7 @@ from llsim.alloc.strategies import AllocResult, allocate_problem, memory_diagnos
 from llsim.errors import LLSimError
 from llsim.judge.evaluate import evaluator_for
 from llsim.judge.run import simulate
+from llsim.network.links import KINDS
 from llsim.scenario import Scenario
 from llsim.cluster import expand_devices
 
@@ -62,7 +63,7 @@ def _ms(s: float | None) -> float | None:
 
 
 def judge_scenario(sc: Scenario, expected_rtt: bool) -> Scenario:
-    if not expected_rtt or sc.network.kind not in ("infrastructure", "wifi_direct"):
+    if not expected_rtt or not KINDS[sc.network.kind].random_rtt:
         return sc
     net = sc.network.model_copy(update={"rtt_sampling": "expected"})
     return sc.model_copy(update={"network": net})

@@ -8,6 +8,7 @@ from llsim.alloc.plan import Plan
 from llsim.alloc.problem import AllocProblem
 from llsim.alloc import strategies
 from llsim.errors import LLSimError
+from llsim.network.links import KINDS
 from llsim.sim.engine import Simulation
 
 MAX_STAGE_STEPS = 6000  # stage executions per evaluation run, about (about 0.1-0.3 s of simulation)
@@ -22,7 +23,7 @@ class SimEvaluator:
         waves = max(1, max_stage_steps // max(1, N * T * min(len(devices), 16)))  # whole waves of N requests
         self.requests = min(w.requests, N * waves)
         net = sc.network
-        if net.kind in ("infrastructure", "wifi_direct"):
+        if KINDS[net.kind].random_rtt:
             net = net.model_copy(update={"rtt_sampling": "expected"})
         work = w.model_copy(update={"requests": self.requests})
         bal = sc.balancer.model_copy(update={"enabled": False})

@@ -56,6 +56,7 @@ class LinkModel:
 
     kind = ""
     wireless = False
+    random_rtt = False  # RTTs are drawn per transfer (config ``rtt_sampling``: random or expected)
 
     def __init__(self, cfg, stations: Sequence[StationSpec], base_dir: str | Path | None = None):
         self.cfg = cfg
@@ -109,6 +110,7 @@ class WirelessLinks(LinkModel):
     """Stations of one BSS (see :mod:`llsim.network.wifi` for the model and its sources)."""
 
     wireless = True
+    random_rtt = True
 
     def __init__(self, cfg, stations, base_dir=None):
         super().__init__(cfg, stations, base_dir)
