@@ -1,5 +1,6 @@
 """Scenarios: validated YAML describing a model, a set of phones, a Wi-Fi network, an allocation,
-a workload and a seed. One schema for the simulator, the allocator and HIL runs.
+a workload and a seed. One schema for the simulator and the allocator (HIL runs from a scenario do not exist
+yet: a device's `worker:` is refused at load).
 
 Errors name the file, the field path and what to do; ``--set path.to.field=value`` overrides a
 field before validation (values are parsed as YAML scalars).
@@ -11,6 +12,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from llsim.cost.steps import step_shape
 from llsim.errors import LLSimError
 from llsim.network.config import InfrastructureConfig, NetworkConfig
 
@@ -22,11 +24,11 @@ class _Strict(BaseModel):
 
 
 def _known_strategy(v: str, explicit: bool) -> str:
-    from llsim.alloc.strategies import STRATEGIES
+    from llsim import registry
 
-    known = (*STRATEGIES, "explicit") if explicit else STRATEGIES
-    if v not in known:
-        raise ValueError(f"unknown strategy '{v}'; use one of {', '.join(known)}")
+    s = registry.get(v)
+    if s is None or not (explicit or s.judged):
+        raise ValueError(registry.unknown(v, judged_only=not explicit))
     return v
 
 
@@ -107,9 +109,7 @@ class Workload(_Strict):
 
     def step_shape(self, step: int) -> tuple[int, int]:
         """(new tokens S, cached tokens P) of generation step ``step`` (0 = prefill)."""
-        if self.mode == "kv_cache":
-            return (self.prompt_tokens, 0) if step == 0 else (1, self.prompt_tokens + step - 1)
-        return (self.prompt_tokens + step, 0)
+        return step_shape(self.mode, self.prompt_tokens, step)
 
     @property
     def in_flight(self) -> int:

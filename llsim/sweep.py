@@ -201,7 +201,7 @@ def _record(tmp: Path, task: Task, status: str, error: str | None, detail: str |
 def execute(task: Task, tmp: Path) -> dict:
     """Run one point into the (existing, empty) directory ``tmp``; never raises for the point's own
     failure (recorded in ``point.json`` and ``error.txt``)."""
-    from llsim.sim.run import run_to_dir
+    from llsim.judge.run import run_to_dir
 
     t0 = time.perf_counter()
     error = detail = None

@@ -16,13 +16,15 @@ import numpy as np
 import pytest
 import yaml
 
+from llsim import registry
 from llsim.alloc import baselines, milp, oracle
 from llsim.alloc.plan import Plan, StagePlan
 from llsim.alloc.problem import build_problem
-from llsim.alloc.strategies import allocate
+from llsim.alloc.strategies import plan_problem
+from llsim.judge.evaluate import allocate
 from llsim.scenario import load_scenario
-from llsim.sim.cluster import expand_devices
-from llsim.sim.run import simulate
+from llsim.cluster import expand_devices
+from llsim.judge.run import simulate
 
 from conftest import run_cli
 from test_sim import TOY
@@ -179,7 +181,7 @@ def test_power_save_replay_matches_simulated_wakeups():
     sc = load_scenario("lingualinked-bloom-1b1", sets=["network.rtt_sampling=expected"])
     devs = expand_devices(sc)
     pb = build_problem(sc, devs)
-    plan = baselines.uniform(pb)
+    plan = plan_problem(registry.get("uniform"), pb)
     e = pb.evaluate(plan)
     assert e.wake  # the recompute ring is slow enough for phones to doze
     res, _, _ = simulate(sc, plan, timeline=False)
@@ -198,14 +200,14 @@ def test_baselines_follow_their_sources(tmp_path):
     sizes = np.array([s.end_module - s.start_module + 1 for s in m.stages])
     assert np.allclose(sizes / sizes.sum(), np.array(ram) / sum(ram), atol=1.5 / pb.n_modules)
     # uniform: even split in device order
-    u = baselines.uniform(pb)
+    u = plan_problem(registry.get("uniform"), pb)
     assert [s.device for s in u.stages] == [0, 1, 2]
     assert max(s.end_module - s.start_module for s in u.stages) - min(s.end_module - s.start_module
                                                                        for s in u.stages) <= 1
     # every baseline returns a plan covering the model contiguously
-    for name, f in baselines.BASELINES.items():
-        p = f(pb)
-        assert p.boundaries[0] == 0 and p.boundaries[-1] == pb.n_modules, name
+    for s in registry.peers():
+        p = plan_problem(s, pb)
+        assert p.boundaries[0] == 0 and p.boundaries[-1] == pb.n_modules, s.name
 
 
 def test_model_that_does_not_fit_says_what_is_missing(tmp_path, capsys):
@@ -253,7 +255,7 @@ def test_quality_check_flags_a_regression():
 # ---- the workload's objective, the finer evaluation, power save (issue 13) -----------------------
 def _sim_score(sc, plan, objective):
     """The judge: the simulator with RTTs at their mean (what `llsim bench allocator` scores)."""
-    from llsim.alloc.compare import judge_scenario
+    from llsim.judge.compare import judge_scenario
 
     res, _, _ = simulate(judge_scenario(sc, True), plan, timeline=False)
     assert not res.error, res.error
@@ -314,7 +316,7 @@ def test_latency_bound_with_requests_in_flight_is_n_times_the_busiest_stage():
     devs = expand_devices(sc)
     pb = build_problem(sc, devs)
     assert pb.lat.links.concurrent_flows == min(5, len(devs))
-    plan = baselines.uniform(pb)
+    plan = plan_problem(registry.get("uniform"), pb)
     e = pb.evaluate(plan)
     busiest = max(pb.stage_compute(pb.lat, s.device, s.start_module, s.end_module) for s in plan.stages)
     ring = pb.ring_latency(pb.lat, plan)

@@ -494,7 +494,7 @@ def test_set_reaches_every_device_field_in_both_forms(tmp_path):
 
 def test_device_names_count_across_entries(tmp_path):
     from llsim.scenario import load_scenario
-    from llsim.sim.cluster import expand_devices
+    from llsim.cluster import expand_devices
 
     c = Ctx(tmp_path)
     sc = load_scenario(c.base, ["devices=[{profile: %s}, {profile: kirin-990}, {profile: %s, count: 2}, "

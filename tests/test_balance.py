@@ -25,8 +25,8 @@ from llsim.balance.replicas import overlap_replicas
 from llsim.errors import LLSimError
 from llsim.scenario import Balancer as BalancerCfg
 from llsim.scenario import load_scenario
-from llsim.sim.cluster import expand_devices
-from llsim.sim.run import simulate
+from llsim.cluster import expand_devices
+from llsim.judge.run import simulate
 
 from conftest import run_cli
 
@@ -40,7 +40,7 @@ def _problem(objective="throughput"):
 
 @pytest.fixture(scope="module")
 def setup():
-    from llsim.alloc.strategies import allocate
+    from llsim.judge.evaluate import allocate
 
     sc, devs, pb = _problem()
     plan = allocate(sc, devs, "milp", problem=pb).plan
@@ -209,7 +209,7 @@ def test_throttling_end_to_end_balancer_recovers_throughput():
 
 def test_monitor_sees_the_throttle_factor_from_reported_times_only():
     from llsim.sim.engine import Simulation
-    from llsim.sim.run import make_plan
+    from llsim.judge.run import make_plan
 
     sc = load_scenario("balance-throttle", sets=["balancer.min_interval_s=1000", "balancer.sustain_s=1000"])
     devs = expand_devices(sc)
@@ -323,7 +323,7 @@ def test_thermal_throttling_from_the_profile_after_its_busy_time(tmp_path):
 
     from llsim.device.profile import resolve_profile_path
     from llsim.sim.engine import Simulation
-    from llsim.sim.run import make_plan
+    from llsim.judge.run import make_plan
 
     d = yaml.safe_load(open(resolve_profile_path("snapdragon-8gen2")).read())
     d["thermal"]["time_to_throttle_s"] = 5.0

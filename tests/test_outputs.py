@@ -210,7 +210,7 @@ def test_terminal_output_fits_the_width_and_cuts_no_name(tmp_path, capsys, monke
     assert "…" not in out and "~" not in out  # nothing ellipsised, no name shortened at these widths
     if argv[0] == "run":
         from llsim.scenario import load_scenario
-        from llsim.sim.cluster import expand_devices
+        from llsim.cluster import expand_devices
 
         names = [d.name for d in expand_devices(load_scenario(argv[1]))]
         for n in names:  # every device appears whole, in the devices table

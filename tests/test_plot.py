@@ -51,7 +51,7 @@ def assert_column_png(p: Path):
 @pytest.fixture
 def runs(tmp_path):
     from llsim.scenario import load_scenario
-    from llsim.sim.run import run_to_dir
+    from llsim.judge.run import run_to_dir
 
     (tmp_path / "tiny.yaml").write_text(TINY)
     (tmp_path / "dyn.yaml").write_text(DYNAMIC)
@@ -87,7 +87,7 @@ def test_plot_run_without_timeline_skips_what_needs_it(runs, capsys):
 
 def test_plot_a_run_that_made_no_token(runs, capsys):
     from llsim.scenario import load_scenario
-    from llsim.sim.run import run_to_dir
+    from llsim.judge.run import run_to_dir
 
     res, _, _ = run_to_dir(load_scenario(runs / "tiny.yaml", ["duration.max_sim_s=0.001"]), runs / "empty")
     assert not res.tokens
@@ -151,7 +151,9 @@ def test_sweep_summary_is_mean_and_sd_over_seeds():
 
 
 def test_every_strategy_has_its_own_colour_and_marker():
-    from llsim.alloc.strategies import STRATEGIES
+    from llsim import registry
+
+    STRATEGIES = registry.names(judged_only=True)
     from llsim.plot.style import OKABE_ITO, STRATEGY_COLOURS, STRATEGY_MARKERS, hue_colours
 
     assert set(STRATEGIES) <= set(STRATEGY_COLOURS) and set(STRATEGIES) <= set(STRATEGY_MARKERS)

@@ -33,7 +33,7 @@ def _scenario(tmp_path, text=TINY, sets=None, seed=None):
 
 
 def _run(tmp_path, sets=None, text=TINY, name="run"):
-    from llsim.sim.run import run_to_dir
+    from llsim.judge.run import run_to_dir
 
     sc = _scenario(tmp_path, text, sets)
     res, devices, plan = run_to_dir(sc, tmp_path / name)
@@ -123,7 +123,7 @@ def test_memory_over_time_grows_with_the_kv_cache(tmp_path):
 def test_rebalances_and_unknown_columns_round_trip(tmp_path):
     """A run with a rebalance: its table's dtypes; a column a newer writer adds is kept and typed."""
     from llsim.results import load
-    from llsim.sim.run import run_to_dir
+    from llsim.judge.run import run_to_dir
     from llsim.scenario import load_scenario
 
     sc = load_scenario("balance-throttle", ["workload.requests=24"])

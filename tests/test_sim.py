@@ -27,9 +27,9 @@ from llsim.device.profile import load_profile
 from llsim.model.analytic import analytic_graph
 from llsim.model.zoo import get_config
 from llsim.scenario import load_scenario
-from llsim.sim.cluster import expand_devices
+from llsim.cluster import expand_devices
 from llsim.sim.engine import Simulation
-from llsim.sim.run import make_plan, run_to_dir, simulate
+from llsim.judge.run import make_plan, run_to_dir, simulate
 
 from conftest import run_cli
 

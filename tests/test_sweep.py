@@ -165,7 +165,7 @@ def test_failing_points_are_recorded_and_the_sweep_goes_on(tiny, tmp_path, monke
     assert run_sweep(str(tiny), grid, out=out).ran == 0
     assert run_sweep(str(tiny), grid, out=out, retry_failed=True).ran == 3
     # a bug inside one point (not a user error) is recorded with its traceback; the others run
-    import llsim.sim.run as simrun
+    import llsim.judge.run as simrun
 
     real = simrun.run_to_dir
 

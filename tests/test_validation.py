@@ -15,7 +15,7 @@ CHILD = """
 import json, sys
 from llsim.scenario import load_scenario
 from llsim.validate import host_memory_estimate
-from llsim.sim.run import simulate
+from llsim.judge.run import simulate
 sc = load_scenario(sys.argv[1], sys.argv[2:])
 est, _ = host_memory_estimate(sc, sum(d.count for d in sc.devices))
 res = simulate(sc)[0]

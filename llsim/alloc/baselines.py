@@ -5,7 +5,7 @@ from what that system looks at (sources: ``../shared/reference/peers.md`` and
 ``lingualinked.md``). They are then priced by llsim's model and judged by the simulator like
 every other strategy; a plan that overflows a phone's memory is reported infeasible.
 
-``uniform``
+``uniform`` (:func:`llsim.alloc.plan.uniform_plan`; every strategy is named in :mod:`llsim.registry`)
     Even split of the modules in device order (header first when pinned).
 ``memory`` (exo's ring memory-weighted partitioning; llama.cpp RPC splits the same way)
     Devices sorted by memory (descending, ties by index); each takes a contiguous share of the
@@ -38,16 +38,14 @@ import math
 
 import numpy as np
 
-from llsim.alloc.plan import Plan, StagePlan, plan_from_backpointers
+from llsim.alloc.plan import Plan, StagePlan, header_first, plan_from_backpointers, uniform_plan
 from llsim.alloc.problem import AllocProblem
 
 LINGUALINKED_RAM_FRACTION = 0.7
 
 
 def _order(pb: AllocProblem, order: list[int]) -> list[int]:
-    if pb.header is not None and pb.header in order:
-        order = [pb.header] + [d for d in order if d != pb.header]
-    return order
+    return header_first(order, pb.header)
 
 
 def _plan(order: list[int], counts: list[int], name: str) -> Plan:
@@ -110,15 +108,8 @@ def _ordered_dp(pb: AllocProblem, order: list[int], name: str, fits, first, step
                         best[key] = (c, (i, a), (d, a, b))
     done = [(v[0], k) for k, v in best.items() if k[1] == n]
     if not done:
-        return Plan(uniform(pb).stages, name)
+        return Plan(uniform_plan(n, _order(pb, list(range(pb.n_devices)))).stages, name)
     return plan_from_backpointers(best, min(done)[1], name)
-
-
-def uniform(pb: AllocProblem) -> Plan:
-    order = _order(pb, list(range(pb.n_devices)))
-    k = min(len(order), pb.n_modules)
-    b = [round(i * pb.n_modules / k) for i in range(k + 1)]
-    return Plan(tuple(StagePlan(order[i], b[i], b[i + 1] - 1) for i in range(k)), "uniform")
 
 
 def memory(pb: AllocProblem) -> Plan:
@@ -231,13 +222,3 @@ def greedy(pb: AllocProblem) -> Plan:
         else:
             stages.append(StagePlan(order[0], 0, n - 1))
     return Plan(tuple(stages), "greedy")
-
-
-BASELINES = {
-    "uniform": uniform,
-    "memory": memory,
-    "lingualinked": lingualinked,
-    "halda": halda,
-    "pipeedge": pipeedge,
-    "greedy": greedy,
-}

@@ -50,7 +50,8 @@ import numpy as np
 
 from llsim.alloc.highs import new_highs
 from llsim.alloc.plan import Plan, StagePlan, validate_plan
-from llsim.alloc.problem import TOKEN_BYTES, AllocProblem, View
+from llsim.alloc.problem import AllocProblem, View
+from llsim.cost.steps import TOKEN_BYTES
 from llsim.errors import LLSimError
 
 MS = 1e3

@@ -28,7 +28,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from llsim.alloc.plan import Plan, StagePlan, plan_from_backpointers
-from llsim.alloc.problem import TOKEN_BYTES, AllocProblem, View
+from llsim.alloc.problem import AllocProblem, View
+from llsim.cost.steps import TOKEN_BYTES
 
 MAX_DEVICES = 6
 MAX_MODULES = 32
@@ -114,10 +115,7 @@ def solve(pb: AllocProblem, objective: str | None = None, wake: dict[int, float]
     wake = wake or {}
     t0 = time.perf_counter()
     n, D = pb.n_modules, pb.n_devices
-    wpre = np.concatenate([[0.0], np.cumsum(pb.weight_bytes + pb.kv_bytes)])
-
-    def fits(d, a, b):
-        return wpre[b + 1] - wpre[a] + pb.act_bytes[a:b + 1].max() <= pb.budget[d]
+    fits = pb.fits  # the problem's stage memory (weights + KV + activation buffer) within the budget
 
     best_val, best_plan, states = float("inf"), None, 0
     headers = [pb.header] if pb.header is not None else range(D)
@@ -230,10 +228,7 @@ def solve_full(pb: AllocProblem, objective: str | None = None, max_nodes: int = 
     t0 = time.perf_counter()
     n, D = pb.n_modules, pb.n_devices
     view = pb.lat if objective == "latency" else pb.thr
-    wpre = np.concatenate([[0.0], np.cumsum(pb.weight_bytes + pb.kv_bytes)])
-
-    def fits(d, a, b):
-        return wpre[b + 1] - wpre[a] + pb.act_bytes[a:b + 1].max() <= pb.budget[d]
+    fits = pb.fits  # the problem's stage memory (weights + KV + activation buffer) within the budget
 
     # a first incumbent: the DP's optimum of the charge-free model, priced under the full model
     best_plan = solve(pb, objective).plan

@@ -60,6 +60,13 @@ def validate_plan(plan: Plan, n_modules: int, n_devices: int, where: str = "allo
     return plan
 
 
+def header_first(order: list[int], header: int | None) -> list[int]:
+    """``order`` with the pinned header (when it is in it) moved to the front."""
+    if header is not None and header in order:
+        order = [header] + [d for d in order if d != header]
+    return order
+
+
 def uniform_plan(n_modules: int, devices: list[int]) -> Plan:
     """Even layer split in device order (the simplest baseline)."""
     k = min(len(devices), n_modules)

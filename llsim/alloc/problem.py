@@ -48,11 +48,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from llsim.alloc.plan import Plan
+from llsim.cost.steps import (TOKEN_BYTES, StepGraphs, affine, kv_anchors, kv_bytes_per_token, module_activation_bytes,
+                              module_seconds, tensor_groups)
 from llsim.network.planning import LinkCosts, link_costs, make_network
-from llsim.network.wifi import StationSpec
+from llsim.network.links import StationSpec
 from llsim.scenario import Scenario
 
-TOKEN_BYTES = 4
 INF = float("inf")
 
 
@@ -397,57 +398,14 @@ class Prediction:
 
 
 # ---- building from a scenario ------------------------------------------------------------------
-def _graphs(sc: Scenario):
-    from llsim.model.analytic import analytic_graph
-    from llsim.model.load import is_onnx_path, model_graph
-    from llsim.model.zoo import get_config
-
-    B = sc.workload.batch
-    cache = {}
-
-    def graph(S: int, P: int):
-        if (S, P) not in cache:
-            if is_onnx_path(sc.model):
-                cache[(S, P)] = model_graph(sc.model, S + P, B)
-            else:
-                cache[(S, P)] = analytic_graph(get_config(sc.model), S, B, P, sc.weight_dtype)
-        return cache[(S, P)]
-
-    return graph
-
-
-def _device_costs(graph, devices) -> np.ndarray:
-    """(devices, modules) seconds, computed once per distinct (profile, threads, speed)."""
-    rows, memo = [], {}
-    for d in devices:
-        key = (id(d.profile), d.threads, d.cost.speed)
-        if key not in memo:
-            memo[key] = np.array([d.cost.module_seconds(m, d.threads) for m in graph.modules])
-        rows.append(memo[key])
-    return np.vstack(rows)
-
-
-def _tensor_bytes(graph) -> dict[tuple[int, tuple[int, ...]], tuple[float, tuple[str, ...]]]:
-    n = graph.n_modules
-    out: dict = {}
-    for t in graph.tensors:
-        cons = tuple(c for c in t.consumers if c < n)
-        if not cons:
-            continue
-        key = (t.producer, cons)
-        b, names = out.get(key, (0.0, ()))
-        out[key] = (b + t.nbytes, names + (t.name,))
-    return out
-
-
 def _mean_over(samples: list[tuple[float, object]], devices):
     """Weighted mean of (compute matrix, tensor bytes) over (weight, graph) samples."""
     comp = None
     tb: dict = {}
     for w, g in samples:
-        c = _device_costs(g, devices) * w
+        c = module_seconds(g, devices) * w
         comp = c if comp is None else comp + c
-        for k, (b, names) in _tensor_bytes(g).items():
+        for k, (b, names) in tensor_groups(g).items():
             ob, _ = tb.get(k, (0.0, names))
             tb[k] = (ob + w * b, names)
     tensors = [TensorGroup(p, cons, b, names) for (p, cons), (b, names) in sorted(tb.items())]
@@ -460,9 +418,9 @@ def _decode_samples(sc: Scenario, graph) -> list[tuple[float, object]]:
     steps = list(range(1, w.new_tokens)) or [0]
     if w.mode == "kv_cache" and steps != [0]:
         # exact: costs and bytes are affine in the cache length P
-        p0 = w.prompt_tokens
+        lo, hi = kv_anchors(w.prompt_tokens)
         k = (len(steps) - 1) / 2.0
-        return [(1.0 - k, graph(1, p0)), (k, graph(1, p0 + 1))]
+        return [(1.0 - k, graph(1, lo)), (k, graph(1, hi))]
     return [(1.0 / len(steps), graph(*w.step_shape(s))) for s in steps]
 
 
@@ -471,11 +429,10 @@ def _step_costs(sc: Scenario, graph, devices) -> list[tuple[np.ndarray, list[Ten
     w = sc.workload
     out = [_mean_over([(1.0, graph(*w.step_shape(0)))], devices)]
     if w.mode == "kv_cache" and w.new_tokens > 1:
-        p0 = w.prompt_tokens
-        (c0, t0), (c1, t1) = (_mean_over([(1.0, graph(1, p))], devices) for p in (p0, p0 + 1))
+        (c0, t0), (c1, t1) = (_mean_over([(1.0, graph(1, p))], devices) for p in kv_anchors(w.prompt_tokens))
         for k in range(w.new_tokens - 1):
-            out.append((c0 + k * (c1 - c0), [TensorGroup(a.producer, a.consumers, a.nbytes + k * (b.nbytes - a.nbytes),
-                                                         a.names) for a, b in zip(t0, t1)]))
+            out.append((affine(c0, c1, k), [TensorGroup(a.producer, a.consumers, affine(a.nbytes, b.nbytes, k), a.names)
+                                            for a, b in zip(t0, t1)]))
     else:
         out += [_mean_over([(1.0, graph(*w.step_shape(s)))], devices) for s in range(1, w.new_tokens)]
     return out
@@ -483,7 +440,7 @@ def _step_costs(sc: Scenario, graph, devices) -> list[tuple[np.ndarray, list[Ten
 
 def build_problem(sc: Scenario, devices, objective: str | None = None) -> AllocProblem:
     w = sc.workload
-    graph = _graphs(sc)
+    graph = StepGraphs(sc)
     dec = _decode_samples(sc, graph)
     pre = graph(*w.step_shape(0))
     lat_comp, lat_t = _mean_over(dec, devices)
@@ -495,10 +452,10 @@ def build_problem(sc: Scenario, devices, objective: str | None = None) -> AllocP
     mods = pre.modules
     n = len(mods)
     weight = np.array([m.param_bytes for m in mods], dtype=float)
-    act = np.array([max(a.activation_bytes, b.activation_bytes) for a, b in zip(mods, last.modules)], dtype=float)
+    act = np.array(module_activation_bytes(pre, last), dtype=float)
     ctx = w.prompt_tokens + w.new_tokens
-    kv = np.array([m.kv_bytes_per_token * ctx * w.in_flight if w.mode == "kv_cache" else 0 for m in mods],
-                  dtype=float)
+    kv_tok = kv_bytes_per_token(mods, w.mode)
+    kv = np.array([t * ctx * w.in_flight for t in kv_tok], dtype=float)
 
     net = make_network(sc.network, [StationSpec(d.name, d.rssi_dbm, d.streams) for d in devices],
                        base_dir=sc.path.parent if sc.path else None)
@@ -526,8 +483,7 @@ def build_problem(sc: Scenario, devices, objective: str | None = None) -> AllocP
         in_flight=w.in_flight, objective=objective or sc.allocation.objective, header=sc.allocation.header,
         sample_s=w.sample_ms / 1e3, batch=w.batch, tokenize_s=w.tokenize_ms / 1e3, step_costs=steps,
         meta={"model": sc.model, "mode": w.mode,
-              "kv_bytes_per_token": np.array([m.kv_bytes_per_token if w.mode == "kv_cache" else 0
-                                              for m in mods], dtype=float),
+              "kv_bytes_per_token": np.array(kv_tok, dtype=float),
               "separable_error": max(lat_links.separable_error, thr_links.separable_error),
               "one_flow_links": one_flow,
               **_baseline_inputs(sc, graph, devices, pre, lat_comp, weight, kv, act)},
@@ -551,7 +507,7 @@ def _baseline_inputs(sc, graph, devices, pre, lat_comp, weight, kv, act) -> dict
                 head_b += t.nbytes / len(lens)
     return {
         "prefill_flops": np.array([m.flops for m in pre.modules]),
-        "prefill_seconds": _device_costs(pre, devices),
+        "prefill_seconds": module_seconds(pre, devices),
         "mean_output_bytes": out_b,
         "mean_head_bytes": head_b,
         "layer_seconds": {d.index: float(lat_comp[d.index, blocks].mean()) for d in devices},

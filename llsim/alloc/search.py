@@ -68,7 +68,8 @@ def _key(p: Plan) -> tuple:
 
 def solve(pb: AllocProblem, objective: str | None = None, time_limit: float = 30.0, mip_gap: float = 1e-6,
           tie_eps: float = 0.0, evaluate=None, max_evaluated: int = MAX_EVALUATED) -> MilpResult:
-    from llsim.alloc.baselines import BASELINES
+    from llsim import registry
+    from llsim.alloc.strategies import plan_problem
 
     objective = objective or pb.objective
     if evaluate is None:
@@ -89,8 +90,8 @@ def solve(pb: AllocProblem, objective: str | None = None, time_limit: float = 30
             cands[_key(plan)] = Candidate(plan, source, value, peer=peer, balance=balance)
 
     clock = {"baselines": time.perf_counter()}
-    for name, f in BASELINES.items():
-        add(f(pb), f"{name} plan", peer=True)
+    for s in registry.peers():
+        add(plan_problem(s, pb), f"{s.name} plan", peer=True)
     if pb.in_flight > 1 and cands:  # strong incumbents for the MILP: the best peer plan, improved
         best = min(cands.values(), key=lambda c: (c.value, len(c.plan.stages)))
         add(improve(pb, best.plan, objective), "local search from the best peer plan")

@@ -1,7 +1,9 @@
-"""Allocation strategies by name: the exact allocator, the oracle and the peers' baselines.
+"""Running a strategy of :mod:`llsim.registry` on an allocation problem.
 
-:func:`allocate` is the one entry point the simulator (``llsim run``), ``llsim allocate``, the
-bench and (later) the runtime balancer call: (scenario, devices) -> plan + prediction.
+:func:`allocate_problem` is the one entry point the initial plan of ``llsim run``, ``llsim
+allocate``, the bench and the runtime balancer call: (problem, strategy name) -> plan + prediction.
+The finer evaluation of plans (``evaluate``) is given by the caller (:mod:`llsim.judge.evaluate`
+judges by simulation); by default it is the problem's own model.
 """
 from __future__ import annotations
 
@@ -9,13 +11,12 @@ import math
 import time
 from dataclasses import dataclass, field
 
-from llsim.alloc import baselines, milp, oracle
-from llsim.alloc.evaluate import evaluator_for
-from llsim.alloc.plan import Plan
+from llsim import registry
+from llsim.alloc import milp, oracle
+from llsim.alloc.evaluate import model_evaluation
+from llsim.alloc.plan import Plan, header_first
 from llsim.alloc.problem import AllocProblem, Prediction, build_problem
 from llsim.errors import LLSimError
-
-STRATEGIES = ("milp", "oracle", *baselines.BASELINES)
 
 
 @dataclass
@@ -75,7 +76,14 @@ def memory_diagnosis(pb: AllocProblem, devices) -> str:
     return msg + " (or lower workload.concurrency / the context in kv_cache mode)"
 
 
-def _milp(pb: AllocProblem, sc, evaluate) -> AllocResult:
+def plan_problem(s: registry.Strategy, pb: AllocProblem) -> Plan:
+    """The plan of an ``order`` or ``plan`` strategy for ``pb`` (order: every device, header first)."""
+    if s.kind == "order":
+        return s.fn(pb.n_modules, header_first(list(range(pb.n_devices)), pb.header))
+    return s.fn(pb)
+
+
+def solve_milp(pb: AllocProblem, sc, evaluate) -> AllocResult:
     a = sc.allocation if sc is not None else None
     r = milp.solve(pb, time_limit=a.time_limit_s if a else 30.0, mip_gap=a.mip_gap if a else 1e-6, evaluate=evaluate)
     info = {"solver": r.solver, "status": r.status, "objective_ms": r.objective_ms, "bound_ms": r.bound_ms,
@@ -85,7 +93,7 @@ def _milp(pb: AllocProblem, sc, evaluate) -> AllocResult:
     return AllocResult("milp", r.plan, None, r.info.get("total_time_s", r.solve_time_s), info)
 
 
-def _oracle(pb: AllocProblem, sc) -> AllocResult:
+def solve_oracle(pb: AllocProblem, sc, evaluate=None) -> AllocResult:
     """The exact oracle of the linear model (DP), or under the full power-save model (branch and bound)."""
     why = oracle.supported(pb)
     if why:
@@ -104,19 +112,19 @@ def _oracle(pb: AllocProblem, sc) -> AllocResult:
 
 def allocate_problem(pb: AllocProblem, strategy: str, sc=None, devices=None, evaluate=None) -> AllocResult:
     """Plan ``pb`` with one strategy; the plan's prediction carries the linear model's figures and
-    the finer evaluation's (``evaluate``: default :func:`llsim.alloc.evaluate.evaluator_for`)."""
-    if strategy not in STRATEGIES:
-        raise LLSimError(f"allocation.strategy: unknown strategy '{strategy}'; use one of "
-                         f"{', '.join(STRATEGIES)}, uniform or explicit")
+    the finer evaluation's (``evaluate``: default the problem's model, exact for one request in
+    flight; :func:`llsim.judge.evaluate.evaluator_for` judges by simulation)."""
+    s = registry.get(strategy)
+    if s is None or not s.judged:
+        raise LLSimError(f"allocation.strategy: {registry.unknown(strategy, judged_only=True)}")
     if evaluate is None:
-        evaluate = evaluator_for(pb, sc, devices)
-    if strategy == "milp":
-        res = _milp(pb, sc, evaluate)
-    elif strategy == "oracle":
-        res = _oracle(pb, sc)
+        def evaluate(plan):
+            return model_evaluation(pb, plan)
+    if s.kind == "solver":
+        res = s.fn(pb, sc, evaluate)
     else:
         t0 = time.perf_counter()
-        plan = baselines.BASELINES[strategy](pb)
+        plan = plan_problem(s, pb)
         res = AllocResult(strategy, plan, None, time.perf_counter() - t0)
     if res.plan is not None:
         res.prediction = pb.evaluate(res.plan)
@@ -134,13 +142,14 @@ def allocate_problem(pb: AllocProblem, strategy: str, sc=None, devices=None, eva
 
 
 def allocate(sc, devices, strategy: str | None = None, objective: str | None = None,
-             problem: AllocProblem | None = None) -> AllocResult:
-    """Plan a scenario with one strategy; raises :class:`LLSimError` when the model cannot fit."""
+             problem: AllocProblem | None = None, evaluator=None) -> AllocResult:
+    """Plan a scenario with one strategy; raises :class:`LLSimError` when the model cannot fit.
+    ``evaluator(pb, sc, devices)``: makes the finer evaluation (default: the problem's model)."""
     strategy = strategy or sc.allocation.strategy
     pb = problem or build_problem(sc, devices, objective)
     if pb.memory_need() > pb.budget.sum():
         raise LLSimError((f"{sc.path}: " if sc.path else "") + memory_diagnosis(pb, devices))
-    res = allocate_problem(pb, strategy, sc, devices)
+    res = allocate_problem(pb, strategy, sc, devices, evaluator(pb, sc, devices) if evaluator else None)
     if strategy == "milp" and res.plan is None:
         raise LLSimError(res.error or "the allocator found no plan")
     return res

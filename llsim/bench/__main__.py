@@ -108,7 +108,7 @@ def bench_simulator_speed() -> None:
     import simpy
 
     from llsim.scenario import load_scenario
-    from llsim.sim.run import simulate
+    from llsim.judge.run import simulate
 
     def raw_rate(n=300_000):
         env = simpy.Environment()

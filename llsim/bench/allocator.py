@@ -26,14 +26,15 @@ import sys
 import time
 from pathlib import Path
 
-from llsim.alloc.compare import compare
-from llsim.alloc.strategies import STRATEGIES
+from llsim.judge.compare import compare
+from llsim import registry
 from llsim.scenario import SCENARIO_DIR, Scenario, load_scenario, validate_scenario
 
 ROOT = Path(__file__).resolve().parents[2]
 REFERENCE = ROOT / "results" / "allocator_quality.csv"
 BENCH_DIR = SCENARIO_DIR / "bench"
-BASELINES = [s for s in STRATEGIES if s not in ("milp", "oracle")]
+STRATEGIES = registry.names(judged_only=True)  # the strategies of `llsim allocate`, in the registry's order
+BASELINES = [s.name for s in registry.peers()]
 TOL_BASELINE, TOL_ORACLE, TOL_REGRESSION = 0.005, 0.01, 0.02
 TOL_PRED_MEDIAN, TOL_PRED_MAX = 0.10, 0.15
 FIELDS = ["instance", "objective", "devices", "in_flight", "strategy", "feasible", "stages", "predicted_ms_per_token",
@@ -55,7 +56,7 @@ def run_instance(sc: Scenario, random_rtt: bool = False) -> list[dict]:
     orc = score.get("oracle")
     sampled = {}
     if random_rtt:  # the milp plan as `llsim run` runs it: RTTs drawn from the distribution
-        from llsim.sim.run import simulate
+        from llsim.judge.run import simulate
 
         m = next(j for j in judged if j.result.strategy == "milp")
         if m.feasible:

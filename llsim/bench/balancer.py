@@ -20,7 +20,7 @@ TARGET = 1.3
 
 
 def _run(name: str, sets: list[str]):
-    from llsim.sim.run import simulate
+    from llsim.judge.run import simulate
 
     sc = load_scenario(name, sets=sets)
     res, _, _ = simulate(sc, timeline=False)
@@ -47,7 +47,7 @@ def _degraded(sc):
 
 def best_static(sc, device, factor) -> float:
     """Steady tokens/s of the allocator's plan for the cluster degraded from the start (no events)."""
-    from llsim.sim.cluster import expand_devices
+    from llsim.cluster import expand_devices
 
     devs = expand_devices(sc)
     idx = device if isinstance(device, int) else next(d.index for d in devs if d.name == device)

@@ -59,7 +59,7 @@ def random_scenario(seed: int, k: int, max_devices: int = 16) -> dict:
     from llsim.alloc.problem import build_problem
     from llsim.errors import LLSimError
     from llsim.scenario import validate_scenario
-    from llsim.sim.cluster import expand_devices
+    from llsim.cluster import expand_devices
 
     rng = np.random.default_rng([seed, k])
     while True:

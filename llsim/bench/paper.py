@@ -13,7 +13,7 @@ OTHERS = ["uniform", "memory", "lingualinked"]
 
 
 def run(in_flight: int = 4) -> list[dict]:
-    from llsim.alloc.compare import compare
+    from llsim.judge.compare import compare
     from llsim.scenario import load_scenario
 
     from llsim.cli.tables import note

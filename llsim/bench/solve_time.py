@@ -56,7 +56,7 @@ def instance(D: int, n: int, seed: int, objective: str, rssi=(-50.0, -62.0, -70.
     """A fixed-form instance (three signal levels, one 802.11ax AP): the tests' Llama-shaped problems."""
     from llsim.alloc.problem import build_problem
     from llsim.scenario import validate_scenario
-    from llsim.sim.cluster import expand_devices
+    from llsim.cluster import expand_devices
 
     rng = np.random.default_rng(seed)
     devices = [{"profile": PHONES[int(rng.integers(len(PHONES)))], "threads": 4,
@@ -78,9 +78,10 @@ def run(sizes=SIZES, seeds: int = 20, progress=None) -> list[dict]:
     from llsim.alloc import milp
     from llsim.alloc.problem import build_problem
     from llsim.alloc.strategies import allocate_problem
+    from llsim.judge.evaluate import evaluator_for
     from llsim.errors import LLSimError
     from llsim.scenario import validate_scenario
-    from llsim.sim.cluster import expand_devices
+    from llsim.cluster import expand_devices
 
     rows = []
     for D, n in sizes:
@@ -108,7 +109,7 @@ def run(sizes=SIZES, seeds: int = 20, progress=None) -> list[dict]:
             milp.solve(build_problem(sc, devs), evaluate=None)
             acc["model"].append(time.perf_counter() - t0)
             t0 = time.perf_counter()  # as `llsim run` plans: candidates judged by short simulations
-            res = allocate_problem(pb, "milp", sc, devs)
+            res = allocate_problem(pb, "milp", sc, devs, evaluator_for(pb, sc, devs))
             acc["all"].append(time.perf_counter() - t0)
             acc["gap"].append(r1.gap or 0.0)
             acc["inst"].append(f"{data['name']} N={pb.in_flight}")

@@ -15,6 +15,8 @@ import sys
 from rich.console import Console
 from rich.table import Table  # noqa: F401 - kept for commands that build their own tables
 
+from llsim import registry
+from llsim.cli.parser import _Parser
 from llsim.cli.tables import fit_table, int_ranges, status, stdout_console
 from llsim.errors import LLSimError
 
@@ -323,7 +325,7 @@ def cmd_run(args) -> int:
     from llsim.cli.tables import stderr_console
     from llsim.results.outdir import prepare_run_dir
     from llsim.scenario import load_scenario
-    from llsim.sim.run import run_to_dir
+    from llsim.judge.run import run_to_dir
 
     if bool(args.scenario) == bool(args.from_manifest):
         raise LLSimError("run: give a SCENARIO or --from-manifest DIR/manifest.json (one of them)")
@@ -379,17 +381,17 @@ def cmd_run(args) -> int:
 
 # ---- allocate ------------------------------------------------------------------------------------
 def cmd_allocate(args) -> int:
-    from llsim.alloc.compare import compare
-    from llsim.alloc.strategies import STRATEGIES
+    from llsim.judge.compare import compare
     from llsim.scenario import load_scenario
 
     sc = load_scenario(args.scenario, args.set, args.seed)
     objective = args.objective or sc.allocation.objective
-    strategies = list(STRATEGIES) if args.strategy == "all" else [x.strip() for x in args.strategy.split(",")]
-    bad = [x for x in strategies if x not in STRATEGIES]
+    known = registry.names(judged_only=True)
+    strategies = list(known) if args.strategy == "all" else [x.strip() for x in args.strategy.split(",")]
+    bad = [x for x in strategies if x not in known]
     if bad or not strategies:
-        raise LLSimError(f"--strategy: unknown strategy '{bad[0] if bad else args.strategy}'; use one of "
-                         f"{', '.join(STRATEGIES)} (comma-separated) or all")
+        raise LLSimError("--strategy: " + registry.unknown(bad[0] if bad else args.strategy, judged_only=True,
+                                                           extra=" (comma-separated) or all"))
     with status(f"planning {sc.name} with {len(strategies)} strategies and judging each plan by simulation"):
         judged, names, pb = compare(sc, strategies, objective, expected_rtt=args.expected_rtt,
                                     simulate_plans=not args.no_simulate)
@@ -461,12 +463,6 @@ def cmd_bench(args) -> int:
 
 
 # ---- parser --------------------------------------------------------------------------------------
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, exit 2, like every other user error
-        print(f"llsim: error: {message} (see `{self.prog} --help`)", file=sys.stderr)
-        raise SystemExit(2)
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="llsim", description="Distributed LLM inference on phone clusters: simulate, plan, verify.")
     from llsim import __version__
@@ -511,8 +507,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     m = sub.add_parser("allocate", help="plan a scenario with every strategy and judge the plans by simulation")
     m.add_argument("scenario", help="path to a scenario YAML or a name from scenarios/")
-    m.add_argument("--strategy", default="all", help="milp, oracle, uniform, memory, lingualinked, halda, "
-                   "pipeedge, greedy (comma-separated) or all")
+    m.add_argument("--strategy", default="all", help=f"{', '.join(registry.names(judged_only=True))} "
+                   "(comma-separated) or all")
     m.add_argument("--objective", choices=["latency", "throughput"])
     m.add_argument("--json", action="store_true")
     m.add_argument("--seed", type=int)

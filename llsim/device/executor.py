@@ -1,5 +1,6 @@
 """Where ops run. The profiler talks to an :class:`Executor`; :class:`LocalExecutor` runs
-onnxruntime in this process, the HIL ADB worker provides the same methods for a phone."""
+onnxruntime in this process. No executor runs on a phone yet (the HIL worker, :mod:`llsim.hil.worker`,
+runs segments, not the profiler's micro-graphs)."""
 from __future__ import annotations
 
 import json

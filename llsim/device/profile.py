@@ -217,7 +217,7 @@ def validation_message(file: str | Path, e: ValidationError) -> str:
 
 
 def read_yaml(path: Path) -> dict:
-    from llsim.validate import load_yaml
+    from llsim.yamlio import load_yaml
 
     try:
         text = path.read_text()

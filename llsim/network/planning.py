@@ -12,16 +12,15 @@ and the receiver's downlink hop, each at that station's PHY rate x TCP goodput f
 contention factor (:mod:`llsim.network.wifi`); in Wi-Fi Direct the group-owner phone has no hop
 of its own (``out = in = 0``). ``fixed`` and ``trace`` links cost ``relay x 8 / goodput`` per byte
 on the sender's side. :func:`link_costs` also reports how far the separable form is from the
-network's own pairwise figure (:attr:`LinkCosts.separable_error`).
+network's own pairwise figure (:attr:`LinkCosts.separable_error`). Everything comes from the link
+model of the network's kind (:mod:`llsim.network.links`), the same one the simulator runs on.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
 
-import simpy
-
-from llsim.network.wifi import AP, Network, StationSpec
+from llsim.network.links import LinkModel, StationSpec, link_model
 
 
 @dataclass(frozen=True)
@@ -46,49 +45,24 @@ class LinkCosts:
         return nbytes * (self.per_byte(src, dst) + self.loss_per_byte_s) + self.one_way_s
 
 
-def make_network(cfg, stations: list[StationSpec], base_dir=None) -> Network:
-    """A :class:`Network` for its analytic helpers only (no simulation runs on it)."""
-    return Network(simpy.Environment(), cfg, stations, base_dir=base_dir)
+def make_network(cfg, stations: list[StationSpec], base_dir=None) -> LinkModel:
+    """The link model of the network's kind (:mod:`llsim.network.links`): analytic, no simulation."""
+    return link_model(cfg, stations, base_dir)
 
 
-def link_costs(net: Network, concurrent_flows: int = 1) -> LinkCosts:
-    n = len(net.stations)
-    out = [0.0] * n
-    inb = [0.0] * n
-    cfg = net.cfg
-    if net.kind in ("infrastructure", "wifi_direct"):
-        ap = net.ap_index
-        for s in range(n):
-            for d in range(n):
-                if s == d:
-                    continue
-                hops = net._hops(s, d)
-                per = net._per_byte_airtime(hops, net.contenders(s, d, concurrent_flows))
-                for h, a in zip(hops, per):
-                    if h.tx == s and s != ap:
-                        out[s] = max(out[s], a)
-                    elif h.tx in (AP, ap):
-                        inb[d] = max(inb[d], a)
-        one_way = 0.5 * net.mean_rtt_s(0, 1) if n > 1 else 0.0
-        loss = cfg.loss_rate * cfg.retransmit_delay_ms / 1e3 / cfg.packet_bytes
-        shared = True
-    else:
-        per = 8.0 / net.goodput_bps(0, 1) if n > 1 else 0.0
-        out = [per] * n
-        one_way = 0.5 * net.rtt_s(0, 1) if n > 1 else 0.0
-        loss = 0.0
-        shared = bool(cfg.shared)
+def link_costs(links: LinkModel, concurrent_flows: int = 1) -> LinkCosts:
+    n = links.n
+    cfg = links.cfg
+    out, inb, one_way, loss, shared = links.separable(concurrent_flows)
     err = 0.0
     for s in range(n):
         for d in range(n):
             if s != d:
-                # goodput_bps is one of ``concurrent_flows`` flows' share: the per-byte airtime is 8 / (share x flows)
-                ref = 8.0 / (net.goodput_bps(s, d, concurrent_flows) * concurrent_flows) if net.kind in (
-                    "infrastructure", "wifi_direct") else 8.0 / net.goodput_bps(s, d)
+                ref = links.pair_per_byte_s(s, d, concurrent_flows)
                 if ref > 0 and math.isfinite(ref):
                     err = max(err, abs(out[s] + inb[d] - ref) / ref)
     wake, idle, never = 0.0, float("inf"), tuple(False for _ in range(n))
-    if net.kind in ("infrastructure", "wifi_direct") and cfg.power_save.enabled:
+    if links.wireless and cfg.power_save.enabled:
         wake, idle = cfg.power_save.wake_delay_ms / 1e3, cfg.power_save.idle_timeout_ms / 1e3
-        never = tuple(i == net.ap_index for i in range(n))
+        never = tuple(i == links.ap_index for i in range(n))
     return LinkCosts(tuple(out), tuple(inb), one_way, loss, shared, concurrent_flows, err, wake, idle, never)

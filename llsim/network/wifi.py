@@ -63,25 +63,10 @@ import simpy
 from simpy.events import NORMAL, PENDING, Event
 
 from llsim.errors import LLSimError
-from llsim.network import mac, phy
-from llsim.network.config import FixedConfig, InfrastructureConfig, TraceConfig, WifiDirectConfig, parse_network_config
 from llsim.network.fluid import Flow, FluidMedium, Rates
-from llsim.network.latency import RttDistribution
-from llsim.network.trace import Trace, load_trace
-
-#: Transmitter id of the infrastructure access point (and of the relay in fixed/trace ``ap_relay``).
-AP = -1
+from llsim.network.links import AP, Hop as _Hop, LinkModel, StationSpec, link_model, per_byte_airtime  # noqa: F401
 #: RTTs are drawn this many at a time (one standard normal each, in transfer order).
 RTT_BLOCK = 256
-
-
-@dataclass(frozen=True)
-class StationSpec:
-    """A phone on the network; ``None`` fields take the network config's defaults."""
-
-    name: str
-    rssi_dbm: float | None = None
-    streams: int | None = None
 
 
 @dataclass(frozen=True)
@@ -108,13 +93,6 @@ class TransferRecord:
 
     def as_dict(self) -> dict:
         return asdict(self)
-
-
-@dataclass(frozen=True)
-class _Hop:
-    tx: int  # transmitting node (station index or AP)
-    rate_bps: float  # PHY rate x TCP goodput factor
-    key: tuple  # (standard, mcs, width, streams, gi, rts_cts) for the contention factor
 
 
 @dataclass(slots=True)
@@ -184,24 +162,18 @@ class Network:
         base_dir: str | Path | None = None,
         on_transfer: Callable[[TransferRecord], None] | None = None,
     ):
-        if not isinstance(cfg, (InfrastructureConfig, WifiDirectConfig, FixedConfig, TraceConfig)):
-            cfg = parse_network_config(cfg)
-        if not stations:
-            raise LLSimError("the network needs at least one device")
+        links = self.links = link_model(cfg, stations, base_dir)  # the analytic model of the network's kind
         self.env = env
-        self.cfg = cfg
+        self.cfg = cfg = links.cfg
         self.kind: str = cfg.kind
-        self.stations = [s if isinstance(s, StationSpec) else StationSpec(**s) for s in stations]
+        self.stations = links.stations
         self.rng = rng if rng is not None else np.random.default_rng(0)
         self.on_transfer = on_transfer
         n = len(self.stations)
-        self._wireless = self.kind in ("infrastructure", "wifi_direct")
-        self.trace: Trace | None = None
-        self._rtt: RttDistribution | None = None
-        self._rssi: list[float | None] = [None] * n  # current RSSI of each phone's link (None: no link)
-        self._mcs: list[int | None] = [None] * n
-        self._phy_mbps: list[float | None] = [None] * n
-        self._hop_cache: dict[tuple[int, int], tuple[_Hop, ...]] = {}
+        self._wireless = links.wireless
+        self.trace = links.trace
+        self.ap_index = links.ap_index
+        self._rssi, self._mcs, self._phy_mbps = links.rssi, links.mcs, links.phy_mbps  # the model's (shared) lists
         self._links: dict[tuple[int, int], _LinkStats] = {}
         self._last_active = [env.now] * n
         self._awake_at = [env.now] * n
@@ -217,103 +189,26 @@ class Network:
         self._per_flow_cache: dict[tuple[int, int], tuple[float, tuple, tuple]] = {}
 
         if self._wireless:
-            self._setup_wireless()
+            self._rtt = links.rtt
+            self._hops = links.hops
             self._medium = FluidMedium(env, self._wireless_rates)
-        elif self.kind == "fixed":
-            self._medium = FluidMedium(env, self._capacity_rates)
         else:
-            self.trace = load_trace(cfg.resolve_path(base_dir), on_end=cfg.on_end)
-            self._medium = FluidMedium(env, self._capacity_rates, breakpoint_fn=self.trace.next_breakpoint)
+            self._capacity_bps, self._relay, self._capacity_tx = links.capacity_bps, links.relay, links.capacity_tx
+            self._medium = FluidMedium(env, self._capacity_rates,
+                                       breakpoint_fn=self.trace.next_breakpoint if self.trace is not None else None)
         self._tx_airtime = self._medium.tx_airtime  # transmitter -> airtime, integrated by the medium
         self._n = n
-        self._sleeper = [self._sleeps(i) for i in range(n)]
+        self._sleeper = [links.sleeps(i) for i in range(n)]
         if self._wireless:
             ps = cfg.power_save
             self._idle_timeout_s = ps.idle_timeout_ms / 1e3
             self._wake_delay_s = ps.wake_delay_ms / 1e3
             self._expected = cfg.rtt_sampling == "expected"
             self._lossy = cfg.loss_rate > 0
-            self._half_rtt_mean = 0.5 * self._rtt_mean
+            self._half_rtt_mean = 0.5 * links.rtt_mean
             self._half_rtts: list[float] = []  # the current block of one-way latencies, consumed from the end
         elif self.kind == "fixed":
             self._half_rtt_fixed = 0.5 * cfg.rtt_ms / 1e3
-
-    # ------------------------------------------------------------------ set-up
-    def _setup_wireless(self) -> None:
-        cfg = self.cfg
-        n = len(self.stations)
-        self._rtt = RttDistribution.from_ms(cfg.rtt_ms.median, cfg.rtt_ms.p90, cfg.rtt_ms.p99)
-        self._rtt_mean = self._rtt.mean()
-        if self.kind == "wifi_direct":
-            if cfg.ap_device >= n:
-                raise LLSimError(
-                    f"network.ap_device is {cfg.ap_device} but there are only {n} devices (indices 0..{n - 1})"
-                )
-            self.ap_index: int | None = cfg.ap_device
-        else:
-            self.ap_index = None
-        for i, st in enumerate(self.stations):
-            if i == self.ap_index:
-                continue  # the hotspot phone's own link is not used
-            rssi = cfg.default_rssi_dbm if st.rssi_dbm is None else st.rssi_dbm
-            self._mcs[i], self._phy_mbps[i] = self._link_rate(i, rssi)
-            self._rssi[i] = rssi
-
-    def _ap_streams(self) -> int:
-        """Spatial streams of the AP (the hotspot phone's own for ``wifi_direct``)."""
-        return self._streams(self.ap_index) if self.ap_index is not None else self.cfg.ap_streams
-
-    def _link_rate(self, station: int, rssi_dbm: float) -> tuple[int, float]:
-        """(MCS, PHY rate in Mb/s) of the link between ``station`` and the AP at ``rssi_dbm``.
-
-        Raises :class:`LLSimError` naming the device when the signal is below MCS0's sensitivity.
-        """
-        cfg = self.cfg
-        streams = min(self._streams(station), self._ap_streams())
-        try:
-            mcs = phy.select_mcs(rssi_dbm, cfg.standard, cfg.width_mhz, streams)
-        except LLSimError as exc:
-            raise LLSimError(f"device {self.stations[station].name!r}: {exc}") from None
-        return mcs, phy.mcs_rate_mbps(cfg.standard, mcs, cfg.width_mhz, streams, cfg.guard_interval)
-
-    def _streams(self, i: int) -> int:
-        s = self.stations[i].streams
-        s = self.cfg.streams if s is None else s
-        if not 1 <= int(s) <= phy.MAX_STREAMS:
-            raise LLSimError(f"device {self.stations[i].name!r}: streams must be 1..{phy.MAX_STREAMS}, not {s}")
-        return int(s)
-
-    def _link_hop(self, tx: int, station: int) -> _Hop:
-        """The hop between ``station`` and the AP, transmitted by ``tx``: at ``station``'s rate whichever end
-        transmits (so the ``wifi_direct`` hotspot phone's own RSSI never enters a hop)."""
-        cfg = self.cfg
-        streams = min(self._streams(station), self._ap_streams())
-        rate = self._phy_mbps[station] * 1e6 * cfg.tcp_goodput_factor
-        key = (cfg.standard, self._mcs[station], cfg.width_mhz, streams, cfg.guard_interval, cfg.rts_cts)
-        return _Hop(tx, rate, key)
-
-    def _hops(self, src: int, dst: int) -> tuple[_Hop, ...]:
-        """Wireless hops of a transfer (cached)."""
-        hops = self._hop_cache.get((src, dst))
-        if hops is None:
-            if self.kind == "infrastructure":
-                hops = (self._link_hop(src, src), self._link_hop(AP, dst))
-            else:
-                ap = self.ap_index
-                if src == ap:
-                    hops = (self._link_hop(ap, dst),)
-                elif dst == ap:
-                    hops = (self._link_hop(src, src),)
-                else:
-                    hops = (self._link_hop(src, src), self._link_hop(ap, dst))
-            self._hop_cache[(src, dst)] = hops
-        return hops
-
-    def _relay(self) -> int:
-        return 2 if getattr(self.cfg, "ap_relay", False) else 1
-
-    def _capacity_tx(self, src: int) -> tuple:
-        return (src, AP) if self._relay() == 2 else (src,)
 
     def _route(self, src: int, dst: int) -> _Route:
         """The cached :class:`_Route` of src -> dst (built on first use, and again after set_rssi)."""
@@ -334,9 +229,7 @@ class Network:
         return route
 
     # ------------------------------------------------------------------ rates
-    @staticmethod
-    def _per_byte_airtime(hops: Sequence[_Hop], n_tx: int) -> list[float]:
-        return [8.0 / (h.rate_bps * mac.contention_factor(n_tx, *h.key)) for h in hops]
+    _per_byte_airtime = staticmethod(per_byte_airtime)
 
     def _remember(self, key, rates: Rates, objs: tuple) -> Rates:
         """Cache ``rates`` under ``key`` (ids of ``objs``, which the entry keeps alive)."""
@@ -373,9 +266,6 @@ class Network:
                 c = per_flow[key] = (total, tuple((h.tx, a / total) for h, a in zip(f.meta, per)), f.meta)
             out.append((share / c[0], share, c[1]))
         return Rates.of(out)
-
-    def _capacity_bps(self, now: float) -> float:
-        return self.cfg.goodput_mbps * 1e6 if self.kind == "fixed" else self.trace.throughput_at(now)
 
     def _capacity_rates(self, flows: Sequence[Flow], now: float) -> Rates:
         key = id(flows[0].hops) if len(flows) == 1 else tuple([id(f.hops) for f in flows])
@@ -416,20 +306,13 @@ class Network:
         rssi_dbm = float(rssi_dbm)
         if math.isnan(rssi_dbm):
             raise ValueError(f"set_rssi: device {self.stations[station].name!r}: RSSI is NaN")
-        if station == self.ap_index:
-            return
-        mcs, mbps = self._link_rate(station, rssi_dbm)  # raises (out of range) before any change
-        self._rssi[station] = rssi_dbm
-        if mcs == self._mcs[station] and mbps == self._phy_mbps[station]:
-            return  # same MCS: every hop and cached rate is still right
-        self._mcs[station] = mcs
-        self._phy_mbps[station] = mbps
-        self._clear_rate_caches()
+        if self.links.set_rssi(station, rssi_dbm):  # the MCS changed (same MCS: every cached rate is still right)
+            self._clear_rate_caches()
 
     def _clear_rate_caches(self) -> None:
         """Forget every cached hop and rate (they embed PHY rates). In-flight transfers keep their own
         hops tuple (``meta``): their rates are recomputed from it, under new cache entries."""
-        self._hop_cache.clear()
+        self.links.hop_cache.clear()
         self._routes = [[None] * self._n for _ in range(self._n)]
         self._rates_cache.clear()
         self._per_flow_cache.clear()
@@ -576,8 +459,6 @@ class Network:
         per transfer cost more than the rest of the RTT's handling)."""
         return (0.5 * self._rtt.sample(self.rng, RTT_BLOCK))[::-1].tolist()
 
-    def _sleeps(self, i: int) -> bool:
-        return self._wireless and self.cfg.power_save.enabled and i != self.ap_index
 
     # ------------------------------------------------------------------ statistics
     def link_stats(self) -> list[dict]:
@@ -628,55 +509,34 @@ class Network:
         return rows
 
     # ------------------------------------------------------------------ analytic helpers
-    def _check_pair(self, src: int, dst: int) -> None:
-        n = len(self.stations)
-        if not (0 <= src < n and 0 <= dst < n):
-            raise ValueError(f"device indices must be in 0..{n - 1}, got {src}->{dst}")
-
     def contenders(self, src: int, dst: int, concurrent_flows: int = 1) -> int:
-        """Distinct transmitters assumed by the analytic helpers for ``concurrent_flows`` flows like src->dst.
-
-        The other flows are assumed to come from other phones (each adds its non-AP transmitters),
-        capped by the number of nodes that could transmit.
-        """
-        hops = self._hops(src, dst)
-        txs = {h.tx for h in hops}
-        phones = len(txs - {AP, self.ap_index})
-        limit = len(self.stations) + (1 if self.kind == "infrastructure" else 0)
-        return min(len(txs) + max(concurrent_flows - 1, 0) * phones, limit)
+        """Distinct transmitters assumed by the analytic helpers (:meth:`llsim.network.links.WirelessLinks.contenders`)."""
+        return self.links.contenders(src, dst, concurrent_flows)
 
     def goodput_bps(self, src: int, dst: int, concurrent_flows: int = 1, at: float = 0.0) -> float:
         """Bits per second one of ``concurrent_flows`` equal concurrent transfers src->dst gets.
 
         ``at``: time (trace kind only). ``inf`` when ``src == dst``.
         """
-        self._check_pair(src, dst)
+        self.links.check_pair(src, dst)
         if concurrent_flows < 1:
             raise ValueError("concurrent_flows must be >= 1")
         if src == dst:
             return math.inf
-        if self._wireless:
-            per = self._per_byte_airtime(self._hops(src, dst), self.contenders(src, dst, concurrent_flows))
-            return 8.0 / sum(per) / concurrent_flows
-        share = 1.0 / concurrent_flows if self.cfg.shared else 1.0
-        return self._capacity_bps(at) * share / self._relay()
+        return self.links.goodput_bps(src, dst, concurrent_flows, at)
 
     def rtt_s(self, src: int, dst: int, at: float = 0.0) -> float:
         """Median RTT (s) between two devices (fixed: the constant; trace: the RTT at ``at``)."""
-        self._check_pair(src, dst)
+        self.links.check_pair(src, dst)
         if src == dst:
             return 0.0
-        if self._wireless:
-            return self._rtt.median
-        if self.kind == "fixed":
-            return self.cfg.rtt_ms / 1e3
-        return self.trace.rtt_at(at)
+        return self.links.rtt_s(src, dst, at)
 
     def mean_rtt_s(self, src: int, dst: int, at: float = 0.0) -> float:
         """Mean RTT (s); the simulated one-way latency averages half of it."""
         if self._wireless and src != dst:
-            self._check_pair(src, dst)
-            return self._rtt.mean()
+            self.links.check_pair(src, dst)
+            return self.links.mean_rtt_s(src, dst, at)
         return self.rtt_s(src, dst, at)
 
     def expected_transfer_s(self, src: int, dst: int, nbytes: int, concurrent_flows: int = 1,
@@ -687,19 +547,12 @@ class Network:
         ``include_wake``, for a receiver that has been idle past the power-save timeout). Trace:
         the exact integral of the trace from ``at``.
         """
-        self._check_pair(src, dst)
+        self.links.check_pair(src, dst)
         if src == dst:
             return 0.0
-        if self.kind == "trace":
-            share = (1.0 / concurrent_flows if self.cfg.shared else 1.0) / self._relay()
-            return self.trace.finish_time(at, 8.0 * nbytes, share) - at + 0.5 * self.trace.rtt_at(at)
-        t = 8.0 * nbytes / self.goodput_bps(src, dst, concurrent_flows) + 0.5 * self.mean_rtt_s(src, dst)
-        if self._wireless:
-            cfg = self.cfg
-            t += math.ceil(nbytes / cfg.packet_bytes) * cfg.loss_rate * cfg.retransmit_delay_ms / 1e3
-            if include_wake and self._sleeps(dst):
-                t += cfg.power_save.wake_delay_ms / 1e3
-        return t
+        if concurrent_flows < 1:
+            raise ValueError("concurrent_flows must be >= 1")
+        return self.links.expected_transfer_s(src, dst, nbytes, concurrent_flows, at, include_wake)
 
     def phy_rate_mbps(self, station: int) -> float | None:
         """PHY rate (Mb/s) of a phone's link to its AP (``None`` for the hotspot phone or non-Wi-Fi kinds)."""

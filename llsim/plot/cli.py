@@ -43,7 +43,7 @@ def _window(text: str | None):
 
 
 def parsers():
-    from llsim.cli.main import _Parser
+    from llsim.cli.parser import _Parser
 
     run = _Parser(prog="llsim plot", description="Figures of one run: token-latency CDFs (TTFT apart), tokens/s "
                   "over time with events and rebalances, a Gantt chart of compute and transfers, memory against "

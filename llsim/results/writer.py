@@ -33,6 +33,7 @@ from importlib import metadata
 from pathlib import Path
 
 from llsim import __version__
+from llsim.cost.steps import TOKEN_BYTES
 
 DEPS = ("simpy", "numpy", "pandas", "highspy", "onnx", "onnxruntime", "pydantic", "pyyaml")
 WALL_CLOCK_KEYS = ("wall_time_s", "events_per_wall_s")
@@ -208,7 +209,7 @@ def link_rows(rows: list[dict], token_bytes: int) -> list[dict]:
     return out
 
 
-def write_run(out: Path, manifest: dict, res, device_names: list[str], token_bytes: int = 4,
+def write_run(out: Path, manifest: dict, res, device_names: list[str], token_bytes: int = TOKEN_BYTES,
               timeline: bool = True) -> Path:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -21,13 +21,14 @@ import simpy
 from simpy.events import NORMAL, PENDING, Event
 
 from llsim.alloc.plan import Plan
+from llsim.cost.steps import (TOKEN_BYTES, StepGraphs, affine, kv_anchors, kv_bytes_per_token, module_activation_bytes,
+                              stage_routes, stage_seconds, step_shape)
 from llsim.errors import LLSimError
 from llsim.model.graph import ModelGraph
 from llsim.network import Network, StationSpec
 from llsim.scenario import Scenario
 from llsim.sim.cluster import DeviceInstance
 
-ACT = 4
 _new = object.__new__
 CHUNK = 20000  # events between two checks of the wall-clock budget
 INF = float("inf")
@@ -49,21 +50,7 @@ class StepModel:
         self._graphs: dict[tuple[int, int], ModelGraph] = {} if graphs is None else graphs  # shared across plans
 
     def graph(self, S: int, P: int) -> ModelGraph:
-        key = (S, P)
-        if key not in self._graphs:
-            from llsim.model.load import is_onnx_path, model_graph
-            from llsim.model.analytic import analytic_graph
-            from llsim.model.zoo import get_config
-
-            B = self.sc.workload.batch
-            if is_onnx_path(self.sc.model):
-                if P:
-                    raise LLSimError("workload.mode: kv_cache needs a zoo model (an ONNX file without KV-cache "
-                                     "inputs is simulated in recompute mode); set workload.mode: recompute")
-                self._graphs[key] = model_graph(self.sc.model, S, B)
-            else:
-                self._graphs[key] = analytic_graph(get_config(self.sc.model), S, B, P, self.sc.weight_dtype)
-        return self._graphs[key]
+        return StepGraphs(self.sc, self._graphs)(S, P)
 
     def get(self, S: int, P: int) -> StepCost:
         key = (S, P)
@@ -71,36 +58,24 @@ class StepModel:
         if c is None and S == 1 and self.sc.workload.mode == "kv_cache":
             # a decode step's ops have FLOPs and bytes affine in the cache length P and the cost model
             # is linear in them, so step costs are exactly affine in P: interpolate from two anchors
-            p0 = self.sc.workload.prompt_tokens
-            if P not in (p0, p0 + 1):
-                a, b = self.get(1, p0), self.get(1, p0 + 1)
+            p0, p1 = kv_anchors(self.sc.workload.prompt_tokens)
+            if P not in (p0, p1):
+                a, b = self.get(1, p0), self.get(1, p1)
                 k = P - p0
-                secs = [x + k * (y - x) for x, y in zip(a.stage_seconds, b.stage_seconds)]
-                routes = [[(d, na + k * (nb - na)) for (d, na), (_, nb) in zip(ra, rb)]
+                secs = [affine(x, y, k) for x, y in zip(a.stage_seconds, b.stage_seconds)]
+                routes = [[(d, affine(na, nb, k)) for (d, na), (_, nb) in zip(ra, rb)]
                           for ra, rb in zip(a.routes, b.routes)]
                 c = self._cache[key] = StepCost(secs, routes)
                 return c
         if c is None:
             g = self.graph(S, P)
-            secs = []
-            for st in self.plan.stages:
-                d = self.devices[st.device]
-                secs.append(d.cost.segment_seconds(g.modules[st.start_module:st.end_module + 1], d.threads))
-            maps = g.dependency_maps(self.plan.boundaries)
-            agg: dict[tuple[int, int], int] = {}
-            for r in maps.sequential + maps.residual:
-                agg[(r.src_segment, r.dst_segment)] = agg.get((r.src_segment, r.dst_segment), 0) + r.nbytes
-            routes: list[list[tuple[int, int]]] = [[] for _ in self.plan.stages]
-            for (s, dst), nb in sorted(agg.items()):
-                routes[s].append((dst, nb))
-            c = self._cache[key] = StepCost(secs, routes)
+            secs = [stage_seconds(self.devices[st.device], g, st.start_module, st.end_module)
+                    for st in self.plan.stages]
+            c = self._cache[key] = StepCost(secs, stage_routes(g, self.plan.boundaries))
         return c
 
     def step_shape(self, step: int) -> tuple[int, int]:
-        w = self.sc.workload
-        if w.mode == "kv_cache":
-            return (w.prompt_tokens, 0) if step == 0 else (1, w.prompt_tokens + step - 1)
-        return (w.prompt_tokens + step, 0)
+        return step_shape(self.sc.workload.mode, self.sc.workload.prompt_tokens, step)
 
 
 class PhoneLock:
@@ -279,9 +254,8 @@ class Simulation:
                 node.static_bytes, node.kv_per_token = weights, 0
                 continue
             mods = mods_all[st.start_module:st.end_module + 1]
-            act = max([m.activation_bytes for m in mods] +
-                      [m.activation_bytes for m in g_last.modules[st.start_module:st.end_module + 1]])
-            kv_tok = sum(m.kv_bytes_per_token for m in mods) if w.mode == "kv_cache" else 0
+            act = max(module_activation_bytes(g_prefill, g_last)[st.start_module:st.end_module + 1])
+            kv_tok = sum(kv_bytes_per_token(mods, w.mode))
             node.static_bytes, node.kv_per_token = weights + act, kv_tok
             need = node.static_bytes + kv_tok * max_ctx
             d_ = node.dev
@@ -431,7 +405,7 @@ class Simulation:
                     if w.sample_ms:
                         yield env.timeout(w.sample_ms / 1e3)
                     if devs[-1] != devs[0]:
-                        yield transfer(devs[-1], devs[0], 4 * w.batch, f"r{rid}s{step}:token" if tags else "")
+                        yield transfer(devs[-1], devs[0], TOKEN_BYTES * w.batch, f"r{rid}s{step}:token" if tags else "")
                     if ep.broken or nodes[0].dead:
                         ok = False if ep.broken else (yield from self._stall(ep))
                 self._park()

@@ -4,11 +4,16 @@ from __future__ import annotations
 from contextlib import nullcontext
 from pathlib import Path
 
-from llsim.alloc.plan import Plan, explicit_plan, uniform_plan, validate_plan
+from llsim import registry
+from llsim.alloc.adjust import adjusted_problem
+from llsim.alloc.plan import Plan, header_first, validate_plan
+from llsim.alloc.problem import build_problem
+from llsim.cost.steps import token_bytes
 from llsim.errors import LLSimError
 from llsim.results.writer import write_json, write_run
 from llsim.scenario import Scenario
-from llsim.sim.cluster import DeviceInstance, expand_devices
+from llsim.cluster import DeviceInstance, expand_devices
+from llsim.judge.evaluate import allocate
 from llsim.sim.engine import Simulation, SimResult
 
 
@@ -25,24 +30,16 @@ def make_plan(sc: Scenario, devices: list[DeviceInstance]) -> Plan:
     present = [d.index for d in devices if not d.absent]
     if not present:
         raise LLSimError("every device is marked absent: at least one must be present at the start")
-    if a.strategy == "explicit":
-        plan = explicit_plan(a.stages, names)
-    elif a.strategy == "uniform":
-        order = list(present)
-        if a.header is not None:
-            order.remove(a.header)
-            order.insert(0, a.header)
-        plan = uniform_plan(n, order)
+    s = registry.get(a.strategy)
+    if s is None:
+        raise LLSimError(f"allocation.strategy: {registry.unknown(a.strategy)}")
+    if s.kind == "stages":
+        plan = s.fn(a.stages, names)
+    elif s.kind == "order":
+        plan = s.fn(n, header_first(list(present), a.header))
     else:
-        try:
-            from llsim.alloc.strategies import allocate
-        except ImportError:
-            raise LLSimError(f"allocation.strategy: '{a.strategy}' is not available; use uniform or explicit") from None
         problem = None
         if len(present) < len(devices):  # phones that join later get no work in the initial plan
-            from llsim.alloc.problem import build_problem
-            from llsim.balance.policy import adjusted_problem
-
             problem = adjusted_problem(build_problem(sc, devices), {}, {}, set(present))
         plan = allocate(sc, devices, a.strategy, problem=problem).plan
     absent = [names[s.device] for s in plan.stages if s.device not in present]
@@ -82,5 +79,6 @@ def run_to_dir(sc: Scenario, out: Path, progress=None, plan: Plan | None = None,
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "manifest.json", manifest, indent=2, sort_keys=True)
     res = sim.run()
-    write_run(out, manifest, res, [d.name for d in devices], token_bytes=4 * sc.workload.batch, timeline=timeline)
+    write_run(out, manifest, res, [d.name for d in devices], token_bytes=token_bytes(sc.workload.batch),
+              timeline=timeline)
     return res, devices, plan

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from llsim.alloc.evaluate import evaluator_for
 from llsim.alloc.problem import build_problem
-from llsim.alloc.strategies import STRATEGIES, AllocResult, allocate_problem, memory_diagnosis
+from llsim import registry
+from llsim.alloc.strategies import AllocResult, allocate_problem, memory_diagnosis
 from llsim.errors import LLSimError
+from llsim.judge.evaluate import evaluator_for
+from llsim.judge.run import simulate
+from llsim.network.links import KINDS
 from llsim.scenario import Scenario
-from llsim.sim.cluster import expand_devices
+from llsim.cluster import expand_devices
 
 
 @dataclass
@@ -60,7 +63,7 @@ def _ms(s: float | None) -> float | None:
 
 
 def judge_scenario(sc: Scenario, expected_rtt: bool) -> Scenario:
-    if not expected_rtt or sc.network.kind not in ("infrastructure", "wifi_direct"):
+    if not expected_rtt or not KINDS[sc.network.kind].random_rtt:
         return sc
     net = sc.network.model_copy(update={"rtt_sampling": "expected"})
     return sc.model_copy(update={"network": net})
@@ -68,8 +71,6 @@ def judge_scenario(sc: Scenario, expected_rtt: bool) -> Scenario:
 
 def compare(sc: Scenario, strategies: list[str] | None = None, objective: str | None = None,
             expected_rtt: bool = False, simulate_plans: bool = True) -> tuple[list[Judged], list[str], object]:
-    from llsim.sim.run import simulate
-
     objective = objective or sc.allocation.objective
     devices = expand_devices(sc)
     pb = build_problem(sc, devices, objective)
@@ -79,9 +80,10 @@ def compare(sc: Scenario, strategies: list[str] | None = None, objective: str | 
     judge = judge_scenario(sc, expected_rtt)
     out = []
     evaluate = evaluator_for(pb, sc, devices)  # one cache of evaluations for every strategy's plan
-    for name in strategies or list(STRATEGIES):
-        if name not in STRATEGIES:
-            raise LLSimError(f"--strategy: unknown strategy '{name}'; use one of {', '.join(STRATEGIES)} or all")
+    known = registry.names(judged_only=True)
+    for name in strategies or list(known):
+        if name not in known:
+            raise LLSimError(f"--strategy: {registry.unknown(name, judged_only=True, extra=' or all')}")
         res = allocate_problem(pb, name, sc, devices, evaluate)
         j = Judged(res)
         if res.plan is not None and res.feasible and simulate_plans:

@@ -1,0 +1,1 @@
+"""Costs that the allocator and the simulator must agree on (:mod:`.steps`)."""
