@@ -14,23 +14,21 @@ from __future__ import annotations
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from heapq import heappop, heappush
 
 import numpy as np
 import simpy
-from simpy.events import NORMAL, PENDING, Event
+from simpy.events import Event
 
 from llsim.alloc.plan import Plan
 from llsim.errors import LLSimError
+from llsim.kernel import VirtualClock, succeed_now, timeout_now
+from llsim.kernel import now as _clock_now
 from llsim.model.graph import ModelGraph
 from llsim.network import Network, StationSpec
 from llsim.scenario import Scenario
 from llsim.sim.cluster import DeviceInstance
 
-ACT = 4
-_new = object.__new__
 CHUNK = 20000  # events between two checks of the wall-clock budget
-INF = float("inf")
 
 
 @dataclass
@@ -126,11 +124,7 @@ class PhoneLock:
 
     def release(self) -> None:
         if self.queue:  # still held: now by the next requester (its event's succeed(), inlined)
-            ev = self.queue.popleft()
-            ev._ok = True
-            ev._value = None
-            env = self.env
-            heappush(env._queue, (env._now, NORMAL, next(env._eid), ev))
+            succeed_now(self.env, self.queue.popleft())
         else:
             self.held = False
 
@@ -208,7 +202,8 @@ class Simulation:
                  timeline: bool = True, graphs: dict | None = None):
         self.sc, self.devices, self.plan = sc, devices, plan
         self.progress = progress
-        self.env = simpy.Environment()
+        self.clock = VirtualClock()
+        self.env = self.clock.env
         ss = np.random.SeedSequence(sc.seed)
         net_seed, wl_seed = ss.spawn(2)
         dyn_seed, = ss.spawn(1)  # a third child: the first two draw what they drew before dynamics existed
@@ -334,7 +329,6 @@ class Simulation:
         resumes this one generator, no delegation.)"""
         env, w = self.env, self.sc.workload
         kv_mode = w.mode == "kv_cache"
-        queue, eid = env._queue, env._eid
         transfer = self.net.send  # we only wait for arrivals: no TransferRecord values
         tags = self.want_timeline  # transfer tags only show in the timeline
         timeline = self.timeline
@@ -390,7 +384,7 @@ class Simulation:
                         if used > node.dev.budget_bytes:
                             lock.release()
                             self._overflow(node, used)
-                    t0 = env._now
+                    t0 = _clock_now(env)
                     if node.thermal is not None:
                         node.heat_s = max(0.0, node.heat_s - (t0 - node.last_end))
                         hot = node.heat_s >= node.thermal[0] if not node.hot else node.heat_s > node.thermal[0] / 2
@@ -401,15 +395,8 @@ class Simulation:
                     dur = cost.stage_seconds[s] / node.speed
                     if node.noise:
                         dur *= float(self.dyn_rng.lognormal(0.0, node.noise))
-                    # compute: env.timeout(dur), with Timeout.__init__ and Environment.schedule inlined
-                    tm = _new(Event)
-                    tm.env = env
-                    tm.callbacks = []
-                    tm._ok = True
-                    tm._value = None
-                    heappush(queue, (env._now + dur, NORMAL, next(eid), tm))
-                    yield tm
-                    t1 = env._now
+                    yield timeout_now(env, dur)  # compute: env.timeout(dur), inlined
+                    t1 = _clock_now(env)
                     node.busy_s += t1 - t0
                     node.last_end = t1
                     if node.thermal is not None:
@@ -510,37 +497,9 @@ class Simulation:
         return self._result(events, wall, stop_reason)
 
     def _advance(self, limit: int) -> tuple[int, str | None]:
-        """Process up to ``limit`` events; returns how many were processed and why it stopped early
-        (``None``: it did not). Each event is processed as ``Environment.step`` does (its body,
-        inlined: it is the innermost loop of every run): pop the earliest, advance the clock, run
-        its callbacks, and fail the run on a failed event nobody handled. It stops before an event
-        later than ``duration.max_sim_s`` (left in the queue), when the run is done, or when no
-        event is left."""
-        env = self.env
-        queue = env._queue
-        done = self.done
-        max_sim_s = self.sc.duration.max_sim_s
-        for n in range(limit):
-            if done._value is not PENDING:
-                return n, "completed"
-            try:
-                item = heappop(queue)
-            except IndexError:
-                return n, "deadlock" if max_sim_s == INF else "stalled"
-            t = item[0]
-            if t > max_sim_s:
-                heappush(queue, item)
-                return n, "max_sim_s"
-            env._now = t
-            event = item[3]
-            callbacks, event.callbacks = event.callbacks, None
-            for callback in callbacks:
-                callback(event)
-            if not event._ok and not hasattr(event, "_defused"):
-                exc = type(event._value)(*event._value.args)  # as Environment.step
-                exc.__cause__ = event._value
-                raise exc
-        return limit, None
+        """Process up to ``limit`` events (:meth:`llsim.kernel.Clock.run_until`); returns how many were
+        processed and why it stopped early (``None``: it did not)."""
+        return self.clock.run_until(self.done, limit, self.sc.duration.max_sim_s)
 
     def _result(self, events: int, wall: float, stop_reason: str) -> SimResult:
         env, w = self.env, self.sc.workload
