@@ -26,7 +26,7 @@ from llsim.model.graph import ModelGraph
 from llsim.network import Network, StationSpec
 from llsim.scenario import Scenario
 from llsim.sim.cluster import DeviceInstance
-from llsim.sim.node import MemoryOverflow, PhoneLock, SimulatedPhone, StepWork  # noqa: F401 (PhoneLock: re-export)
+from llsim.sim.node import MemoryOverflow, Node, StepWork, make_node
 
 CHUNK = 20000  # events between two checks of the wall-clock budget
 
@@ -120,7 +120,7 @@ class Epoch:
     plan: Plan
     steps: StepModel
     devs: list[int]
-    nodes: list[SimulatedPhone]
+    nodes: list[Node]
     ended: Event  # fires when the next epoch takes over (or the run ends on a terminal event)
     costs: list[tuple[int, StepCost]] = field(default_factory=list)  # per generation step, filled as reached
     broken: bool = False  # a phone of this plan left: in-flight steps are abandoned and retried
@@ -153,7 +153,7 @@ class Simulation:
                            base_dir=sc.path.parent if sc.path else None,
                            on_transfer=self._on_transfer if timeline else None)
         self._graphs: dict = {} if graphs is None else graphs  # model graphs per step shape (shareable across runs)
-        self.nodes = {d.index: SimulatedPhone(d, self.env, self.dyn_rng, self.mark) for d in devices}
+        self.nodes = {d.index: make_node(d, self.env, self.dyn_rng, self.mark) for d in devices}
         self.present: dict[int, frozenset[int]] = {d.index: frozenset() for d in devices}
         self.replica_target: dict[int, tuple[int, int]] = {}  # modules (lo, hi) each phone holds as replicas
         self.epoch = self._make_epoch(plan, 0, check=True)
