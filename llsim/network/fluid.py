@@ -30,7 +30,7 @@ import simpy
 from simpy.events import Event
 
 from llsim.kernel import now as _clock_now
-from llsim.kernel import ready_event, schedule_now, succeed_at, timer_at
+from llsim.kernel import fast_paths, ready_event
 
 #: Relative tolerance on bytes left for deciding that a flow has finished.
 REL_TOL = 1e-9
@@ -117,6 +117,8 @@ class FluidMedium:
         self._pending: list[Flow] = []
         # the kick: one event, re-armed for each instant that has new flows (never two in the queue)
         self._kick = ready_event(env)
+        fp = fast_paths(env)
+        self._schedule_now, self._succeed_at, self._timer_at = fp.schedule_now, fp.succeed_at, fp.timer_at
         self._kicked = False
         self._timer: Event | None = None
         # the callbacks of the kick and of every timer: one shared tuple (simpy only iterates over an
@@ -129,7 +131,7 @@ class FluidMedium:
         self._pending.append(flow)
         if not self._kicked:  # _react now, after the other callbacks of this instant (env.schedule inlined)
             self._kicked = True
-            schedule_now(self.env, self._kick, self._callbacks)
+            self._schedule_now(self._kick, self._callbacks)
 
     # -------------------------------------------------------------------- reactions
     def _react(self, ev: Event) -> None:
@@ -180,11 +182,11 @@ class FluidMedium:
                         self.flows = flows = []
                     else:
                         self.flows = flows = [f for f in flows if f not in finished]
-                    env = self.env
+                    succeed_at = self._succeed_at
                     for flow in finished:  # delivered flow.delay after its last byte
                         flow.remaining = 0.0
                         flow.t_out = now
-                        succeed_at(env, flow, now + flow.delay)
+                        succeed_at(flow, now + flow.delay)
             pending = self._pending
             if pending:
                 flows.extend(pending)
@@ -216,6 +218,6 @@ class FluidMedium:
                 self._timer = None  # nothing progresses: wait for a submission
                 return
             if dt > EPS_T:  # the timer: a new bare event (Event(env) and env.schedule inlined)
-                self._timer = timer_at(self.env, now + dt, self._callbacks)
+                self._timer = self._timer_at(now + dt, self._callbacks)
                 return
             # a completion or breakpoint below the clock's resolution: react again at once

@@ -62,7 +62,7 @@ import numpy as np
 import simpy
 from simpy.events import Event
 
-from llsim.kernel import call_later, new_pending, set_value, succeed_with
+from llsim.kernel import call_later, fast_paths, set_value, succeed_with
 from llsim.kernel import now as _clock_now
 
 from llsim.errors import LLSimError
@@ -189,6 +189,7 @@ class Network:
         if not stations:
             raise LLSimError("the network needs at least one device")
         self.env = env
+        self._new_pending = fast_paths(env).new_pending
         self.cfg = cfg
         self.kind: str = cfg.kind
         self.stations = [s if isinstance(s, StationSpec) else StationSpec(**s) for s in stations]
@@ -467,7 +468,7 @@ class Network:
         env = self.env
         start = _clock_now(env)
         # the event (Event.__init__ inlined), which is also the flow (see fluid.Flow)
-        ev = new_pending(_Transfer, env)
+        ev = self._new_pending(_Transfer)
         if src == dst:
             succeed_with(env, ev, TransferRecord(src, dst, nbytes, start, start, tag, hops=0) if _record else None)
             return ev

@@ -382,12 +382,10 @@ class Simulation:
                 if reprefill:
                     S = w.prompt_tokens + step
                     cost = ep.steps.get(S, 0)
-                    shape = (S, 0)
                 else:
                     S, cost = ep.step_cost(step)
-                    shape = (S, ep.steps.step_shape(step)[1])
                 self.active += 1
-                ok = yield from self._step(StepWork(ep, rid, step, shape, cost, S if kv_mode else 0))
+                ok = yield from self._step(StepWork(ep, rid, step, S, reprefill, cost, S if kv_mode else 0))
                 self._park()
                 if not ok:
                     self.retried_steps += 1

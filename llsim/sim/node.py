@@ -23,7 +23,7 @@ import simpy
 from simpy.events import Event
 
 from llsim.kernel import now as _clock_now
-from llsim.kernel import succeed_now, timeout_now
+from llsim.kernel import fast_paths
 from llsim.sim.cluster import DeviceInstance
 
 
@@ -41,15 +41,21 @@ class MemoryOverflow(Exception):
 class StepWork:
     """One generation step of one request under one plan, as every stage's node sees it: the
     ``epoch`` (its ``plan.stages[s]`` is the segment stage ``s`` runs), the request id ``request``,
-    the generation ``step``, its ``shape`` ``(S, P)`` (new tokens, cached tokens), the step's
+    the generation ``step``, its ``shape`` ``(S, P)`` (new tokens, cached tokens; ``recompute``: the
+    step re-runs a request's whole context after its KV cache was lost), the step's
     ``cost`` (:class:`~llsim.sim.engine.StepCost`: predicted seconds per stage, route bytes) and
     ``kv_new``, the tokens that join each stage's KV cache (0 in recompute mode)."""
 
-    __slots__ = ("epoch", "request", "step", "shape", "cost", "kv_new")
+    __slots__ = ("epoch", "request", "step", "S", "recompute", "cost", "kv_new")
 
-    def __init__(self, epoch, request: int, step: int, shape: tuple[int, int], cost, kv_new: int):
-        self.epoch, self.request, self.step, self.shape, self.cost, self.kv_new = \
-            epoch, request, step, shape, cost, kv_new
+    def __init__(self, epoch, request: int, step: int, S: int, recompute: bool, cost, kv_new: int):
+        self.epoch, self.request, self.step, self.S, self.recompute, self.cost, self.kv_new = \
+            epoch, request, step, S, recompute, cost, kv_new
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """``(S, P)``: ``(S, 0)`` when the step recomputes a lost KV cache, else the step's own shape."""
+        return (self.S, 0) if self.recompute else self.epoch.steps.step_shape(self.step)
 
 
 class PhoneLock:
@@ -57,10 +63,11 @@ class PhoneLock:
     ``simpy.Resource(capacity=1)``): a free lock is taken without an event; a busy one queues the
     requester, and :meth:`release` hands it straight to the head of the queue."""
 
-    __slots__ = ("env", "held", "queue")
+    __slots__ = ("env", "held", "queue", "_succeed_now")
 
     def __init__(self, env: simpy.Environment):
         self.env = env
+        self._succeed_now = fast_paths(env).succeed_now
         self.held = False
         self.queue: deque[Event] = deque()
 
@@ -75,7 +82,7 @@ class PhoneLock:
 
     def release(self) -> None:
         if self.queue:  # still held: now by the next requester (its event's succeed(), inlined)
-            succeed_now(self.env, self.queue.popleft())
+            self._succeed_now(self.queue.popleft())
         else:
             self.held = False
 
@@ -203,12 +210,13 @@ class SimulatedPhone(Node):
     dynamics (:mod:`llsim.events`) change its state through the methods at the end."""
 
     __slots__ = ("rng", "mark", "speed", "throttle", "background", "thermal", "heat_s", "hot", "last_end",
-                 "noise", "t0", "t1")
+                 "noise", "t0", "t1", "_timeout_now")
 
     def __init__(self, dev: DeviceInstance, env: simpy.Environment, rng: np.random.Generator,
                  mark: Callable[..., None]):
         super().__init__(dev, env)
         self.rng, self.mark = rng, mark
+        self._timeout_now = fast_paths(env).timeout_now
         self.speed = 1.0  # run-time multiplier: throttle x background x thermal (see _update_speed)
         self.throttle = 1.0
         self.background: list[float] = []  # shares of the cores taken by other apps
@@ -227,8 +235,15 @@ class SimulatedPhone(Node):
 
     # ---- running a stage (the Node interface) -------------------------------------------------------
     def run(self, s: int, work: StepWork) -> Event:
-        if work.kv_new:  # this step's tokens join the phone's KV cache
-            self.cache_tokens(work.kv_new)
+        kv_new = work.kv_new
+        if kv_new:  # this step's tokens join the phone's KV cache (Node.cache_tokens, inlined: per stage)
+            self.kv_tokens += kv_new
+            used = self.used_bytes
+            if used > self.peak_bytes:
+                self.peak_bytes = used
+            if used > self.dev.budget_bytes:
+                self.lock.release()
+                self._overflow(used)
         env = self.env
         t0 = self.t0 = _clock_now(env)
         if self.thermal is not None:
@@ -242,7 +257,7 @@ class SimulatedPhone(Node):
         if self.noise:
             dur *= float(self.rng.lognormal(0.0, self.noise))
         self.t1 = t0 + dur  # the clock's time when the timeout fires (the same float sum as its schedule)
-        return timeout_now(env, dur)  # compute: env.timeout(dur), inlined
+        return self._timeout_now(dur)  # compute: env.timeout(dur), inlined
 
     def finish(self) -> tuple[float, float, float]:
         t0, t1 = self.t0, self.t1
