@@ -8,6 +8,12 @@ for its phone (one segment execution at a time), computes for the cost model's t
 each of its outgoing routes over the network as one message per destination. The tail samples the
 token and sends its 4-byte id back to the header. Several requests in flight pipeline across phones
 (closed loop with N concurrent, or open loop with Poisson arrivals).
+
+A stage runs on its device's node (:mod:`llsim.sim.node`: the interface, and the simulated phone
+that implements it from the cost model); events are scheduled through simpy's public API or the
+clock kernel's fast paths (:mod:`llsim.kernel`, the only code that knows simpy's internals); the
+coordinator (:mod:`llsim.sim.dynamics`) drives a run through the coordinator API below. See
+docs/engine.md.
 """
 from __future__ import annotations
 

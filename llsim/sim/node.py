@@ -9,7 +9,8 @@ methods only.
 
 A worker-backed node (a real onnxruntime worker, :mod:`llsim.hil`) implements the same interface:
 ``run`` sends the stage's inputs to the worker (:class:`~llsim.hil.client.WorkerClient`) and
-returns an event that fires when the worker's reply has arrived (delivered by the clock, see
+returns an event that fires when the worker's reply (a
+:class:`~llsim.hil.client.StageFuture`) has arrived (delivered by the clock, see
 :mod:`llsim.kernel`'s wall-clock recipe); ``finish`` returns what the worker measured. The
 engine, the network and the coordinator stay as they are.
 """
