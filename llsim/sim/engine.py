@@ -27,7 +27,7 @@ from simpy.events import Event
 
 from llsim.alloc.plan import Plan
 from llsim.errors import LLSimError
-from llsim.kernel import VirtualClock
+from llsim.kernel import Clock, VirtualClock
 from llsim.model.graph import ModelGraph
 from llsim.network import Network, StationSpec
 from llsim.scenario import Scenario
@@ -141,10 +141,10 @@ class Epoch:
 
 class Simulation:
     def __init__(self, sc: Scenario, devices: list[DeviceInstance], plan: Plan, progress=None,
-                 timeline: bool = True, graphs: dict | None = None):
+                 timeline: bool = True, graphs: dict | None = None, clock: Clock | None = None):
         self.sc, self.devices, self.plan = sc, devices, plan
         self.progress = progress
-        self.clock = VirtualClock()
+        self.clock = VirtualClock() if clock is None else clock  # simulated time unless given another clock
         self.env = self.clock.env
         ss = np.random.SeedSequence(sc.seed)
         net_seed, wl_seed = ss.spawn(2)
