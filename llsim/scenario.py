@@ -14,6 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from llsim.cost.steps import step_shape
 from llsim.errors import LLSimError
+from llsim.events import (EVENT_KINDS, BackgroundEvent, BurstsEvent, JoinEvent, LeaveEvent,  # noqa: F401 (re-exports)
+                          NoiseEvent, RssiEvent, ThermalEvent, ThrottleEvent, events_union)
 from llsim.network.config import InfrastructureConfig, NetworkConfig
 
 SCENARIO_DIR = Path(__file__).resolve().parents[1] / "scenarios"
@@ -123,85 +125,8 @@ class Workload(_Strict):
         return self
 
 
-# ---- dynamics: what happens to the cluster during a run --------------------------------------
-class _Event(_Strict):
-    at: float = Field(ge=0, le=1e9)  # seconds of simulated time
-    device: int | str  # index into the expanded device list, or its name
-
-
-class ThrottleEvent(_Event):
-    """The phone runs at ``factor`` x its speed (thermal throttling) from ``at``, for ``duration_s``
-    (None: until the end or a later throttle event)."""
-
-    kind: Literal["throttle"]
-    factor: float = Field(gt=0, le=4)
-    duration_s: float | None = Field(None, gt=0, le=1e9)
-
-
-class BackgroundEvent(_Event):
-    """Another app takes ``share`` of the phone's cores for ``duration_s``: segments run at
-    ``1 - share`` of their speed meanwhile."""
-
-    kind: Literal["background"]
-    share: float = Field(gt=0, lt=1)
-    duration_s: float = Field(gt=0, le=1e9)
-
-
-class RssiEvent(_Event):
-    """The phone's signal changes to ``rssi_dbm`` (it walked away, a door closed). Below the
-    weakest MCS's sensitivity the phone is out of range: it leaves."""
-
-    kind: Literal["rssi"]
-    rssi_dbm: float = Field(ge=-120, le=0)
-
-
-class LeaveEvent(_Event):
-    """The phone disappears without notice (crash, low-memory kill, out of range)."""
-
-    kind: Literal["leave"]
-    reason: str = "crash"
-
-
-class JoinEvent(_Event):
-    """The phone (re)appears: it starts answering heartbeats and can be given work."""
-
-    kind: Literal["join"]
-
-
-class BurstsEvent(_Strict):
-    """Random background-load bursts: a Poisson process of ``rate_per_s`` on each listed phone
-    (all if None) between ``start_s`` and ``end_s``; each burst takes ``share`` of the cores for
-    an exponential time of mean ``mean_duration_s``. Seeded by the scenario's seed."""
-
-    kind: Literal["background_bursts"]
-    devices: list[int | str] | None = None
-    rate_per_s: float = Field(gt=0, le=1e3)
-    share: float = Field(gt=0, lt=1)
-    mean_duration_s: float = Field(gt=0, le=1e9)
-    start_s: float = Field(0.0, ge=0, le=1e9)
-    end_s: float | None = Field(None, gt=0, le=1e9)
-
-
-class ThermalEvent(_Strict):
-    """Sustained-load throttling from each listed phone's profile (``thermal``): after
-    ``time_to_throttle_s`` of cumulative busy time (minus idle time, which cools it) the phone runs
-    at ``sustained_speed``; it recovers when it has cooled to half that heat."""
-
-    kind: Literal["thermal"]
-    devices: list[int | str] | None = None
-
-
-class NoiseEvent(_Strict):
-    """Run-to-run jitter of segment times: each execution takes ``lognormal(0, sigma)`` x its
-    time (a noisy but stable phone: no sustained slowdown)."""
-
-    kind: Literal["noise"]
-    devices: list[int | str] | None = None
-    sigma: float = Field(gt=0, le=1)
-
-
-DynamicsEvent = Annotated[ThrottleEvent | BackgroundEvent | RssiEvent | LeaveEvent | JoinEvent | BurstsEvent |
-                          ThermalEvent | NoiseEvent, Field(discriminator="kind")]
+# ---- dynamics: what happens to the cluster during a run (each kind's schema and action: llsim.events) ---
+DynamicsEvent = events_union()
 
 
 class Balancer(_Strict):
@@ -270,6 +195,14 @@ class Scenario(_Strict):
         return v
 
 
+def rebuild_events_schema() -> None:
+    """Rebuild the ``events`` union from :data:`llsim.events.EVENT_KINDS` (after a kind was registered)."""
+    global DynamicsEvent
+    DynamicsEvent = events_union()
+    Scenario.model_fields["events"].annotation = list[DynamicsEvent]
+    Scenario.model_rebuild(force=True)
+
+
 def _hint(err: dict) -> str:
     t = err["type"]
     if t == "extra_forbidden":
@@ -281,9 +214,6 @@ def _hint(err: dict) -> str:
     return err["msg"].removeprefix("Value error, ")
 
 
-_EVENT_KINDS = ("throttle", "background", "rssi", "leave", "join", "background_bursts", "thermal", "noise")
-
-
 def _clean_loc(err: dict) -> tuple:
     """The field path of a pydantic error, without union tags (network and event kinds)."""
     from llsim.network.config import _KINDS
@@ -292,7 +222,7 @@ def _clean_loc(err: dict) -> tuple:
     out = []
     for k, x in enumerate(loc):
         if isinstance(x, str) and (x.startswith("function-") or x in _KINDS and k > 0 and loc[k - 1] == "network"
-                                   or x in _EVENT_KINDS and k > 1 and loc[k - 2] == "events"):
+                                   or x in EVENT_KINDS and k > 1 and loc[k - 2] == "events"):
             continue
         out.append(x)
     if err["type"] == "invalid_network_kind":

@@ -256,7 +256,7 @@ def check_scenario(sc) -> list[tuple[tuple, str]]:
                                      "mark the device absent"))
                 there[k] = True
         else:
-            for j, r in enumerate(e.devices or []):
+            for j, r in enumerate(getattr(e, "devices", None) or []):
                 ref(("events", i, "devices", j), r)
         if getattr(e, "end_s", None) is not None and e.end_s <= e.start_s:
             problems.append((("events", i, "end_s"), f"{e.end_s:g} is not after start_s {e.start_s:g}"))

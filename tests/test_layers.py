@@ -14,12 +14,13 @@ ROOT = Path(__file__).resolve().parent.parent / "llsim"
 #: bottom to top
 LAYERS: list[list[str]] = [
     ["llsim", "llsim.errors"],  # the version; the one error type
-    ["llsim.registry", "llsim.yamlio"],  # the strategy registry (names, not imports); reading YAML
+    ["llsim.registry", "llsim.yamlio", "llsim.kernel"],  # strategy names (not imports); reading YAML; the clock kernel
     ["llsim.model"],  # model graphs, ONNX, segments
     ["llsim.network", "llsim.cost"],  # link models and the simulated medium; step costs
     ["llsim.device"],  # profiles, cost models, the profiler
     ["llsim.hil", "llsim.adb"],  # real workers and phones
     ["llsim.validate"],  # cross-file checks of scenarios
+    ["llsim.events"],  # the event kinds (schema + action), a registry the scenario's union is built from
     ["llsim.scenario"],  # the scenario schema
     ["llsim.cluster"],  # a scenario's devices
     ["llsim.alloc"],  # planning: problem, strategies, MILP

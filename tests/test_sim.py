@@ -250,7 +250,7 @@ def test_phone_lock_grants_like_a_simpy_resource():
 
     import simpy
 
-    from llsim.sim.engine import PhoneLock
+    from llsim.sim.node import PhoneLock
 
     rnd = random.Random(4)
     jobs = [(round(rnd.uniform(0, 5), 1), round(rnd.uniform(0.1, 1.0), 1)) for _ in range(60)]  # ties included

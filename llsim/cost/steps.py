@@ -38,6 +38,12 @@ def step_shape(mode: str, prompt_tokens: int, step: int) -> tuple[int, int]:
     return (prompt_tokens + step, 0)
 
 
+def reprefill_shape(prompt_tokens: int, step: int) -> tuple[int, int]:
+    """The step shape that rebuilds a request's lost KV cache at ``step``: its whole context again,
+    nothing cached (the recompute shape of that step)."""
+    return step_shape("recompute", prompt_tokens, step)
+
+
 def kv_anchors(prompt_tokens: int) -> tuple[int, int]:
     """The two cache lengths from which every decode step is interpolated (kv_cache mode)."""
     return prompt_tokens, prompt_tokens + 1

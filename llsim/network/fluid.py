@@ -14,7 +14,7 @@ simpy event: at its last byte the medium schedules it ``flow.delay`` later (its 
 
 The rate function also returns each flow's airtime share and each transmitter's airtime per
 second, which the medium integrates into airtime accounting (``Flow.airtime`` and
-``FluidMedium.tx_airtime``). The medium schedules its events on simpy's queue directly (the body of
+``FluidMedium.tx_airtime``). The medium schedules its events through :mod:`llsim.kernel`'s fast paths (the body of
 ``Environment.schedule``): the kick and the timer run for every transfer.
 
 simpy cannot cancel a scheduled event; a superseded timer simply fires unused. The rate functions
@@ -24,11 +24,13 @@ of a run).
 """
 from __future__ import annotations
 
-from heapq import heappush
 from typing import Callable, NamedTuple, Optional, Sequence
 
 import simpy
-from simpy.events import NORMAL, Event
+from simpy.events import Event
+
+from llsim.kernel import now as _clock_now
+from llsim.kernel import fast_paths, ready_event
 
 #: Relative tolerance on bytes left for deciding that a flow has finished.
 REL_TOL = 1e-9
@@ -98,8 +100,6 @@ class Rates(NamedTuple):
 
 RateFn = Callable[[Sequence[Flow], float], Rates]
 
-_new = object.__new__
-
 
 class FluidMedium:
     """A processor-sharing medium driven by ``rate_fn(flows, now)``, which returns the flows'
@@ -116,9 +116,9 @@ class FluidMedium:
         self._t0 = env.now
         self._pending: list[Flow] = []
         # the kick: one event, re-armed for each instant that has new flows (never two in the queue)
-        self._kick = Event(env)
-        self._kick._ok = True
-        self._kick._value = None
+        self._kick = ready_event(env)
+        fp = fast_paths(env)
+        self._schedule_now, self._succeed_at, self._timer_at = fp.schedule_now, fp.succeed_at, fp.timer_at
         self._kicked = False
         self._timer: Event | None = None
         # the callbacks of the kick and of every timer: one shared tuple (simpy only iterates over an
@@ -131,9 +131,7 @@ class FluidMedium:
         self._pending.append(flow)
         if not self._kicked:  # _react now, after the other callbacks of this instant (env.schedule inlined)
             self._kicked = True
-            self._kick.callbacks = self._callbacks
-            env = self.env
-            heappush(env._queue, (env._now, NORMAL, next(env._eid), self._kick))
+            self._schedule_now(self._kick, self._callbacks)
 
     # -------------------------------------------------------------------- reactions
     def _react(self, ev: Event) -> None:
@@ -148,7 +146,7 @@ class FluidMedium:
                 return
         else:
             return
-        now = self.env._now
+        now = _clock_now(self.env)
         while True:
             flows = self.flows
             if flows:
@@ -184,13 +182,11 @@ class FluidMedium:
                         self.flows = flows = []
                     else:
                         self.flows = flows = [f for f in flows if f not in finished]
-                    env = self.env
+                    succeed_at = self._succeed_at
                     for flow in finished:  # delivered flow.delay after its last byte
                         flow.remaining = 0.0
                         flow.t_out = now
-                        flow._ok = True
-                        flow._value = None
-                        heappush(env._queue, (now + flow.delay, NORMAL, next(env._eid), flow))
+                        succeed_at(flow, now + flow.delay)
             pending = self._pending
             if pending:
                 flows.extend(pending)
@@ -222,12 +218,6 @@ class FluidMedium:
                 self._timer = None  # nothing progresses: wait for a submission
                 return
             if dt > EPS_T:  # the timer: a new bare event (Event(env) and env.schedule inlined)
-                env = self.env
-                self._timer = timer = _new(Event)
-                timer.env = env
-                timer.callbacks = self._callbacks
-                timer._ok = True
-                timer._value = None
-                heappush(env._queue, (now + dt, NORMAL, next(env._eid), timer))
+                self._timer = self._timer_at(now + dt, self._callbacks)
                 return
             # a completion or breakpoint below the clock's resolution: react again at once

@@ -60,7 +60,10 @@ from typing import Callable, Sequence
 
 import numpy as np
 import simpy
-from simpy.events import NORMAL, PENDING, Event
+from simpy.events import Event
+
+from llsim.kernel import call_later, fast_paths, set_value, succeed_with
+from llsim.kernel import now as _clock_now
 
 from llsim.errors import LLSimError
 from llsim.network.fluid import Flow, FluidMedium, Rates
@@ -117,14 +120,11 @@ class _Route:
         self.alone = alone  # rates of a transfer alone on the medium (None when they vary: trace)
 
 
-_new = object.__new__
-
-
 def _record(src, dst, nbytes, start, end, tag, hops, wake_s, transmit_s, airtime_s, latency_s, retransmits,
             retransmit_s) -> TransferRecord:
     """``TransferRecord(...)`` with every field given, without the frozen dataclass's per-field
     ``object.__setattr__`` calls (the same object: it has no ``__post_init__``)."""
-    rec = _new(TransferRecord)
+    rec = object.__new__(TransferRecord)  # not an event: a frozen dataclass filled without __init__
     rec.__dict__.update(src=src, dst=dst, nbytes=nbytes, start=start, end=end, tag=tag, hops=hops, wake_s=wake_s,
                         transmit_s=transmit_s, airtime_s=airtime_s, latency_s=latency_s, retransmits=retransmits,
                         retransmit_s=retransmit_s)
@@ -164,6 +164,7 @@ class Network:
     ):
         links = self.links = link_model(cfg, stations, base_dir)  # the analytic model of the network's kind
         self.env = env
+        self._new_pending = fast_paths(env).new_pending
         self.cfg = cfg = links.cfg
         self.kind: str = cfg.kind
         self.stations = links.stations
@@ -348,16 +349,11 @@ class Network:
             raise ValueError(f"transfer {src}->{dst}: nbytes must be >= 0, not {nbytes}")
         nbytes = int(nbytes)
         env = self.env
-        start = env._now
+        start = _clock_now(env)
         # the event (Event.__init__ inlined), which is also the flow (see fluid.Flow)
-        ev = _new(_Transfer)
-        ev.env = env
-        ev._value = PENDING
+        ev = self._new_pending(_Transfer)
         if src == dst:
-            ev.callbacks = []
-            ev._ok = True
-            ev._value = TransferRecord(src, dst, nbytes, start, start, tag, hops=0) if _record else None
-            env.schedule(ev)
+            succeed_with(env, ev, TransferRecord(src, dst, nbytes, start, start, tag, hops=0) if _record else None)
             return ev
         ev.callbacks = [self._arrived]
         route = self._routes[src][dst]
@@ -413,11 +409,7 @@ class Network:
         ev.delay = latency + retx
         ev.record = _record
         if wake > 0:
-            t = Event(env)
-            t._ok = True
-            t._value = None
-            t.callbacks.append(ev._enter)
-            env.schedule(t, NORMAL, wake)
+            call_later(env, wake, ev._enter)
         else:
             ev.t_in = start
             self._medium.submit(ev)
@@ -430,7 +422,7 @@ class Network:
         busy = self._busy
         busy[src] -= 1
         busy[dst] -= 1
-        end = self.env._now
+        end = _clock_now(self.env)
         last = self._last_active
         if end > last[src]:
             last[src] = end
@@ -447,11 +439,10 @@ class Network:
         if ev.record or self.on_transfer is not None:
             rec = _record(src, dst, nbytes, ev.start, end, ev.tag, len(ev.hops), ev.wake, ev.t_out - ev.t_in,
                           ev.airtime, ev.latency, ev.k, ev.retx)
-            ev._value = rec if ev.record else None
+            set_value(ev, rec if ev.record else None)
             if self.on_transfer is not None:
                 self.on_transfer(rec)
-        else:
-            ev._value = None
+        # else: the value is already None (the medium delivered it with kernel.succeed_at)
 
     def _draw_half_rtts(self) -> list[float]:
         """The next :data:`RTT_BLOCK` one-way latencies (RTT/2), reversed so that ``pop()`` takes them

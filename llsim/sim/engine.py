@@ -8,30 +8,35 @@ for its phone (one segment execution at a time), computes for the cost model's t
 each of its outgoing routes over the network as one message per destination. The tail samples the
 token and sends its 4-byte id back to the header. Several requests in flight pipeline across phones
 (closed loop with N concurrent, or open loop with Poisson arrivals).
+
+A stage runs on its device's node (:mod:`llsim.sim.node`: the interface, and the simulated phone
+that implements it from the cost model); events are scheduled through simpy's public API or the
+clock kernel's fast paths (:mod:`llsim.kernel`, the only code that knows simpy's internals); the
+coordinator (:mod:`llsim.sim.dynamics`) drives a run through the coordinator API below. See
+docs/engine.md.
 """
 from __future__ import annotations
 
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from heapq import heappop, heappush
 
 import numpy as np
 import simpy
-from simpy.events import NORMAL, PENDING, Event
+from simpy.events import Event
 
 from llsim.alloc.plan import Plan
 from llsim.cost.steps import (TOKEN_BYTES, StepGraphs, affine, kv_anchors, kv_bytes_per_token, module_activation_bytes,
-                              stage_routes, stage_seconds, step_shape)
+                              reprefill_shape, stage_routes, stage_seconds, step_shape)
 from llsim.errors import LLSimError
+from llsim.kernel import Clock, VirtualClock
 from llsim.model.graph import ModelGraph
 from llsim.network import Network, StationSpec
 from llsim.scenario import Scenario
-from llsim.sim.cluster import DeviceInstance
+from llsim.cluster import DeviceInstance
+from llsim.sim.node import MemoryOverflow, Node, StepWork, make_node
 
-_new = object.__new__
 CHUNK = 20000  # events between two checks of the wall-clock budget
-INF = float("inf")
 
 
 @dataclass
@@ -78,74 +83,6 @@ class StepModel:
         return step_shape(self.sc.workload.mode, self.sc.workload.prompt_tokens, step)
 
 
-class PhoneLock:
-    """One segment execution at a time, granted in request order (the semantics of a
-    ``simpy.Resource(capacity=1)``): a free lock is taken without an event; a busy one queues the
-    requester, and :meth:`release` hands it straight to the head of the queue."""
-
-    __slots__ = ("env", "held", "queue")
-
-    def __init__(self, env: simpy.Environment):
-        self.env = env
-        self.held = False
-        self.queue: deque[Event] = deque()
-
-    def request(self) -> Event | None:
-        """``None`` if the lock was free and is now held, else an event to yield (fires when granted)."""
-        if not self.held:
-            self.held = True
-            return None
-        ev = Event(self.env)
-        self.queue.append(ev)
-        return ev
-
-    def release(self) -> None:
-        if self.queue:  # still held: now by the next requester (its event's succeed(), inlined)
-            ev = self.queue.popleft()
-            ev._ok = True
-            ev._value = None
-            env = self.env
-            heappush(env._queue, (env._now, NORMAL, next(env._eid), ev))
-        else:
-            self.held = False
-
-
-@dataclass
-class Node:
-    """A simulated phone: one segment execution at a time; memory accounted."""
-
-    dev: DeviceInstance
-    lock: PhoneLock
-    static_bytes: int  # weights + activation buffers
-    kv_per_token: int  # KV-cache bytes per cached token of one request (0 in recompute mode)
-    kv_tokens: int = 0
-    busy_s: float = 0.0
-    peak_bytes: int = 0
-    speed: float = 1.0  # run-time multiplier: throttle x background x thermal (see update_speed)
-    dead: bool = False  # left the cluster (crash, killed, out of range)
-    throttle: float = 1.0
-    background: list[float] = field(default_factory=list)  # shares of the cores taken by other apps
-    thermal: tuple[float, float] | None = None  # (time to throttle s, sustained / peak) when modelled
-    heat_s: float = 0.0  # busy seconds not yet cooled off
-    hot: bool = False
-    last_end: float = 0.0
-    noise: float = 0.0  # lognormal sigma of each execution's time
-
-    @property
-    def used_bytes(self) -> int:
-        return self.static_bytes + self.kv_tokens * self.kv_per_token
-
-    def update_speed(self) -> None:
-        f = self.throttle * (self.thermal[1] if (self.thermal and self.hot) else 1.0)
-        for share in self.background:
-            f *= 1.0 - share
-        self.speed = f
-
-
-class MemoryOverflow(Exception):
-    pass
-
-
 @dataclass
 class SimResult:
     tokens: list[dict] = field(default_factory=list)
@@ -180,10 +117,11 @@ class Epoch:
 
 class Simulation:
     def __init__(self, sc: Scenario, devices: list[DeviceInstance], plan: Plan, progress=None,
-                 timeline: bool = True, graphs: dict | None = None):
+                 timeline: bool = True, graphs: dict | None = None, clock: Clock | None = None):
         self.sc, self.devices, self.plan = sc, devices, plan
         self.progress = progress
-        self.env = simpy.Environment()
+        self.clock = VirtualClock() if clock is None else clock  # simulated time unless given another clock
+        self.env = self.clock.env
         ss = np.random.SeedSequence(sc.seed)
         net_seed, wl_seed = ss.spawn(2)
         dyn_seed, = ss.spawn(1)  # a third child: the first two draw what they drew before dynamics existed
@@ -197,8 +135,9 @@ class Simulation:
                            base_dir=sc.path.parent if sc.path else None,
                            on_transfer=self._on_transfer if timeline else None)
         self._graphs: dict = {} if graphs is None else graphs  # model graphs per step shape (shareable across runs)
-        self.nodes = {d.index: Node(d, PhoneLock(self.env), 0, 0) for d in devices}
+        self.nodes = {d.index: make_node(d, self.env, self.dyn_rng, self.mark) for d in devices}
         self.present: dict[int, frozenset[int]] = {d.index: frozenset() for d in devices}
+        self.replica_target: dict[int, tuple[int, int]] = {}  # modules (lo, hi) each phone holds as replicas
         self.epoch = self._make_epoch(plan, 0, check=True)
         self.plan_history: list[tuple[float, str, Plan]] = [(0.0, "initial", plan)]  # (from, change, plan)
         self.tokens: list[dict] = []
@@ -225,7 +164,7 @@ class Simulation:
 
             setup_dynamics(self)
         for n in self.nodes.values():
-            n.peak_bytes = n.used_bytes
+            n.reset_peak()
 
     # ---- set-up ------------------------------------------------------------------------------
     def _make_epoch(self, plan: Plan, index: int, check: bool = False, replicas: dict | None = None) -> Epoch:
@@ -240,7 +179,7 @@ class Simulation:
         running = {st.device: st for st in plan.stages}
         if replicas is not None:
             self.replica_target = replicas
-        target = getattr(self, "replica_target", {})
+        target = self.replica_target
         for d, node in self.nodes.items():
             st = running.get(d)
             run = set(range(st.start_module, st.end_module + 1)) if st is not None else set()
@@ -251,12 +190,12 @@ class Simulation:
             held = run | {m for m in self.present[d] if lo <= m <= hi}
             weights = sum(mods_all[m].param_bytes for m in held)
             if st is None:
-                node.static_bytes, node.kv_per_token = weights, 0
+                node.set_memory(weights, 0)
                 continue
             mods = mods_all[st.start_module:st.end_module + 1]
             act = max(module_activation_bytes(g_prefill, g_last)[st.start_module:st.end_module + 1])
             kv_tok = sum(kv_bytes_per_token(mods, w.mode))
-            node.static_bytes, node.kv_per_token = weights + act, kv_tok
+            node.set_memory(weights + act, kv_tok)
             need = node.static_bytes + kv_tok * max_ctx
             d_ = node.dev
             if check and need > d_.budget_bytes:
@@ -268,6 +207,109 @@ class Simulation:
                              " (add devices, choose an allocation strategy that respects memory, or lower the context)")
         devs = [st.device for st in plan.stages]
         return Epoch(index, plan, steps, devs, [self.nodes[d] for d in devs], self.env.event())
+
+    # ---- the coordinator's API (llsim.sim.dynamics drives the engine through these alone) -----------
+    def attach_balancer(self, monitor, balancer, problem) -> None:
+        """The coordinator's monitor, its balancer policy and the allocation problem it plans with."""
+        self.monitor, self.balancer, self.problem = monitor, balancer, problem
+
+    def hold_replicas(self, held: dict[int, tuple[int, int]]) -> None:
+        """Before the run: each phone ``d`` also holds the weights of modules ``held[d] = (lo, hi)``
+        (replicas for a quick switch); the initial plan's memory is recomputed with them."""
+        self.present = {d: frozenset(range(lo, hi + 1)) for d, (lo, hi) in held.items()} | {
+            d: frozenset() for d in self.nodes if d not in held}
+        self.epoch = self._make_epoch(self.plan, 0, replicas=held)
+
+    def begin_switch(self) -> None:
+        """A decision is being carried out: the coordinator takes no other until it is done."""
+        self.switching = True
+
+    def close_gate(self) -> None:
+        """The header stops admitting steps (until :meth:`switch_plan`)."""
+        self.gate = self.env.event()
+
+    def drain(self) -> Event | None:
+        """An event that fires when no step is in the pipeline any more (``None``: none is)."""
+        if not self.active:
+            return None
+        self._drained = self.env.event()
+        return self._drained
+
+    def abandon_plan(self, lose_kv: bool) -> None:
+        """The plan in force is broken (a phone of it is gone): its in-flight steps are abandoned,
+        each retried under the next plan from its request's last completed token; with ``lose_kv``
+        every in-flight request's KV cache is recomputed first."""
+        old = self.epoch
+        old.broken = True
+        old.ended.succeed()
+        if lose_kv:
+            self.lost_kv.update(self.req_cached)
+
+    def end_run(self, error: str) -> None:
+        """A terminal decision: the run ends with ``error``."""
+        self.error = error
+        old = self.epoch
+        old.broken = True
+        old.ended.succeed()
+        if not self.done.triggered:
+            self.done.succeed()
+        self.switching = False
+
+    def add_weights(self, d: int, module: int) -> None:
+        """Module ``module``'s weights are now stored on phone ``d``."""
+        self.present[d] = self.present[d] | {module}
+
+    def switch_plan(self, plan: Plan, change: str, replicas: dict | None, keep_kv: bool) -> Epoch:
+        """``plan`` takes over now (a new epoch; ``change`` names why in the plan history), the gate
+        opens. With ``keep_kv`` the in-flight requests' KV caches moved to the new plan's phones."""
+        old = self.epoch
+        new = self._make_epoch(plan, old.index + 1, replicas=replicas)
+        cached = self.inflight_cached_tokens() if keep_kv else 0
+        for node in self.nodes.values():
+            node.set_kv_tokens(cached if node in new.nodes else 0)
+        self.epoch = new
+        self.plan_history.append((self.env.now, change, plan))
+        if not old.ended.triggered:
+            old.ended.succeed()
+        gate, self.gate = self.gate, None
+        gate.succeed()
+        self.switching = False
+        return new
+
+    def stage_replicas(self, replicas: dict[int, tuple[int, int]], weight_bytes) -> None:
+        """In the background, copy to each phone ``d`` the modules of ``replicas[d] = (lo, hi)`` it
+        does not have, each from a phone of the plan in force that has it (``weight_bytes[m]``)."""
+        ep = self.epoch
+        for d, (lo, hi) in replicas.items():
+            want = [m for m in range(lo, hi + 1) if m not in self.present[d]]
+            for m in want:
+                src = next((s for s in ep.devs if m in self.present[s] and s != d and not self.nodes[s].dead), None)
+                if src is not None:
+                    self.env.process(self._stage_replica(src, d, m, int(weight_bytes[m])))
+
+    def _stage_replica(self, src: int, dst: int, m: int, nb: int):
+        yield self.net.transfer(src, dst, nb, f"replica m{m}")
+        if not self.nodes[dst].dead and m not in self.present[dst]:
+            self.present[dst] = self.present[dst] | {m}
+            lo, hi = self.replica_target.get(dst, (0, -1))
+            if lo <= m <= hi:
+                self.nodes[dst].add_static(nb)
+
+    def leave(self, d: int, reason: str) -> None:
+        """Phone ``d`` disappears without notice (the ground truth; the coordinator notices late)."""
+        if not self.nodes[d].leave():
+            return
+        self.mark(f"leave ({reason})", d)
+        if self.balancer is None and d in self.epoch.devs:
+            self.stop_note = f"{self.devices[d].name} left ({reason}) and the balancer is off"
+
+    def inflight_cached_tokens(self) -> int:
+        """Tokens cached by the requests in flight (their KV caches' length, summed)."""
+        return sum(self.req_cached.values())
+
+    def span(self, name: str, start: float, args: dict) -> None:
+        """A span on the timeline from ``start`` to now (a rebalance's stall)."""
+        self.timeline.append({"kind": "span", "name": name, "start": start, "end": self.env.now, "args": args})
 
     # ---- timeline ----------------------------------------------------------------------------
     def _on_transfer(self, rec) -> None:
@@ -281,13 +323,6 @@ class Simulation:
                               "device": -1 if device is None else device, "args": args})
 
     # ---- processes -----------------------------------------------------------------------------
-    def _overflow(self, node: Node, used: int) -> None:
-        """``node`` now holds ``used`` bytes, over its budget: the run's terminal error."""
-        self.error = (f"memory overflow at t={self.env.now:.3f}s on {node.dev.name}: {used / 1e9:.2f} GB used "
-                      f"> budget {node.dev.budget_bytes / 1e9:.2f} GB ({node.kv_tokens} cached tokens); "
-                      "lower concurrency or context, or give that phone fewer modules")
-        raise MemoryOverflow(self.error)
-
     def _finished(self) -> None:
         self.completed += 1
         if self.completed == self.sc.workload.requests and not self.done.triggered:
@@ -304,15 +339,9 @@ class Simulation:
     def request(self, rid: int):
         """One request's steps, each under the plan in force when it starts (an epoch). A step that
         meets a phone that is gone waits outside the pipeline (:meth:`_stall`) and, like a step of a
-        plan declared broken, is retried under the next plan. (The stage loop is inline: each event
-        resumes this one generator, no delegation.)"""
+        plan declared broken, is retried under the next plan (from its last completed token)."""
         env, w = self.env, self.sc.workload
         kv_mode = w.mode == "kv_cache"
-        queue, eid = env._queue, env._eid
-        transfer = self.net.send  # we only wait for arrivals: no TransferRecord values
-        tags = self.want_timeline  # transfer tags only show in the timeline
-        timeline = self.timeline
-        mon = self.monitor
         submit = env.now
         self.submitted += 1
         if w.tokenize_ms:
@@ -327,102 +356,27 @@ class Simulation:
                 if self.done.triggered:
                     return  # a terminal event ended the run
                 ep = self.epoch
-                devs, nodes = ep.devs, ep.nodes
                 if rid in self.lost_kv:  # a phone left with part of this request's KV cache: recompute it
                     self.lost_kv.discard(rid)
                     self.req_cached[rid] = 0
                     reprefill = kv_mode and step > 0
                 if reprefill:
-                    S = w.prompt_tokens + step
+                    S, _ = reprefill_shape(w.prompt_tokens, step)
                     cost = ep.steps.get(S, 0)
                 else:
                     S, cost = ep.step_cost(step)
                 self.active += 1
-                ok = True
-                pending: list[list] = [[] for _ in devs]
-                for s in range(len(devs)):
-                    for ev in pending[s]:  # every tensor routed to this stage has arrived
-                        if ev.callbacks is not None:
-                            yield ev
-                    node = nodes[s]
-                    if ep.broken or node.dead:
-                        ok = False if ep.broken else (yield from self._stall(ep))
-                        break
-                    lock = node.lock
-                    grant = lock.request()
-                    if grant is not None:
-                        yield grant
-                    if ep.broken or node.dead:
-                        lock.release()
-                        ok = False if ep.broken else (yield from self._stall(ep))
-                        break
-                    if kv_mode:  # this step's tokens join the phone's KV cache
-                        node.kv_tokens += S
-                        used = node.used_bytes
-                        if used > node.peak_bytes:
-                            node.peak_bytes = used
-                        if used > node.dev.budget_bytes:
-                            lock.release()
-                            self._overflow(node, used)
-                    t0 = env._now
-                    if node.thermal is not None:
-                        node.heat_s = max(0.0, node.heat_s - (t0 - node.last_end))
-                        hot = node.heat_s >= node.thermal[0] if not node.hot else node.heat_s > node.thermal[0] / 2
-                        if hot != node.hot:
-                            node.hot = hot
-                            node.update_speed()
-                            self.mark("thermal throttled" if hot else "thermal recovered", devs[s])
-                    dur = cost.stage_seconds[s] / node.speed
-                    if node.noise:
-                        dur *= float(self.dyn_rng.lognormal(0.0, node.noise))
-                    # compute: env.timeout(dur), with Timeout.__init__ and Environment.schedule inlined
-                    tm = _new(Event)
-                    tm.env = env
-                    tm.callbacks = []
-                    tm._ok = True
-                    tm._value = None
-                    heappush(queue, (env._now + dur, NORMAL, next(eid), tm))
-                    yield tm
-                    t1 = env._now
-                    node.busy_s += t1 - t0
-                    node.last_end = t1
-                    if node.thermal is not None:
-                        node.heat_s += t1 - t0
-                    if mon is not None and not node.dead:
-                        mon.stage_time(devs[s], t1, t1 - t0, cost.stage_seconds[s])  # what the phone reports
-                    if tags and len(timeline) < 400_000:
-                        timeline.append({"kind": "compute", "device": devs[s], "start": t0,
-                                         "end": t1, "request": rid, "step": step, "stage": s,
-                                         "memory": node.used_bytes})  # the phone's memory in use at t1
-                    lock.release()
-                    if node.dead:  # died mid-step: its outputs never leave
-                        ok = yield from self._stall(ep)
-                        break
-                    src = devs[s]
-                    for dst, nb in cost.routes[s]:
-                        pending[dst].append(transfer(src, devs[dst], nb, f"r{rid}s{step}:{s}->{dst}" if tags else ""))
-                else:
-                    if w.sample_ms:
-                        yield env.timeout(w.sample_ms / 1e3)
-                    if devs[-1] != devs[0]:
-                        yield transfer(devs[-1], devs[0], TOKEN_BYTES * w.batch, f"r{rid}s{step}:token" if tags else "")
-                    if ep.broken or nodes[0].dead:
-                        ok = False if ep.broken else (yield from self._stall(ep))
+                ok = yield from self._step(StepWork(ep, rid, step, S, reprefill, cost, S if kv_mode else 0))
                 self._park()
                 if not ok:
                     self.retried_steps += 1
                     continue
                 self.req_cached[rid] += S
-                now = env.now
-                self.tokens.append({"request": rid, "token": step, "kind": "prefill" if step == 0 else "decode",
-                                    "time_s": now, "latency_ms": (now - last) * 1e3,
-                                    "since_submit_ms": (now - submit) * 1e3})
-                last = now
-                if self.progress:
-                    self.progress(1)
+                last = self._token(rid, step, submit, last)
                 step += 1
                 reprefill = False
-        except MemoryOverflow:
+        except MemoryOverflow as e:
+            self.error = e.args[0]
             if not self.done.triggered:
                 self.done.succeed()
             return
@@ -430,8 +384,63 @@ class Simulation:
             cached = self.req_cached.pop(rid, 0)
             if kv_mode:
                 for nd in self.epoch.nodes:
-                    nd.kv_tokens = max(0, nd.kv_tokens - cached)
+                    nd.free_kv(cached)
         self._finished()
+
+    def _step(self, work: StepWork):
+        """One step through the stages of ``work.epoch`` (the stage loop is inline: each event of a
+        step resumes this one generator); ``True`` when its token reached the header, ``False`` if
+        it must be retried."""
+        env, w, ep, rid, step = self.env, self.sc.workload, work.epoch, work.request, work.step
+        devs, nodes, cost = ep.devs, ep.nodes, work.cost
+        transfer = self.net.send  # we only wait for arrivals: no TransferRecord values
+        tags = self.want_timeline  # transfer tags only show in the timeline
+        timeline = self.timeline
+        mon = self.monitor
+        pending: list[list] = [[] for _ in devs]
+        for s in range(len(devs)):
+            for ev in pending[s]:  # every tensor routed to this stage has arrived
+                if ev.callbacks is not None:
+                    yield ev
+            node = nodes[s]
+            if ep.broken or node.dead:
+                return False if ep.broken else (yield from self._stall(ep))
+            grant = node.acquire()
+            if grant is not None:
+                yield grant
+            if ep.broken or node.dead:
+                node.release()
+                return False if ep.broken else (yield from self._stall(ep))
+            yield node.run(s, work)
+            t0, t1, measured = node.finish()
+            if mon is not None and not node.dead:
+                mon.stage_time(devs[s], t1, measured, cost.stage_seconds[s])  # what the phone reports
+            if tags and len(timeline) < 400_000:
+                timeline.append({"kind": "compute", "device": devs[s], "start": t0,
+                                 "end": t1, "request": rid, "step": step, "stage": s,
+                                 "memory": node.used_bytes})  # the phone's memory in use at t1
+            if node.dead:  # died mid-step: its outputs never leave
+                return (yield from self._stall(ep))
+            src = devs[s]
+            for dst, nb in cost.routes[s]:
+                pending[dst].append(transfer(src, devs[dst], nb, f"r{rid}s{step}:{s}->{dst}" if tags else ""))
+        if w.sample_ms:
+            yield env.timeout(w.sample_ms / 1e3)
+        if devs[-1] != devs[0]:
+            yield transfer(devs[-1], devs[0], TOKEN_BYTES * w.batch, f"r{rid}s{step}:token" if tags else "")
+        if ep.broken or nodes[0].dead:
+            return False if ep.broken else (yield from self._stall(ep))
+        return True
+
+    def _token(self, rid: int, step: int, submit: float, last: float) -> float:
+        """Step ``step`` of request ``rid`` produced its token now; returns now."""
+        now = self.env.now
+        self.tokens.append({"request": rid, "token": step, "kind": "prefill" if step == 0 else "decode",
+                            "time_s": now, "latency_ms": (now - last) * 1e3,
+                            "since_submit_ms": (now - submit) * 1e3})
+        if self.progress:
+            self.progress(1)
+        return now
 
     def _stall(self, ep: Epoch):
         """A phone of this plan is gone (not yet detected): wait, outside the pipeline, for the next plan."""
@@ -484,37 +493,9 @@ class Simulation:
         return self._result(events, wall, stop_reason)
 
     def _advance(self, limit: int) -> tuple[int, str | None]:
-        """Process up to ``limit`` events; returns how many were processed and why it stopped early
-        (``None``: it did not). Each event is processed as ``Environment.step`` does (its body,
-        inlined: it is the innermost loop of every run): pop the earliest, advance the clock, run
-        its callbacks, and fail the run on a failed event nobody handled. It stops before an event
-        later than ``duration.max_sim_s`` (left in the queue), when the run is done, or when no
-        event is left."""
-        env = self.env
-        queue = env._queue
-        done = self.done
-        max_sim_s = self.sc.duration.max_sim_s
-        for n in range(limit):
-            if done._value is not PENDING:
-                return n, "completed"
-            try:
-                item = heappop(queue)
-            except IndexError:
-                return n, "deadlock" if max_sim_s == INF else "stalled"
-            t = item[0]
-            if t > max_sim_s:
-                heappush(queue, item)
-                return n, "max_sim_s"
-            env._now = t
-            event = item[3]
-            callbacks, event.callbacks = event.callbacks, None
-            for callback in callbacks:
-                callback(event)
-            if not event._ok and not hasattr(event, "_defused"):
-                exc = type(event._value)(*event._value.args)  # as Environment.step
-                exc.__cause__ = event._value
-                raise exc
-        return limit, None
+        """Process up to ``limit`` events (:meth:`llsim.kernel.Clock.run_until`); returns how many were
+        processed and why it stopped early (``None``: it did not)."""
+        return self.clock.run_until(self.done, limit, self.sc.duration.max_sim_s)
 
     def _result(self, events: int, wall: float, stop_reason: str) -> SimResult:
         env, w = self.env, self.sc.workload
@@ -557,6 +538,11 @@ class Simulation:
             metrics.update(dynamic_metrics(self, makespan))
         if self.error:
             metrics["error"] = self.error
+        return SimResult(toks, self._device_rows(sim_t), self.net.link_stats(), self.timeline, metrics, self.error,
+                         self.rebalances)
+
+    def _device_rows(self, sim_t: float) -> list[dict]:
+        """devices.csv: per device, its modules in each plan, busy time, peak memory, bytes sent."""
         sent = {r["index"]: r for r in self.net.station_stats()}
         dev_rows = []
         stage_of = [{st.device: st for st in p.stages} for _, _, p in self.plan_history]
@@ -574,4 +560,4 @@ class Simulation:
                 "memory_budget_bytes": d.budget_bytes,
                 "bytes_sent": s.get("bytes_sent", 0), "bytes_received": s.get("bytes_received", 0),
             })
-        return SimResult(toks, dev_rows, self.net.link_stats(), self.timeline, metrics, self.error, self.rebalances)
+        return dev_rows
