@@ -9,7 +9,7 @@ from pydantic import Field
 from llsim.errors import LLSimError
 from llsim.events import EVENT_KINDS, EventKind, register_event_kind, unregister_event_kind
 from llsim.scenario import load_scenario
-from llsim.sim.run import simulate
+from llsim.judge.run import simulate
 from test_sim import TOY  # noqa: F401
 from test_sim import toy  # noqa: F401 (fixture)
 

@@ -5,7 +5,7 @@ import pytest
 import llsim.sim.engine as engine
 from llsim.kernel import timeout_now
 from llsim.sim.node import Node
-from llsim.sim.run import simulate
+from llsim.judge.run import simulate
 from test_events import _scenario
 from test_sim import TOY  # noqa: F401
 from test_sim import toy  # noqa: F401 (fixture)
