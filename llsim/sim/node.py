@@ -239,7 +239,7 @@ class SimulatedPhone(Node):
         kv_new = work.kv_new
         if kv_new:  # this step's tokens join the phone's KV cache (Node.cache_tokens, inlined: per stage)
             self.kv_tokens += kv_new
-            used = self.used_bytes
+            used = self.static_bytes + self.kv_tokens * self.kv_per_token  # used_bytes, inlined
             if used > self.peak_bytes:
                 self.peak_bytes = used
             if used > self.dev.budget_bytes:
@@ -266,7 +266,7 @@ class SimulatedPhone(Node):
         self.last_end = t1
         if self.thermal is not None:
             self.heat_s += t1 - t0
-        self.lock.release()
+        self.release()
         return t0, t1, t1 - t0
 
     # ---- dynamics (the scenario's events act through these) --------------------------------------
