@@ -80,9 +80,20 @@ def adb_server(tmp_path_factory):
     mp = pytest.MonkeyPatch()
     mp.setenv("ANDROID_ADB_SERVER_PORT", str(port))
     mp.delenv("ANDROID_ADB_SERVER_HOST", raising=False)
+    prev_term = signal.getsignal(signal.SIGTERM)
+
+    def on_sigterm(signum, frame):  # the run is killed (not Ctrl-C): stop our server by its port, then die as asked
+        subprocess.run([adb, "-P", str(port), "kill-server"], env=env, capture_output=True, timeout=10)
+        for pid in _server_pids(port):
+            os.kill(pid, signal.SIGKILL)
+        signal.signal(signal.SIGTERM, prev_term if prev_term is not None else signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
     try:
         yield {"port": port, "env": dict(env, ANDROID_ADB_SERVER_PORT=str(port)), "adb": adb}
     finally:
+        signal.signal(signal.SIGTERM, prev_term if prev_term is not None else signal.SIG_DFL)
         mp.undo()
         subprocess.run([adb, "-P", str(port), "kill-server"], env=env, capture_output=True, timeout=30)
         end = time.monotonic() + 10
@@ -352,7 +363,9 @@ def test_deploy_interrupted_cleans_up(phones, client):
     assert ph.host_pids() == []
 
 
-def test_deploy_command_ctrl_c_while_holding(phones, client, adb_server):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_deploy_command_ctrl_c_while_holding(phones, client, adb_server, sig):
+    """Ctrl-C, or a SIGTERM (`kill`, a parent shutting down), stops the held worker and its forward."""
     ph = phones.add("kirin-990")
     p = subprocess.Popen([sys.executable, "-m", "llsim", "hil", "deploy", ph.serial, "--worker", str(STANDIN_WORKER),
                           "--hold"], env=adb_server["env"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -361,7 +374,7 @@ def test_deploy_command_ctrl_c_while_holding(phones, client, adb_server):
         assert lines[-1].startswith("ready: 127.0.0.1:"), (lines, p.poll())
         local = int(lines[-1].split()[1].rsplit(":", 1)[1])
         assert _listening(local) and len(ph.host_pids()) == 1
-        p.send_signal(signal.SIGINT)
+        p.send_signal(sig)
         assert p.wait(30) == 130 and "interrupted" in p.stderr.read()
     finally:
         if p.poll() is None:

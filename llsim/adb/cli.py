@@ -110,7 +110,12 @@ def cmd_doctor(args) -> int:
 
 
 # ---- llsim hil deploy ----------------------------------------------------------------------------
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def cmd_deploy(args) -> int:
+    import signal
     import time
     from pathlib import Path
 
@@ -122,6 +127,8 @@ def cmd_deploy(args) -> int:
     with deploy(args.serial, Path(args.worker), [Path(f) for f in args.file], phone_port=args.phone_port,
                 local_port=args.local_port, methods=methods, start_timeout=args.timeout,
                 manual_timeout=args.manual_timeout, log=say) as d:
+        if args.hold:  # from here on, `kill` (or a parent's shutdown) stops it as Ctrl-C does
+            prev = signal.signal(signal.SIGTERM, _interrupt)
         report = {"serial": d.serial, "method": d.method, "local_port": d.local_port, "phone_port": d.phone_port,
                   "pushed": d.pushed, "skipped": d.skipped, "tried": d.tried,
                   "timings_s": {k: round(v, 3) for k, v in d.timings.items()}, "secret_file": d.secret_path}
@@ -131,9 +138,12 @@ def cmd_deploy(args) -> int:
             print(f"ready: 127.0.0.1:{d.local_port} reaches the worker on {d.serial} (started by {d.method}); "
                   f"pushed {len(d.pushed)}, skipped {len(d.skipped)} (same sha256)", flush=True)
         if args.hold:
-            print("holding until Ctrl-C", file=sys.stderr, flush=True)
-            while True:
-                time.sleep(3600)
+            print("holding until Ctrl-C (or SIGTERM)", file=sys.stderr, flush=True)
+            try:
+                while True:
+                    time.sleep(3600)
+            finally:
+                signal.signal(signal.SIGTERM, prev)
     if not args.json:
         print("stopped: worker stopped, forward and secrets removed")
     return 0
