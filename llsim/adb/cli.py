@@ -244,7 +244,7 @@ def register(sub) -> None:
     m.add_argument("--method", default="auto", help="auto, or a comma-separated order of run-command, run-as, manual")
     m.add_argument("--timeout", type=float, default=20.0, help="seconds for the worker to answer per method")
     m.add_argument("--manual-timeout", type=float, default=120.0)
-    m.add_argument("--hold", action="store_true", help="keep it running until Ctrl-C")
+    m.add_argument("--hold", action="store_true", help="keep it running until Ctrl-C or SIGTERM")
     m.add_argument("--json", action="store_true")
     m.set_defaults(fn=cmd_deploy)
 
