@@ -98,6 +98,18 @@ class _Pricer:
         return c
 
 
+def _next_stages(D: int, n: int, mask: int, a: int, fits):
+    """Every stage (d, b) that can follow a partial plan ending before module ``a``: a device ``d``
+    not yet in ``mask`` taking modules a..b, b growing while the stage fits (memory is monotone in b)."""
+    for d in range(D):
+        if mask >> d & 1:
+            continue
+        for b in range(a, n):
+            if not fits(d, a, b):
+                break
+            yield d, b
+
+
 def _pareto(labels: list[tuple]) -> list[tuple]:
     labels.sort()
     out: list[tuple] = []
@@ -135,16 +147,11 @@ def solve(pb: AllocProblem, objective: str | None = None, wake: dict[int, float]
                         if tot < best_val - 1e-15:
                             best_val, best_plan = tot, plan_from_backpointers(table, (mask, last, nxt), "oracle")
                         continue
-                    for d in range(D):
-                        if mask >> d & 1:
-                            continue
-                        for b in range(a, n):
-                            if not fits(d, a, b):
-                                break
-                            c = cost + pr.compute(d, a, b) + pr.receive(last, d, a, b)
-                            key = (mask | 1 << d, d, b + 1)
-                            if key not in table or c < table[key][0]:
-                                table[key] = (c, (mask, last, a), (d, a, b))
+                    for d, b in _next_stages(D, n, mask, a, fits):
+                        c = cost + pr.compute(d, a, b) + pr.receive(last, d, a, b)
+                        key = (mask | 1 << d, d, b + 1)
+                        if key not in table or c < table[key][0]:
+                            table[key] = (c, (mask, last, a), (d, a, b))
         else:
             lat = _Pricer(pb, pb.thr, pb.thr.links, h, True, wake)
             air = _Pricer(pb, pb.thr, pb.thr.links, h, False, {})
@@ -172,18 +179,13 @@ def solve(pb: AllocProblem, objective: str | None = None, wake: dict[int, float]
                             if val < best_val - 1e-15:
                                 best_val, best_plan = val, _backtrack_labels(labels, key, lab)
                             continue
-                        for d in range(D):
-                            if mask >> d & 1:
+                        for d, b in _next_stages(D, n, mask, a, fits):
+                            c = lat.compute(d, a, b)
+                            nl = (max(mc, c), ar + air.receive(last, d, a, b), rg + c + lat.receive(last, d, a, b),
+                                  (key, lab), (d, a, b))
+                            if max(nl[0], nl[2] / N) >= best_val:
                                 continue
-                            for b in range(a, n):
-                                if not fits(d, a, b):
-                                    break
-                                c = lat.compute(d, a, b)
-                                nl = (max(mc, c), ar + air.receive(last, d, a, b), rg + c + lat.receive(last, d, a, b),
-                                      (key, lab), (d, a, b))
-                                if max(nl[0], nl[2] / N) >= best_val:
-                                    continue
-                                labels.setdefault((mask | 1 << d, d, b + 1), []).append(nl)
+                            labels.setdefault((mask | 1 << d, d, b + 1), []).append(nl)
                 nxt = a + 1
                 for key in [k for k in labels if k[2] == nxt]:
                     labels[key] = [lab for lab in _pareto_full(labels[key])]
@@ -264,15 +266,10 @@ def solve_full(pb: AllocProblem, objective: str | None = None, max_nodes: int = 
             if cost + rest[a] + (tok_min if len(stages) else 0.0) >= best_val:
                 continue
             last = stages[-1][0]
-            for d in range(D):
-                if mask >> d & 1:
-                    continue
-                for b in range(a, n):
-                    if not fits(d, a, b):
-                        break
-                    c = cost + pr.compute(d, a, b) + pr.receive(last, d, a, b)
-                    done = c + (pr.token(d) if b == n - 1 else rest[b + 1] + tok_min)
-                    if done < best_val:
-                        stack.append((c + (pr.token(d) if b == n - 1 else 0.0), b + 1, mask | 1 << d,
-                                      stages + ((d, a, b),)))
+            for d, b in _next_stages(D, n, mask, a, fits):
+                c = cost + pr.compute(d, a, b) + pr.receive(last, d, a, b)
+                done = c + (pr.token(d) if b == n - 1 else rest[b + 1] + tok_min)
+                if done < best_val:
+                    stack.append((c + (pr.token(d) if b == n - 1 else 0.0), b + 1, mask | 1 << d,
+                                  stages + ((d, a, b),)))
     return OracleResult(best_plan, best_val, time.perf_counter() - t0, nodes)
