@@ -186,28 +186,26 @@ def deploy(serial: str, worker: Path, files: Sequence[Path] = (), *, secret: byt
                                     worker_args).encode(), start_sh, mode=0o644)
         dev.sync.push(_stop_script(run_id, secret_path).encode(), stop_sh, mode=0o644)
         t1 = time.monotonic()
+        # the automatic methods: how each starts the worker, and what it means when it then stays silent
+        starters = {
+            "run-command": (lambda: T.start_run_command(dev, T.SH, [start_sh]),
+                            "Termux accepted RUN_COMMAND but the worker did not answer within "
+                            f"{start_timeout:g} s (allow-external-apps not true, or python missing?)"),
+            "run-as": (lambda: T.start_run_as(dev, f"sh {start_sh}"),
+                       f"started by run-as but did not answer within {start_timeout:g} s"),
+        }
         for method in methods:
             doing = f"starting the worker ({method})"
-            if method == "run-command":
-                why = T.start_run_command(dev, T.SH, [start_sh])
+            if method in starters:
+                start, silent = starters[method]
+                why = start()
                 if why:
                     dep.tried[method] = why
                     continue
                 launched.append(method)
                 s = T.wait_port(dev, phone_port, start_timeout)
                 if s is None:
-                    dep.tried[method] = ("Termux accepted RUN_COMMAND but the worker did not answer within "
-                                         f"{start_timeout:g} s (allow-external-apps not true, or python missing?)")
-                    continue
-            elif method == "run-as":
-                why = T.start_run_as(dev, f"sh {start_sh}")
-                if why:
-                    dep.tried[method] = why
-                    continue
-                launched.append(method)
-                s = T.wait_port(dev, phone_port, start_timeout)
-                if s is None:
-                    dep.tried[method] = f"started by run-as but did not answer within {start_timeout:g} s"
+                    dep.tried[method] = silent
                     continue
             else:
                 cmd = f"sh {start_sh}"
