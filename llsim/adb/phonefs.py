@@ -38,6 +38,11 @@ class FSError(Exception):
         self.path = path
         super().__init__(f"{path}: {os.strerror(err)}")
 
+    @property
+    def reason(self) -> str:
+        """The failure alone, as toybox prints it after ``cmd: path:`` ("Permission denied")."""
+        return os.strerror(self.errno)
+
 
 @dataclass
 class Meta:

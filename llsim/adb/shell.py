@@ -425,7 +425,7 @@ def _run_command(ctx: Ctx, cmd: Command, io: IO) -> None:
             try:
                 inner.stdin = fs.read(ctx.uid, norm(target, ctx.cwd))
             except FSError as e:
-                io.error(f"{SH}: {target}: {e.args[0].split(': ', 1)[-1]}")
+                io.error(f"{SH}: {target}: {e.reason}")
                 ctx.status = 1
                 return
         else:
@@ -438,7 +438,7 @@ def _run_command(ctx: Ctx, cmd: Command, io: IO) -> None:
             if not append:
                 fs.write(ctx.uid, norm(target, ctx.cwd), b"", umask=ctx.umask)
         except FSError as e:
-            io.error(f"{SH}: can't create {target}: {e.args[0].split(': ', 1)[-1]}")
+            io.error(f"{SH}: can't create {target}: {e.reason}")
             ctx.status = 1
             return
     env_saved = None
@@ -570,7 +570,7 @@ def b_cat(ctx, argv, io):
         try:
             io.write(ctx.phone.fs.read(ctx.uid, norm(f, ctx.cwd)))
         except FSError as e:
-            io.error(f"cat: {f}: {e.args[0].split(': ', 1)[-1]}")
+            io.error(f"cat: {f}: {e.reason}")
             st = 1
     return st
 
@@ -594,7 +594,7 @@ def b_grep(ctx, argv, io):
             sources.append((f, ctx.phone.fs.read(ctx.uid, norm(f, ctx.cwd))))
         except FSError as e:
             if "s" not in flags:
-                io.error(f"grep: {f}: {e.args[0].split(': ', 1)[-1]}")
+                io.error(f"grep: {f}: {e.reason}")
             st = 2
     for f, data in sources:
         n = 0
@@ -632,14 +632,14 @@ def b_ls(ctx, argv, io):
         try:
             mode, size, mtime, meta = fs.stat(ctx.uid, p)
         except FSError as e:
-            io.error(f"ls: {target}: {e.args[0].split(': ', 1)[-1]}")
+            io.error(f"ls: {target}: {e.reason}")
             st = 1
             continue
         if fs.is_dir(p) and "d" not in flags:
             try:
                 names = fs.listdir(ctx.uid, p)
             except FSError as e:
-                io.error(f"ls: {target}: {e.args[0].split(': ', 1)[-1]}")
+                io.error(f"ls: {target}: {e.reason}")
                 st = 1
                 continue
             if "a" not in flags and "A" not in flags:
@@ -692,7 +692,7 @@ def b_chmod(ctx, argv, io):
             io.error(f"chmod: bad mode '{rest[0]}'")
             return 1
         except FSError as e:
-            io.error(f"chmod: {f}: {e.args[0].split(': ', 1)[-1]}")
+            io.error(f"chmod: {f}: {e.reason}")
             st = 1
     return st
 
@@ -706,7 +706,7 @@ def b_mkdir(ctx, argv, io):
             ctx.phone.fs.mkdir(ctx.uid, norm(d, ctx.cwd), parents="p" in flags, mode=mode,
                                umask=0 if "m" in vals else ctx.umask)
         except FSError as e:
-            io.error(f"mkdir: {d}: {e.args[0].split(': ', 1)[-1]}")
+            io.error(f"mkdir: {d}: {e.reason}")
             st = 1
     return st
 
@@ -720,7 +720,7 @@ def b_rm(ctx, argv, io):
         except FSError as e:
             if "f" in flags and e.errno == 2:
                 continue
-            io.error(f"rm: {f}: {e.args[0].split(': ', 1)[-1]}")
+            io.error(f"rm: {f}: {e.reason}")
             st = 1
     return st
 
@@ -765,7 +765,7 @@ def b_sha256sum(ctx, argv, io):
                     h.update(chunk)
             io.write(f"{h.hexdigest()}  {f}\n")
         except FSError as e:
-            io.error(f"sha256sum: {f}: {e.args[0].split(': ', 1)[-1]}")
+            io.error(f"sha256sum: {f}: {e.reason}")
             st = 1
     return st
 
@@ -974,7 +974,7 @@ def b_sh(ctx, argv, io):
     try:
         text = ctx.phone.fs.read(ctx.uid, path).decode(errors="replace")
     except FSError as e:
-        io.error(f"{SH}: {args[0]}: {e.args[0].split(': ', 1)[-1]}")
+        io.error(f"{SH}: {args[0]}: {e.reason}")
         return 127 if e.errno == 2 else 126
     sub.args = [args[0]] + args[1:]
     return run_script(sub, text, io)
