@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parent.parent / "llsim"
 #: bottom to top
 LAYERS: list[list[str]] = [
     ["llsim", "llsim.errors"],  # the version; the one error type
-    ["llsim.registry", "llsim.yamlio", "llsim.kernel"],  # strategy names (not imports); reading YAML; the clock kernel
+    ["llsim.registry", "llsim.yamlio", "llsim.kernel", "llsim.filehash"],  # strategy names (not imports); YAML; the clock kernel; file sha256
     ["llsim.model"],  # model graphs, ONNX, segments
     ["llsim.network", "llsim.cost"],  # link models and the simulated medium; step costs
     ["llsim.device"],  # profiles, cost models, the profiler

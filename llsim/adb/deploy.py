@@ -22,7 +22,6 @@ worker stops.
 """
 from __future__ import annotations
 
-import hashlib
 import secrets as _secrets
 import shlex
 import socket
@@ -34,6 +33,7 @@ from typing import Callable, Iterator, Sequence
 
 import adbutils
 
+from llsim.filehash import sha256_file
 from llsim.adb import host as H
 from llsim.adb import termux as T
 from llsim.errors import LLSimError
@@ -53,13 +53,6 @@ class Deployment:
     timings: dict = field(default_factory=dict)
     cleanup_notes: list[str] = field(default_factory=list)
 
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def phone_digests(dev: adbutils.AdbDevice, paths: Sequence[str]) -> dict[str, str]:

@@ -18,7 +18,6 @@ So no call blocks its caller for longer than its deadline, and a dead worker sur
 """
 from __future__ import annotations
 
-import hashlib
 import hmac
 import itertools
 import json
@@ -34,6 +33,7 @@ from typing import Callable
 
 import numpy as np
 
+from llsim.filehash import sha256_file
 from llsim.hil import worker as wire
 from llsim.hil.errors import (AuthError, DeadlineExceeded, ProtocolError, VersionError, WorkerDied, WorkerError,
                               WorkerHung, WorkerLost, remote_error)
@@ -60,13 +60,6 @@ class SegmentSpec:
                 "state": [list(p) for p in self.state], "optimize": self.optimize, "ranks": dict(self.ranks),
                 "spin": self.spin}
 
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def plan_segment_specs(seg_dir: str | Path, prefix: str = "", threads: int | None = None) -> list[SegmentSpec]:

@@ -10,24 +10,17 @@ wall clock and differs; the manifest differs only in ``invocation``).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import subprocess
 from functools import lru_cache
 from pathlib import Path
 
+from llsim.filehash import sha256_file
 from llsim import __version__
 from llsim.errors import LLSimError
 
 FORMAT = 1
 
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 @lru_cache(maxsize=1)
