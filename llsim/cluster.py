@@ -18,8 +18,9 @@ class DeviceInstance:
     cost: CostModel
     rssi_dbm: float | None
     streams: int | None
-    worker: str | None
     absent: bool = False  # not in the cluster at the start (joins later)
+    backend: str = "sim"  # sim | local (a real worker on this host)
+    affinity: tuple[int, ...] | None = None  # CPUs of a local worker
 
 
 def expand_devices(sc: Scenario) -> list[DeviceInstance]:
@@ -37,5 +38,6 @@ def expand_devices(sc: Scenario) -> list[DeviceInstance]:
             cm = CostModel(prof, speed=spec.speed)
             cm.coefs(threads)  # clear error for an unmeasured thread count
             out.append(DeviceInstance(i, name, prof, threads, int(avail * prof.memory.budget_fraction * 1e9), cm,
-                                      spec.rssi_dbm, spec.streams, spec.worker, spec.absent))
+                                      spec.rssi_dbm, spec.streams, spec.absent, spec.backend,
+                                      tuple(spec.affinity) if spec.affinity else None))
     return out

@@ -1,6 +1,7 @@
 """Scenarios: validated YAML describing a model, a set of phones, a Wi-Fi network, an allocation,
-a workload and a seed. One schema for the simulator and the allocator (HIL runs from a scenario do not exist
-yet: a device's `worker:` is refused at load).
+a workload and a seed. One schema for the simulator, the allocator and hardware-in-the-loop runs
+(a device's ``backend``: ``sim``, or ``local`` for a real onnxruntime worker on this host; ``hil:``
+chooses how real and simulated time are mixed).
 
 Errors name the file, the field path and what to do; ``--set path.to.field=value`` overrides a
 field before validation (values are parsed as YAML scalars).
@@ -43,8 +44,12 @@ class DeviceSpec(_Strict):
     rssi_dbm: float | None = Field(None, ge=-120, le=0)
     streams: int | None = Field(None, ge=1, le=4)
     speed: float = Field(1.0, gt=0, le=100)  # multiplier on compute throughput (e.g. a known-slow unit)
-    worker: str | None = None  # HIL: "local" or "adb:<serial>" (not implemented yet: refused at load)
     absent: bool = False  # not in the cluster at the start (a later ``join`` event brings it in)
+    # hardware in the loop: "sim" (the cost model), "local" (a real onnxruntime worker on this host
+    # that llsim starts and stops; its sessions use ``threads`` intra-op threads; ``affinity``: CPUs)
+    backend: Literal["sim", "local"] = "sim"
+    affinity: list[Annotated[int, Field(ge=0, le=4095)]] | None = Field(None, min_length=1, max_length=256)
+    worker: str | None = None  # the old name of ``backend``: refused with a hint
 
     @field_validator("name")
     @classmethod
@@ -60,8 +65,15 @@ class DeviceSpec(_Strict):
     @classmethod
     def _worker(cls, v):
         if v is not None:
-            raise ValueError(f"'{v}': HIL backends are not implemented yet; remove 'worker' to simulate this device")
+            raise ValueError(f"'worker: {v}' is not a field any more: use backend (local for a worker on this host, "
+                             "sim to simulate it)")
         return v
+
+    @model_validator(mode="after")
+    def _affinity(self):
+        if self.affinity is not None and self.backend == "sim":
+            raise ValueError("affinity pins a real worker's process to CPUs: it needs backend: local")
+        return self
 
 
 class Stage(_Strict):
@@ -156,6 +168,19 @@ class Balancer(_Strict):
         return _known_strategy(v, explicit=False)
 
 
+class Hil(_Strict):
+    """How a run with real nodes mixes real and simulated time (docs/hil.md)."""
+
+    # virtual: the simulation stops where a real node's result is needed, waits for it, and the stage
+    # takes the time the worker measured (real workers never contend; reproducible given the measurements)
+    clock: Literal["virtual"] = "virtual"
+    tensors: bool = False  # real tensors (and token ids) even when every device is simulated
+    deadline_slack: float = Field(5.0, ge=1, le=1e4)  # a real stage's deadline: floor + slack x predicted
+    deadline_floor_s: float = Field(5.0, gt=0, le=3600)
+    heartbeat_s: float = Field(0.5, gt=0, le=60)  # workers' heartbeats; 4 missed: the worker is lost
+    prompt_seed: int | None = Field(None, ge=0, lt=2**63)  # prompts' token ids (default: the scenario's seed)
+
+
 class Duration(_Strict):
     max_sim_s: float = Field(3600.0, gt=0, le=1e9)
     max_wall_s: float = Field(600.0, gt=0, le=7 * 86400)
@@ -174,8 +199,14 @@ class Scenario(_Strict):
     duration: Duration = Field(default_factory=Duration)
     balancer: Balancer = Field(default_factory=lambda: Balancer(enabled=False))
     events: list[DynamicsEvent] = Field(default_factory=list)
+    hil: Hil = Field(default_factory=Hil)
 
     path: Path | None = Field(None, exclude=True)
+
+    @property
+    def real_tensors(self) -> bool:
+        """Whether a run executes the real segments (some device is real, or ``hil.tensors``)."""
+        return self.hil.tensors or any(d.backend != "sim" for d in self.devices)
 
     @field_validator("model")
     @classmethod

@@ -28,7 +28,7 @@ fixed link, uniform plan); ``PROF`` a valid toy profile; ``TRACE`` a valid trace
 | 20 | scenario | threads 0                                               | 2    | greater than or equal to 1                    |
 | 21 | scenario | threads 3, the profile has 1 only                       | 2    | has coefficients for 1 thread(s) only         |
 | 22 | scenario | gpt2-small with 2,100 tokens of context                 | 2    | gpt2-small has 1024                           |
-| 23 | scenario | worker: adb:X (was simulated silently)                  | 2    | HIL backends are not implemented yet          |
+| 23 | scenario | worker: adb:X (was simulated silently)                  | 2    | not a field any more: use backend             |
 | 24 | scenario | join of a device already present (was ignored)          | 2    | but it is present then                        |
 | 25 | scenario | two devices named a                                     | 2    | both give a device the name 'a'               |
 | 26 | scenario | name: ../../escape (default --out outside runs/)        | 2    | is not a plain name                           |
@@ -270,7 +270,7 @@ CASES = [
      lambda c: c.run("devices[0].threads=3")),
     ("scenario", "gpt2-small with 2,100 tokens of context", 2, "gpt2-small has 1024",
      lambda c: c.run("workload.prompt_tokens=100", "workload.new_tokens=2000")),
-    ("scenario", "worker: adb:X (was simulated silently)", 2, "HIL backends are not implemented yet",
+    ("scenario", "worker: adb:X (was simulated silently)", 2, "not a field any more: use backend",
      lambda c: c.run("devices[0].worker=adb:X")),
     ("scenario", "join of a device already present (was ignored)", 2, "but it is present then",
      lambda c: c.run("events=[{at: 1, kind: join, device: 1}]")),

@@ -39,7 +39,7 @@ class FixedNode(Node):
 def test_a_node_backend_written_from_the_interface_runs_the_pipeline(tmp_path, toy, monkeypatch):
     made = []
 
-    def make(dev, env, rng, mark):
+    def make(dev, env, rng, mark, hil=None):
         made.append(FixedNode(dev, env, rng, mark))
         return made[-1]
     monkeypatch.setattr(engine, "make_node", make)

@@ -51,6 +51,13 @@ def make_plan(sc: Scenario, devices: list[DeviceInstance]) -> Plan:
 def simulate(sc: Scenario, plan: Plan | None = None, progress=None, timeline: bool = True) -> tuple[SimResult, list[DeviceInstance], Plan]:
     devices = expand_devices(sc)
     plan = plan or make_plan(sc, devices)
+    if sc.real_tensors:  # real workers and/or real tensors (llsim.judge.hil)
+        from llsim.judge.hil import HilRuntime
+
+        with HilRuntime(sc, devices) as rt:
+            res = Simulation(sc, devices, plan, progress=progress, timeline=timeline, hil=rt.nodes).run()
+            res.hil = rt
+            return res, devices, plan
     sim = Simulation(sc, devices, plan, progress=progress, timeline=timeline)
     return sim.run(), devices, plan
 
@@ -74,6 +81,8 @@ def run_to_dir(sc: Scenario, out: Path, progress=None, plan: Plan | None = None,
     manifest = build_manifest(sc, devices, plan, invocation,
                               scenario_file=rerun.get("scenario_file") if rerun else None,
                               recorded_profiles=rerun.get("profiles") if rerun else None)
+    if sc.real_tensors:
+        return _run_hil_to_dir(sc, devices, plan, manifest, Path(out), progress, timeline)
     sim = Simulation(sc, devices, plan, progress=progress, timeline=timeline)  # refuses a plan that does not fit
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -81,4 +90,22 @@ def run_to_dir(sc: Scenario, out: Path, progress=None, plan: Plan | None = None,
     res = sim.run()
     write_run(out, manifest, res, [d.name for d in devices], token_bytes=token_bytes(sc.workload.batch),
               timeline=timeline)
+    return res, devices, plan
+
+
+def _run_hil_to_dir(sc: Scenario, devices, plan: Plan, manifest: dict, out: Path, progress, timeline: bool):
+    """A run with real nodes (:mod:`llsim.judge.hil`): workers started first, stopped whatever happens;
+    real devices' timeline tracks are named ``<name> (real)``; plus ``fidelity.csv`` and ``hil.json``."""
+    from llsim.judge.hil import HilRuntime, write_hil_files
+
+    Simulation(sc, devices, plan, timeline=False)  # refuses a plan that does not fit before any worker starts
+    with HilRuntime(sc, devices) as rt:
+        sim = Simulation(sc, devices, plan, progress=progress, timeline=timeline, hil=rt.nodes)
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / "manifest.json", manifest, indent=2, sort_keys=True)
+        res = sim.run()
+        names = [d.name + (" (real)" if d.backend != "sim" else "") for d in devices]
+        write_run(out, manifest, res, names, token_bytes=token_bytes(sc.workload.batch), timeline=timeline)
+        write_hil_files(out, rt, res)
+        res.hil = rt
     return res, devices, plan

@@ -39,7 +39,7 @@ DEPS = ("simpy", "numpy", "pandas", "highspy", "onnx", "onnxruntime", "pydantic"
 WALL_CLOCK_KEYS = ("wall_time_s", "events_per_wall_s")
 #: Every file a run directory may hold (``--force`` clears a directory made of these).
 RUN_FILES = ("manifest.json", "metrics.json", "timing.json", "tokens.csv", "devices.csv", "links.csv",
-             "rebalances.csv", "timeline.json")
+             "rebalances.csv", "timeline.json", "fidelity.csv", "hil.json")
 
 
 def versions() -> dict:
@@ -220,7 +220,10 @@ def write_run(out: Path, manifest: dict, res, device_names: list[str], token_byt
         metrics["timeline_truncated"] = True
     write_json(out / "metrics.json", metrics, indent=2, sort_keys=True)
     write_json(out / "timing.json", {k: res.metrics.get(k) for k in WALL_CLOCK_KEYS}, indent=2, sort_keys=True)
-    write_csv(out / "tokens.csv", res.tokens, ["request", "token", "kind", "time_s", "latency_ms", "since_submit_ms"])
+    cols = ["request", "token", "kind", "time_s", "latency_ms", "since_submit_ms"]
+    if res.tokens and "token_id" in res.tokens[0]:
+        cols.append("token_id")  # a run with real tensors: the generated token's id
+    write_csv(out / "tokens.csv", res.tokens, cols)
     write_csv(out / "devices.csv", res.device_rows)
     write_csv(out / "links.csv", link_rows(res.link_rows, token_bytes))
     if getattr(res, "rebalances", None) is not None and (res.rebalances or res.metrics.get("balancer_enabled")):

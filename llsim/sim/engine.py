@@ -117,8 +117,11 @@ class Epoch:
 
 class Simulation:
     def __init__(self, sc: Scenario, devices: list[DeviceInstance], plan: Plan, progress=None,
-                 timeline: bool = True, graphs: dict | None = None, clock: Clock | None = None):
+                 timeline: bool = True, graphs: dict | None = None, clock: Clock | None = None, hil=None):
         self.sc, self.devices, self.plan = sc, devices, plan
+        self.hil = hil  # real tensors (llsim.sim.hilnode.HilNodes): real workers, token ids; None: simulated only
+        if hil is not None:
+            hil.bind(self)
         self.progress = progress
         self.clock = VirtualClock() if clock is None else clock  # simulated time unless given another clock
         self.env = self.clock.env
@@ -135,7 +138,7 @@ class Simulation:
                            base_dir=sc.path.parent if sc.path else None,
                            on_transfer=self._on_transfer if timeline else None)
         self._graphs: dict = {} if graphs is None else graphs  # model graphs per step shape (shareable across runs)
-        self.nodes = {d.index: make_node(d, self.env, self.dyn_rng, self.mark) for d in devices}
+        self.nodes = {d.index: make_node(d, self.env, self.dyn_rng, self.mark, hil) for d in devices}
         self.present: dict[int, frozenset[int]] = {d.index: frozenset() for d in devices}
         self.replica_target: dict[int, tuple[int, int]] = {}  # modules (lo, hi) each phone holds as replicas
         self.epoch = self._make_epoch(plan, 0, check=True)
@@ -385,6 +388,8 @@ class Simulation:
             if kv_mode:
                 for nd in self.epoch.nodes:
                     nd.free_kv(cached)
+            if self.hil is not None:
+                self.hil.plane.end_request(rid)
         self._finished()
 
     def _step(self, work: StepWork):
@@ -435,9 +440,11 @@ class Simulation:
     def _token(self, rid: int, step: int, submit: float, last: float) -> float:
         """Step ``step`` of request ``rid`` produced its token now; returns now."""
         now = self.env.now
-        self.tokens.append({"request": rid, "token": step, "kind": "prefill" if step == 0 else "decode",
-                            "time_s": now, "latency_ms": (now - last) * 1e3,
-                            "since_submit_ms": (now - submit) * 1e3})
+        row = {"request": rid, "token": step, "kind": "prefill" if step == 0 else "decode",
+               "time_s": now, "latency_ms": (now - last) * 1e3, "since_submit_ms": (now - submit) * 1e3}
+        if self.hil is not None:
+            row["token_id"] = self.hil.plane.commit(rid, step)  # the whole model's greedy token
+        self.tokens.append(row)
         if self.progress:
             self.progress(1)
         return now

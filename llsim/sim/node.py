@@ -7,11 +7,9 @@ the phone's run-time speed and noise) and owns the phone's dynamic state; the sc
 (:mod:`llsim.events`) and the coordinator (:mod:`llsim.sim.dynamics`) change that state through its
 methods only.
 
-A worker-backed node (a real onnxruntime worker, :mod:`llsim.hil`) implements the same interface:
-``run`` sends the stage's inputs to the worker (:class:`~llsim.hil.client.WorkerClient`) and
-returns an event that fires when the worker's reply (a
-:class:`~llsim.hil.client.StageFuture`) has arrived (delivered by the clock, see
-:mod:`llsim.kernel`'s wall-clock recipe); ``finish`` returns what the worker measured. The
+A worker-backed node (a real onnxruntime worker: :class:`llsim.sim.hilnode.WorkerNode`) implements
+the same interface: ``run`` has the worker execute the stage on its real inputs and returns an
+event that fires after the compute time the worker measured; ``finish`` returns that time. The
 engine, the network and the coordinator stay as they are.
 """
 from __future__ import annotations
@@ -29,9 +27,12 @@ from llsim.cluster import DeviceInstance
 
 
 def make_node(dev: DeviceInstance, env: simpy.Environment, rng: np.random.Generator,
-              mark: Callable[..., None]) -> "Node":
-    """The node that runs device ``dev``'s stages: a :class:`SimulatedPhone` (the one backend so far;
-    a worker-backed node is chosen here from the device's spec)."""
+              mark: Callable[..., None], hil=None) -> "Node":
+    """The node that runs device ``dev``'s stages: a :class:`SimulatedPhone`, or, in a run with real
+    tensors, the node ``hil`` (:class:`llsim.sim.hilnode.HilNodes`) gives it: a real worker for a
+    device whose backend is real, a simulated phone that also computes its segment's outputs."""
+    if hil is not None:
+        return hil.node(dev, env, rng, mark)
     return SimulatedPhone(dev, env, rng, mark)
 
 
@@ -114,8 +115,8 @@ class Node:
     State the engine reads: ``index``, ``dead``, ``busy_s``, ``peak_bytes``, ``used_bytes``. The
     engine sets the memory from the plan in force (:meth:`set_memory`, :meth:`set_kv_tokens`,
     :meth:`free_kv`, :meth:`add_static`); the coordinator calls :meth:`leave` / :meth:`rejoin`.
-    A worker-backed node (next issue) subclasses this, and :func:`make_node` picks it for a device
-    whose spec names a worker.
+    A worker-backed node (:mod:`llsim.sim.hilnode`) subclasses this, and :func:`make_node` picks it for
+    a device whose backend is real.
     """
 
     __slots__ = ("dev", "env", "lock", "acquire", "release", "static_bytes", "kv_per_token", "kv_tokens",
