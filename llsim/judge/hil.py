@@ -170,6 +170,7 @@ class HilRuntime:
             for k, d in enumerate(self.real):
                 c = self.pool.workers[k]
                 workers.append({"device": devs[d].name, "backend": devs[d].backend, "address": c.address,
+                                "pid": self.pool.processes[k].pid,
                                 "threads": devs[d].threads, "affinity": list(devs[d].affinity or []),
                                 "worker": dict(getattr(c, "info", {}) or {})})
         return {"clock": self.sc.hil.clock, "mode": self.sc.workload.mode, "model": self.sc.model,

@@ -1,0 +1,242 @@
+"""Scenarios with real nodes (``backend: local``): the simulator drives real onnxruntime workers.
+
+Independent expectation: onnxruntime's greedy generation with the whole model (``greedy_reference``)
+gives the token ids each request must get, whatever the mix of real and simulated nodes, the cut,
+the mode, the concurrency, and whether a worker was lost on the way. Cuts and prompts are drawn
+from seeds (3 stages at random boundaries)."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import zlib
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from hil_helpers import pid_gone, wait_gone
+from llsim.cluster import expand_devices
+from llsim.errors import LLSimError
+from llsim.hil.runner import greedy_reference
+from llsim.judge.hil import HilRuntime, draw_prompts
+from llsim.judge.run import make_plan, run_to_dir
+from llsim.model.builder import build_model
+from llsim.model.zoo import get_config
+from llsim.scenario import Scenario
+from llsim.sim.engine import Simulation
+
+ROOT = Path(__file__).resolve().parents[1]
+PHONES = ["snapdragon-8gen2", "kirin-990", "tensor-g3"]
+_REFS: dict = {}
+
+
+def scenario(model: str, mode: str, backends: list[str], seed: int, *, requests=3, concurrency=2, new=6,
+             prompt=5, balancer=None, events=(), stages=None, network=None) -> Scenario:
+    cfg = get_config(model)
+    n_mod = cfg.layers + 2
+    rng = np.random.default_rng(zlib.crc32(f"{model}{mode}{backends}{seed}".encode()))
+    if stages is None:
+        k = len(backends)
+        cut = [0] + sorted(rng.choice(np.arange(1, n_mod), size=k - 1, replace=False).tolist()) + [n_mod]
+        order = rng.permutation(k).tolist()
+        stages = [{"device": order[i], "start_module": cut[i], "end_module": cut[i + 1] - 1} for i in range(k)]
+    devices = [{"profile": "host", "threads": 1, "backend": "local"} if b == "local" else
+               {"profile": PHONES[i % len(PHONES)], "threads": 4} for i, b in enumerate(backends)]
+    doc = {"name": "hil-test", "model": model, "seed": seed, "devices": devices,
+           "network": network or {"kind": "infrastructure", "standard": "ac", "width_mhz": 80},
+           "allocation": {"strategy": "explicit", "stages": stages},
+           "workload": {"prompt_tokens": prompt, "new_tokens": new, "requests": requests,
+                        "concurrency": concurrency, "mode": mode},
+           "balancer": balancer or {"enabled": False}, "events": list(events)}
+    return Scenario.model_validate(doc)
+
+
+def reference(sc: Scenario) -> dict[int, list[int]]:
+    cfg = get_config(sc.model)
+    kv = sc.workload.mode == "kv_cache"
+    out = {}
+    for r, p in enumerate(draw_prompts(sc, cfg.vocab)):
+        key = (sc.model, kv, tuple(p), sc.workload.new_tokens)
+        if key not in _REFS:
+            _REFS[key] = greedy_reference(build_model(cfg, kv_cache=kv), p, sc.workload.new_tokens)
+        out[r] = _REFS[key]
+    return out
+
+
+def check_tokens(tokens: pd.DataFrame | list[dict], sc: Scenario) -> None:
+    t = pd.DataFrame(tokens)
+    c = Counter(zip(t["request"], t["token"]))
+    w = sc.workload
+    assert set(c) == {(r, i) for r in range(w.requests) for i in range(w.new_tokens)}, "a token is missing"
+    assert max(c.values()) == 1, "a token was recorded twice"
+    got = {r: g.sort_values("token")["token_id"].tolist() for r, g in t.groupby("request")}
+    assert got == reference(sc)
+
+
+def worker_pids(hil_json: dict) -> list[int]:
+    return [w["pid"] for w in hil_json["workers"]]
+
+
+def _cases():
+    """Every tiny family in all four (mode, layout) combinations; the small ones in two (slow)."""
+    out = []
+    for f in ("bloom", "gpt2", "llama"):
+        for mode in ("kv_cache", "recompute"):
+            for layout in ("all-real", "mixed"):
+                out.append(pytest.param(f"tiny-{f}", mode, layout, id=f"tiny-{f}-{mode}-{layout}"))
+        for mode, layout in (("kv_cache", "mixed"), ("recompute", "all-real")):
+            out.append(pytest.param(f"small-{f}", mode, layout, id=f"small-{f}-{mode}-{layout}",
+                                    marks=[pytest.mark.slow]))
+    return out
+
+
+@pytest.mark.parametrize("model, mode, layout", _cases())
+def test_a_scenarios_tokens_are_the_whole_models(model, mode, layout, tmp_path):
+    backends = ["local"] * 3 if layout == "all-real" else ["sim", "local", "sim"]
+    sc = scenario(model, mode, backends, seed=len(model) + len(layout))
+    res, devices, plan = run_to_dir(sc, tmp_path / "run")
+    assert res.metrics["stop_reason"] == "completed", res.metrics
+    tokens = pd.read_csv(tmp_path / "run" / "tokens.csv")
+    check_tokens(tokens, sc)
+    import json
+
+    info = json.loads((tmp_path / "run" / "hil.json").read_text())
+    assert wait_gone(worker_pids(info)) == [], "a worker outlived the run"
+    fid = pd.read_csv(tmp_path / "run" / "fidelity.csv")
+    comp = fid[fid["what"] == "compute"]
+    real = {d.name for d in devices if d.backend == "local"}
+    assert set(comp["device"]) == real  # one row group per real device, none for simulated ones
+    kinds = {"prefill", "decode"} if mode == "kv_cache" else {"prefill", "recompute"}
+    assert set(comp["kind"]) == kinds
+    assert (comp["measured_ms"] > 0).all() and (comp["predicted_ms"] > 0).all()
+    # the simulation took the workers' measured compute: real devices' busy time is the sum of it
+    busy = pd.read_csv(tmp_path / "run" / "devices.csv").set_index("name")["busy_s"]
+    for name in real:
+        rows = comp[comp["device"] == name]
+        assert busy[name] == pytest.approx((rows["measured_ms"] * rows["n"]).sum() / 1e3, rel=1e-6)
+
+
+def test_all_simulated_with_real_tensors_gives_the_same_tokens_and_the_same_times(tmp_path):
+    """hil.tensors on an all-simulated scenario: the whole model's tokens, and exactly the simulated
+    run's timing (the data plane only adds the data)."""
+    sc = scenario("tiny-llama", "kv_cache", ["sim", "sim", "sim"], seed=5)
+    plain, _, _ = run_to_dir(sc, tmp_path / "plain")
+    sc_t = sc.model_copy(update={"hil": sc.hil.model_copy(update={"tensors": True})})
+    real, _, _ = run_to_dir(sc_t, tmp_path / "tensors")
+    check_tokens(real.tokens, sc_t)
+    assert [(t["request"], t["token"], t["time_s"]) for t in real.tokens] == \
+           [(t["request"], t["token"], t["time_s"]) for t in plain.tokens]
+
+
+@pytest.mark.parametrize("how", ["killed", "stopped"])
+def test_a_worker_lost_mid_run_fails_over_and_every_token_is_exact_and_once(how, tmp_path):
+    """Three real workers, the balancer on; the middle stage's worker is SIGKILLed (or SIGSTOPped: it
+    stops answering) after a few stages: the run fails over to the survivors and completes."""
+    sc = scenario("tiny-gpt2", "kv_cache", ["local"] * 3, seed=11, requests=4, new=8,
+                  balancer={"enabled": True, "heartbeat_s": 0.05, "heartbeat_misses": 3, "interval_s": 0.05,
+                            "strategy": "milp"},
+                  stages=[{"device": 0, "start_module": 0, "end_module": 1},
+                          {"device": 1, "start_module": 2, "end_module": 3},
+                          {"device": 2, "start_module": 4, "end_module": 4}])
+    sc = sc.model_copy(update={"hil": sc.hil.model_copy(update={"heartbeat_s": 0.1, "deadline_floor_s": 2.0})})
+    devices = expand_devices(sc)
+    plan = make_plan(sc, devices)
+    victim = {}
+    with HilRuntime(sc, devices) as rt:
+        pids = list(rt.pool.pids)
+
+        def hook(run):
+            if not victim and run.request == 1 and run.step == 3 and run.stage == 0:
+                victim["pid"] = rt.pool.processes[1].pid
+                rt.pool.kill(1, signal.SIGKILL if how == "killed" else signal.SIGSTOP)
+
+        rt.plane.on_stage = hook
+        t0 = time.monotonic()
+        res = Simulation(sc, devices, plan, timeline=False, hil=rt.nodes).run()
+        took = time.monotonic() - t0
+        lost = list(rt.nodes.lost)
+    if how == "stopped":
+        os.kill(victim["pid"], signal.SIGKILL) if not pid_gone(victim["pid"]) else None
+    assert wait_gone(pids) == []
+    assert victim, "the hook never ran"
+    assert res.metrics["stop_reason"] == "completed", res.metrics
+    assert [x["device"] for x in lost] == [1]
+    assert any(r["kind"] == "failover" for r in res.rebalances)
+    assert all(1 not in [s["device"] for s in p["stages"]] for p in res.metrics["plans"][1:])
+    check_tokens(res.tokens, sc)
+    assert took < 30, f"the coordinator took {took:.1f} s"
+
+
+@pytest.mark.parametrize("edit, message", [
+    ({"events": [{"kind": "throttle", "at": 1, "device": 1, "factor": 0.5}]}, "a simulated dynamic"),
+    ({"events": [{"kind": "noise", "sigma": 0.1}]}, "a simulated dynamic"),
+    ({"workload": {"batch": 2}}, "real nodes run batch 1"),
+    ({"weight_dtype": "int8"}, "fp32 weights"),
+    ({"workload": {"prompt_tokens": 100, "new_tokens": 40}}, "positions of tiny-gpt2"),
+])
+def test_what_a_real_node_cannot_do_is_refused_before_any_worker_starts(edit, message, tmp_path):
+    sc = scenario("tiny-gpt2", "kv_cache", ["sim", "local", "sim"], seed=1)
+    doc = sc.model_dump(exclude={"path"})
+    for k, v in edit.items():
+        doc[k] = {**doc[k], **v} if isinstance(v, dict) else v
+    bad = Scenario.model_validate(doc)
+    before = _workers_of(os.getpid())
+    with pytest.raises(LLSimError, match=message):
+        run_to_dir(bad, tmp_path / "run")
+    assert _workers_of(os.getpid()) == before
+
+
+def test_affinity_needs_a_real_backend():
+    sc = scenario("tiny-gpt2", "kv_cache", ["sim", "local", "sim"], seed=1)
+    doc = sc.model_dump(exclude={"path"})
+    doc["devices"][0]["affinity"] = [0]
+    with pytest.raises(Exception, match="affinity pins a real worker"):
+        Scenario.model_validate(doc)
+
+
+def _workers_of(parent: int) -> set[int]:
+    """Live worker processes started by ``parent`` (their command line names it as --parent-pid)."""
+    out = set()
+    for p in Path("/proc").iterdir():
+        if not p.name.isdigit():
+            continue
+        try:
+            argv = (p / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if any(a.endswith(b"worker.py") for a in argv) and str(parent).encode() in argv and not pid_gone(int(p.name)):
+            out.add(int(p.name))
+    return out
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_or_sigterm_during_a_run_leaves_no_worker(sig, tmp_path):
+    """`llsim run` of a long HIL scenario, interrupted once its workers run: none is left."""
+    f = tmp_path / "long.yaml"
+    sc = scenario("small-gpt2", "recompute", ["local", "local", "sim"], seed=2, requests=50, new=60, prompt=60)
+    import yaml
+
+    doc = sc.model_dump(mode="json", exclude={"path"})
+    f.write_text(yaml.safe_dump(doc))
+    p = subprocess.Popen([sys.executable, "-m", "llsim", "run", str(f), "--out", str(tmp_path / "run")],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT)
+    try:
+        end = time.monotonic() + 60
+        while len(_workers_of(p.pid)) < 2 and time.monotonic() < end and p.poll() is None:
+            time.sleep(0.1)
+        pids = _workers_of(p.pid)
+        assert len(pids) == 2, p.stderr.read().decode() if p.poll() is not None else "workers did not start"
+        time.sleep(1.0)  # mid-run
+        p.send_signal(sig)
+        p.wait(timeout=30)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert wait_gone(pids) == [], "a worker outlived llsim run"
+    if sig == signal.SIGINT:  # Ctrl-C keeps what was simulated
+        assert (tmp_path / "run" / "tokens.csv").exists()
