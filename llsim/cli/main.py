@@ -533,6 +533,9 @@ def build_parser() -> argparse.ArgumentParser:
     from llsim.cli.sweep import add_parser as add_sweep
     from llsim.plot.cli import add_parser as add_plot
 
+    from llsim.cli.fidelity import add_parser as add_fidelity
+
+    add_fidelity(sub)  # llsim fidelity (llsim/judge/fidelity.py)
     add_sweep(sub)  # llsim sweep (llsim/sweep.py)
     add_plot(sub)  # llsim plot (llsim/plot/)
 
