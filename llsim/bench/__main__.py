@@ -184,8 +184,15 @@ def bench_worker_overhead() -> None:
     overhead_main()
 
 
+def bench_fidelity() -> None:
+    """Per-token latency simulated vs with real local workers, host profiled first (llsim.bench.fidelity)."""
+    from llsim.bench.fidelity import main as fidelity_main
+
+    fidelity_main([])
+
+
 BENCHES = [bench_model_analysis, bench_onnx_ingestion, bench_simulator_speed, bench_costmodel_accuracy,
-           bench_allocator, bench_paper, bench_solve_time, bench_balancer, bench_worker_overhead]
+           bench_allocator, bench_paper, bench_solve_time, bench_balancer, bench_worker_overhead, bench_fidelity]
 
 
 def bench_names() -> list[str]:

@@ -520,7 +520,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     m = sub.add_parser("bench", help="benchmarks (allocator quality regression, simulator speed, ...)")
     m.add_argument("name", help="allocator | model_analysis | onnx_ingestion | simulator_speed | "
-                   "costmodel_accuracy | solve_time | balancer | worker_overhead")
+                   "costmodel_accuracy | solve_time | balancer | worker_overhead | fidelity")
     m.add_argument("--check", action="store_true", help="allocator: fail on a quality regression (CI)")
     m.add_argument("--write", action="store_true", help="allocator: rewrite the committed reference CSV")
     m.add_argument("--only", help="allocator: comma-separated instance names")
