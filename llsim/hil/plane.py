@@ -41,7 +41,7 @@ import numpy as np
 
 from llsim.errors import LLSimError
 from llsim.hil.client import Forward, StageResult, plan_segment_specs
-from llsim.hil.errors import DeadlineExceeded, WorkerError
+from llsim.hil.errors import DeadlineExceeded, WorkerDied, WorkerError
 from llsim.model.segment import empty_state
 
 
@@ -100,7 +100,8 @@ class DataPlane:
     ``prompts[r]``: request r's prompt token ids; ``threads[d]``: the intra-op threads of d's sessions."""
 
     def __init__(self, bundle, executors: dict, mode: str, prompts: list[list[int]], workdir: str | Path,
-                 threads: dict[int, int] | None = None, deadline_slack: float = 5.0, deadline_floor_s: float = 5.0):
+                 threads: dict[int, int] | None = None, deadline_slack: float = 5.0, deadline_floor_s: float = 5.0,
+                 stage_file: dict | None = None):
         if mode == "kv_cache" and not _has_state(bundle):
             raise LLSimError(f"{bundle.om.name}: the model has no KV-cache inputs, so real nodes run it in recompute "
                              "mode only (workload.mode: recompute)")
@@ -110,6 +111,9 @@ class DataPlane:
         self.workdir = Path(workdir)
         self.threads = threads or {}
         self.slack, self.floor_s = deadline_slack, deadline_floor_s
+        # device -> fn(local segment file) -> the path its executor loads it from (a phone: pushed there first,
+        # skipped when the phone has it with the same sha256); a device not listed reads this host's file
+        self.stage_file = stage_file or {}
         self._deps: dict[int, _Dep] = {}
         self._current: _Dep | None = None
         self._cuts: dict[tuple, Path] = {}
@@ -151,6 +155,8 @@ class DataPlane:
         for s, spec in enumerate(plan_segment_specs(seg_dir, f"{dep.tag}/")):
             n = nodes[s]
             spec = replace(spec, threads=self.threads.get(devs[s]))
+            if devs[s] in self.stage_file:
+                spec = replace(spec, path=str(self.stage_file[devs[s]](Path(spec.path))))
             by_node.setdefault(id(n), (n, []))[1].append(spec)
         for n, specs in by_node.values():
             n.load(specs)
@@ -285,10 +291,11 @@ class DataPlane:
         except FutureTimeout:
             raise DeadlineExceeded(f"no answer within {deadline + 30.0:.0f} s", getattr(node, "name", "?")) from None
         elapsed = time.perf_counter() - t0
-        if res.forward_errors:
+        if res.forward_errors:  # the next worker is unreachable: it is the one lost, not this one
             fe = res.forward_errors[0]
-            raise WorkerError(f"{res.worker} could not forward to {fe.get('to')} ({fe.get('code')}: "
-                              f"{fe.get('message')})")
+            dst = next((n for n in nodes if getattr(n, "address", None) == fe.get("to")), None)
+            raise WorkerDied(f"unreachable from {res.worker} ({fe.get('code')}: {fe.get('message')})",
+                             getattr(dst, "name", fe.get("to")))
         for o in seg["outputs"]:
             for d in o["to"]:
                 if not (is_real(node) and is_real(nodes[d])):

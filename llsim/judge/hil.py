@@ -35,6 +35,35 @@ from llsim.scenario import Scenario
 SIM_ONLY = ("throttle", "background", "background_bursts", "thermal", "noise")
 
 
+class Started:
+    """What a backend starter gives for its devices: a connected client per device (the
+    :class:`~llsim.hil.client.WorkerClient` interface), optionally a ``stage_file`` per device (the
+    segment files' path on that device, see :class:`~llsim.hil.plane.DataPlane`), the pid of each
+    device's worker when it is a process of this host, and ``stop()`` (stops everything it started;
+    idempotent, called on every exit path)."""
+
+    def __init__(self, clients: dict, stop, stage_file: dict | None = None, pids: dict | None = None,
+                 info: dict | None = None):
+        self.clients, self.stop, self.stage_file = clients, stop, stage_file or {}
+        self.pids, self.info = pids or {}, info or {}
+
+
+def _start_local(sc: Scenario, devs: list) -> Started:
+    """``backend: local``: one worker process per device on this host (loopback, per-run secret)."""
+    from llsim.hil.launcher import WorkerPool
+
+    cpus = [list(d.affinity or ()) for d in devs]
+    pool = WorkerPool.start(len(devs), 1, cpus=cpus if any(cpus) else None, heartbeat_s=sc.hil.heartbeat_s)
+    return Started({d.index: pool.workers[k] for k, d in enumerate(devs)}, pool.stop,
+                   pids={d.index: pool.processes[k].pid for k, d in enumerate(devs)},
+                   info={"kill": lambda d, sig, _p=pool, _i={x.index: k for k, x in enumerate(devs)}: _p.kill(_i[d], sig)})
+
+
+#: backend name -> starter(scenario, its devices of that backend) -> Started. A new real backend is one
+#: entry here (plus its name in the scenario schema's ``DeviceSpec.backend``).
+BACKENDS = {"local": _start_local}
+
+
 def real_devices(devices) -> list[int]:
     return [d.index for d in devices if d.backend != "sim"]
 
@@ -93,7 +122,7 @@ class HilRuntime:
 
     def __init__(self, sc: Scenario, devices):
         self.sc, self.devices = sc, devices
-        self.pool = None
+        self.started: list[Started] = []
         self.local = None
         self.plane = None
         self.nodes = None
@@ -111,7 +140,6 @@ class HilRuntime:
         self.close()
 
     def _start(self) -> None:
-        from llsim.hil.launcher import WorkerPool
         from llsim.hil.local import LocalNode
         from llsim.hil.plane import DataPlane
         from llsim.model.load import onnx_bundle
@@ -133,20 +161,28 @@ class HilRuntime:
                              f"{n_modules(sc)} in the simulator's graph")
         self.prompts = draw_prompts(sc, vocab)
         real = real_devices(devices)
-        if real:
-            cpus = [list(devices[d].affinity or ()) for d in real]
-            self.pool = WorkerPool.start(len(real), 1, cpus=cpus if any(cpus) else None,
-                                         heartbeat_s=sc.hil.heartbeat_s)
         self.local = LocalNode("coordinator")
         executors = {d.index: self.local for d in devices}
-        for k, d in enumerate(real):
-            executors[d] = self.pool.workers[k]
+        stage_file = {}
+        for backend in sorted({devices[d].backend for d in real}):
+            st = BACKENDS[backend](sc, [devices[d] for d in real if devices[d].backend == backend])
+            self.started.append(st)
+            executors.update(st.clients)
+            stage_file.update(st.stage_file)
         self._tmp = tempfile.mkdtemp(prefix="llsim-segments-")
         self.plane = DataPlane(bundle, executors, w.mode, self.prompts, self._tmp,
                                threads={d.index: d.threads for d in devices if d.backend != "sim"},
-                               deadline_slack=sc.hil.deadline_slack, deadline_floor_s=sc.hil.deadline_floor_s)
+                               deadline_slack=sc.hil.deadline_slack, deadline_floor_s=sc.hil.deadline_floor_s,
+                               stage_file=stage_file)
+        self.executors = executors
         self.nodes = HilNodes(self.plane, set(real))
         self.real = real
+
+    def kill(self, device: int, sig: int) -> None:
+        """Send ``sig`` to device ``device``'s worker (fault injection in tests)."""
+        for st in self.started:
+            if device in st.clients:
+                st.info["kill"](device, sig)
 
     def close(self) -> None:
         if self.plane is not None:
@@ -156,8 +192,11 @@ class HilRuntime:
                 pass
         if self.local is not None:
             self.local.close()
-        if self.pool is not None:
-            self.pool.stop()
+        for st in reversed(self.started):
+            try:
+                st.stop()
+            except Exception:  # one backend failing to stop must not leave the others running
+                pass
         if self._tmp is not None:
             shutil.rmtree(self._tmp, ignore_errors=True)
             self._tmp = None
@@ -166,13 +205,12 @@ class HilRuntime:
     def info(self, res) -> dict:
         devs = self.devices
         workers = []
-        if self.pool is not None:
-            for k, d in enumerate(self.real):
-                c = self.pool.workers[k]
-                workers.append({"device": devs[d].name, "backend": devs[d].backend, "address": c.address,
-                                "pid": self.pool.processes[k].pid,
-                                "threads": devs[d].threads, "affinity": list(devs[d].affinity or []),
-                                "worker": dict(getattr(c, "info", {}) or {})})
+        pids = {d: p for st in self.started for d, p in st.pids.items()}
+        for d in self.real:
+            c = self.executors[d]
+            workers.append({"device": devs[d].name, "backend": devs[d].backend, "address": c.address,
+                            "pid": pids.get(d), "threads": devs[d].threads, "affinity": list(devs[d].affinity or []),
+                            "worker": dict(getattr(c, "info", {}) or {})})
         return {"clock": self.sc.hil.clock, "mode": self.sc.workload.mode, "model": self.sc.model,
                 "prompts": self.prompts, "tokens": {str(r): t for r, t in self.plane.tokens().items()},
                 "real_devices": [devs[d].name for d in self.real], "workers": workers,

@@ -51,9 +51,7 @@ class HilNodes:
                                     work.recompute, work.cost.stage_seconds[s])
         except (WorkerLost, DeadlineExceeded) as e:
             sim = self.sim
-            who = node.index if node.index in self.real else None
-            if who is None:  # a simulated stage needed a real worker's forwarded tensor that never came
-                who = next((d for d in ep.devs if d in self.real and not sim.nodes[d].dead), None)
+            who = self.blame(getattr(e, "worker", None), node, ep)
             self.lost.append({"device": who, "time_s": _clock_now(node.env), "reason": str(e)})
             if who is not None:
                 sim.leave(who, f"worker lost: {e}")
@@ -61,6 +59,17 @@ class HilNodes:
         except (WorkerError, LLSimError) as e:
             self.sim.end_run(f"stage {s} of request {work.request} step {work.step} on {node.dev.name}: {e}")
             return None
+
+
+    def blame(self, worker: str | None, node: Node, ep) -> int | None:
+        """The device lost: the one whose worker the error names (a forward that found its peer gone
+        blames the peer), else the stage's own device if real, else the first live real one of the plan."""
+        names = {getattr(self.plane.executors.get(d), "name", None): d for d in self.real}
+        if worker in names:
+            return names[worker]
+        if node.index in self.real:
+            return node.index
+        return next((d for d in ep.devs if d in self.real and not self.sim.nodes[d].dead), None)
 
 
 class WorkerNode(Node):
