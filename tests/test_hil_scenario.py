@@ -23,7 +23,7 @@ from hil_helpers import pid_gone, wait_gone
 from llsim.cluster import expand_devices
 from llsim.errors import LLSimError
 from llsim.hil.runner import greedy_reference
-from llsim.judge.hil import HilRuntime, draw_prompts
+from llsim.judge.hil import HilRuntime, add_measured_sessions, draw_prompts
 from llsim.judge.run import make_plan, run_to_dir
 from llsim.model.builder import build_model
 from llsim.model.zoo import get_config
@@ -160,13 +160,15 @@ def test_a_worker_lost_mid_run_fails_over_and_every_token_is_exact_and_once(how,
         res = Simulation(sc, devices, plan, timeline=False, hil=rt.nodes).run()
         took = time.monotonic() - t0
         lost = list(rt.nodes.lost)
+        add_measured_sessions(rt, res)
     if how == "stopped":
         os.kill(victim["pid"], signal.SIGKILL) if not pid_gone(victim["pid"]) else None
     assert wait_gone(pids) == []
     assert victim, "the hook never ran"
     assert res.metrics["stop_reason"] == "completed", (res.metrics.get("error"), lost)
     assert [x["device"] for x in lost] == [1]
-    assert any(r["kind"] == "failover" for r in res.rebalances)
+    fo = [r for r in res.rebalances if r["kind"] == "failover"]
+    assert fo and all(r["measured_session_s"] > 0 for r in fo)  # the survivors really loaded the new cut
     assert all(1 not in [s["device"] for s in p["stages"]] for p in res.metrics["plans"][1:])
     check_tokens(res.tokens, sc)
     assert took < 30, f"the coordinator took {took:.1f} s"
@@ -189,6 +191,23 @@ def test_what_a_real_node_cannot_do_is_refused_before_any_worker_starts(edit, me
     with pytest.raises(LLSimError, match=message):
         run_to_dir(bad, tmp_path / "run")
     assert _workers_of(os.getpid()) == before
+
+
+def test_a_user_onnx_file_without_kv_inputs_runs_recompute_only(tmp_path):
+    import onnx
+
+    f = tmp_path / "plain.onnx"
+    onnx.save_model(build_model(get_config("tiny-gpt2")), str(f))
+    sc = scenario("tiny-gpt2", "kv_cache", ["sim", "local"], seed=1, requests=1, new=3,
+                  stages=[{"device": 0, "start_module": 0, "end_module": 2},
+                          {"device": 1, "start_module": 3, "end_module": 4}])
+    sc = sc.model_copy(update={"model": str(f)})
+    with pytest.raises(LLSimError, match="recompute"):
+        run_to_dir(sc, tmp_path / "kv")
+    ok = sc.model_copy(update={"workload": sc.workload.model_copy(update={"mode": "recompute"})})
+    res, _, _ = run_to_dir(ok, tmp_path / "rec")
+    prompt = draw_prompts(ok, get_config("tiny-gpt2").vocab)[0]
+    assert [t["token_id"] for t in res.tokens] == greedy_reference(build_model(get_config("tiny-gpt2")), prompt, 3)
 
 
 def test_affinity_needs_a_real_backend():

@@ -256,6 +256,18 @@ def fidelity_rows(plane, devices, link_rows: list[dict]) -> list[dict]:
     return rows
 
 
+def add_measured_sessions(rt: HilRuntime, res) -> None:
+    """Each plan change's measured cost of loading the new segments on the real and in-process
+    executors (wall seconds, every node of the plan), next to its predicted session cost."""
+    epoch = 0
+    for row in res.rebalances:
+        if row["kind"] == "terminal":
+            row["measured_session_s"] = None
+            continue
+        epoch += 1
+        row["measured_session_s"] = rt.plane.load_s.get(epoch)
+
+
 def write_hil_files(out: Path, rt: HilRuntime, res) -> None:
     from llsim.results.writer import write_csv, write_json
 

@@ -96,7 +96,7 @@ def run_to_dir(sc: Scenario, out: Path, progress=None, plan: Plan | None = None,
 def _run_hil_to_dir(sc: Scenario, devices, plan: Plan, manifest: dict, out: Path, progress, timeline: bool):
     """A run with real nodes (:mod:`llsim.judge.hil`): workers started first, stopped whatever happens;
     real devices' timeline tracks are named ``<name> (real)``; plus ``fidelity.csv`` and ``hil.json``."""
-    from llsim.judge.hil import HilRuntime, write_hil_files
+    from llsim.judge.hil import HilRuntime, add_measured_sessions, write_hil_files
 
     Simulation(sc, devices, plan, timeline=False)  # refuses a plan that does not fit before any worker starts
     with HilRuntime(sc, devices) as rt:
@@ -104,6 +104,7 @@ def _run_hil_to_dir(sc: Scenario, devices, plan: Plan, manifest: dict, out: Path
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "manifest.json", manifest, indent=2, sort_keys=True)
         res = sim.run()
+        add_measured_sessions(rt, res)
         names = [d.name + (" (real)" if d.backend != "sim" else "") for d in devices]
         write_run(out, manifest, res, names, token_bytes=token_bytes(sc.workload.batch), timeline=timeline)
         write_hil_files(out, rt, res)

@@ -227,11 +227,13 @@ def write_run(out: Path, manifest: dict, res, device_names: list[str], token_byt
     write_csv(out / "devices.csv", res.device_rows)
     write_csv(out / "links.csv", link_rows(res.link_rows, token_bytes))
     if getattr(res, "rebalances", None) is not None and (res.rebalances or res.metrics.get("balancer_enabled")):
-        write_csv(out / "rebalances.csv", res.rebalances,
-                  ["time_s", "trigger", "kind", "predicted_cost_s", "actual_stall_s", "predicted_gain",
-                   "predicted_gain_s", "old_ms_per_token", "new_ms_per_token", "moved_bytes", "predicted_drain_s",
-                   "actual_drain_s", "predicted_transfer_s", "actual_transfer_s", "predicted_session_s",
-                   "old_plan", "new_plan"])
+        cols = ["time_s", "trigger", "kind", "predicted_cost_s", "actual_stall_s", "predicted_gain",
+                "predicted_gain_s", "old_ms_per_token", "new_ms_per_token", "moved_bytes", "predicted_drain_s",
+                "actual_drain_s", "predicted_transfer_s", "actual_transfer_s", "predicted_session_s",
+                "old_plan", "new_plan"]
+        if res.rebalances and "measured_session_s" in res.rebalances[0]:
+            cols.insert(cols.index("predicted_session_s") + 1, "measured_session_s")  # real nodes loaded it
+        write_csv(out / "rebalances.csv", res.rebalances, cols)
     if timeline:
         write_json(out / "timeline.json", chrome_trace(res.timeline, device_names, timeline_full))
     return out
