@@ -20,16 +20,14 @@ to ``limit`` events, stopping when ``done`` has fired, when the next event is la
 or when none is left). :class:`VirtualClock` is today's only implementation: simulated time,
 which jumps from one event to the next.
 
-Adding a wall-clock implementation (hardware in the loop) touches this module alone: a
-``WallClock(VirtualClock)`` whose ``run_until`` maps simulated seconds onto
-``time.monotonic()`` (start offset) and, before processing the next event of the queue, waits
-until its time has come *or* an outside completion arrives, whichever is first: a
-``queue.SimpleQueue`` of ``(event, value)`` pairs that worker threads fill (``deliver(event,
-value)``, thread-safe; e.g. from a :class:`~llsim.hil.client.StageFuture`'s ``on_done``); the
-loop takes each delivered pair, sets the event's value and schedules it now (``_succeed_now``),
-then goes on. Nothing else changes: an engine node returns an event from ``run`` and yields it,
-whichever clock fires it. The helpers below stay valid for a wall clock since they only append
-to the same heap the loop pops from.
+:class:`RealtimeClock` (hardware in the loop, ``hil.clock: realtime``) paces simulated seconds to
+wall-clock seconds: before processing the next event of the queue it waits until its time has
+come *or* an outside completion arrives, whichever is first (a ``queue.SimpleQueue`` of
+``(event, value)`` pairs that worker threads fill with ``deliver(event, value)``, thread-safe, e.g.
+from a :class:`~llsim.hil.client.StageFuture`'s callback); the loop moves simulated time up to the
+wall clock, succeeds the event there and goes on. Nothing else changes: an engine node returns an
+event from ``run`` and yields it, whichever clock fires it. The helpers below stay valid for it
+since they only append to the same heap the loop pops from.
 """
 from __future__ import annotations
 
@@ -42,7 +40,7 @@ from simpy.events import NORMAL, PENDING, Event
 
 __all__ = ["Clock", "VirtualClock", "FastPaths", "fast_paths", "timeout_now", "call_later", "new_pending",
            "ready_event", "schedule_now", "succeed_at", "succeed_now", "succeed_with", "set_value", "timer_at",
-           "now", "advance"]
+           "now", "advance", "RealtimeClock"]
 
 INF = float("inf")
 _new = object.__new__
@@ -287,3 +285,92 @@ class VirtualClock(Clock):
 
     def run_until(self, done: Event, limit: int, max_t: float) -> tuple[int, str | None]:
         return advance(self.env, done, limit, max_t)
+
+
+class RealtimeClock(VirtualClock):
+    """Simulated seconds paced to wall-clock seconds (hardware in the loop, ``hil.clock: realtime``).
+
+    Before processing an event due at simulated time ``t`` the loop waits until ``t`` seconds of
+    wall time have passed since the run began, *or* until an outside completion arrives, whichever
+    comes first. Outside completions are events that another thread (a worker client's reader, via
+    a future's callback) hands in with :meth:`deliver`; the loop then moves simulated time up to the
+    wall clock (never past the next queued event) and succeeds the event there. An event processed
+    later than its time (the loop was busy: an in-process segment, Python itself) counts as *lag*:
+    :attr:`lag_max_s`, :attr:`lag_mean_s` (the run's metrics record them).
+
+    :meth:`expect` makes the event an outside completion will succeed and counts it as outstanding:
+    a run with no event left waits for those instead of ending."""
+
+    def __init__(self, env: simpy.Environment | None = None):
+        import queue as _queue
+
+        super().__init__(env)
+        self._inbox: _queue.SimpleQueue = _queue.SimpleQueue()
+        self._empty = _queue.Empty
+        self.outstanding = 0
+        self.wall0: float | None = None
+        self.lag_max_s = 0.0
+        self._lag_sum = 0.0
+        self._lag_n = 0
+
+    @property
+    def lag_mean_s(self) -> float:
+        return self._lag_sum / self._lag_n if self._lag_n else 0.0
+
+    def expect(self) -> Event:
+        """An event that an outside thread will complete through :meth:`deliver`."""
+        self.outstanding += 1
+        return Event(self.env)
+
+    def deliver(self, ev: Event, value=None) -> None:
+        """Thread-safe: ``ev`` (from :meth:`expect`) completes with ``value`` as soon as the loop sees it."""
+        self._inbox.put((ev, value))
+
+    def _take(self, item) -> None:
+        import time as _time
+
+        ev, value = item
+        self.outstanding -= 1
+        env = self.env
+        wall = _time.monotonic() - self.wall0
+        if wall > env._now:  # simulated time catches up with the wall clock, never past the next event
+            env._now = min(wall, env.peek())
+        ev.succeed(value)
+
+    def run_until(self, done: Event, limit: int, max_t: float) -> tuple[int, str | None]:
+        import time as _time
+
+        env = self.env
+        if self.wall0 is None:
+            self.wall0 = _time.monotonic() - env._now
+        n = 0
+        while n < limit:
+            if done._value is not PENDING:
+                return n, "completed"
+            while True:  # completions that arrived meanwhile, first
+                try:
+                    self._take(self._inbox.get_nowait())
+                except self._empty:
+                    break
+            t = env.peek()
+            if t == INF and not self.outstanding:
+                return n, "deadlock" if max_t == INF else "stalled"
+            if t > max_t and not self.outstanding:
+                return n, "max_sim_s"
+            wait = (self.wall0 + t - _time.monotonic()) if t != INF else 0.5
+            if wait > 0:
+                try:
+                    self._take(self._inbox.get(timeout=min(wait, 0.5)))
+                except self._empty:
+                    pass
+                continue
+            if t > max_t:
+                return n, "max_sim_s"
+            lag = -wait
+            self._lag_n += 1
+            self._lag_sum += lag
+            if lag > self.lag_max_s:
+                self.lag_max_s = lag
+            env.step()
+            n += 1
+        return n, None

@@ -173,7 +173,9 @@ class Hil(_Strict):
 
     # virtual: the simulation stops where a real node's result is needed, waits for it, and the stage
     # takes the time the worker measured (real workers never contend; reproducible given the measurements)
-    clock: Literal["virtual"] = "virtual"
+    # realtime: simulated time is paced to the wall clock; real stages run concurrently and take the
+    # wall time they took (submit to result); the lag of the simulation behind real time is recorded
+    clock: Literal["virtual", "realtime"] = "virtual"
     tensors: bool = False  # real tensors (and token ids) even when every device is simulated
     deadline_slack: float = Field(5.0, ge=1, le=1e4)  # a real stage's deadline: floor + slack x predicted
     deadline_floor_s: float = Field(5.0, gt=0, le=3600)

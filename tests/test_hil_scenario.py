@@ -121,6 +121,23 @@ def test_a_scenarios_tokens_are_the_whole_models(model, mode, layout, tmp_path):
         assert busy[name] == pytest.approx((rows["measured_ms"] * rows["n"]).sum() / 1e3, rel=1e-6)
 
 
+@pytest.mark.parametrize("model, mode, layout", [("tiny-llama", "kv_cache", "all-real"),
+                                                 ("tiny-bloom", "recompute", "mixed")])
+def test_the_realtime_clock_paces_the_simulation_and_keeps_the_tokens_exact(model, mode, layout, tmp_path):
+    backends = ["local"] * 3 if layout == "all-real" else ["sim", "local", "local"]
+    sc = scenario(model, mode, backends, seed=7, requests=3, new=6)
+    sc = sc.model_copy(update={"hil": sc.hil.model_copy(update={"clock": "realtime"})})
+    res, devices, _ = run_to_dir(sc, tmp_path / "run")
+    m = res.metrics
+    assert m["stop_reason"] == "completed", m.get("error")
+    check_tokens(res.tokens, sc)
+    assert m["sim_time_s"] <= m["wall_time_s"] + 0.01  # simulated time never runs ahead of the wall clock
+    assert m["sim_time_s"] >= 0.5 * m["wall_time_s"] - 0.05  # ... and follows it
+    assert m["realtime_lag_max_ms"] >= m["realtime_lag_mean_ms"] >= 0
+    fid = pd.read_csv(tmp_path / "run" / "fidelity.csv")
+    assert (fid[fid["what"] == "compute"]["measured_ms"] > 0).all()
+
+
 def test_all_simulated_with_real_tensors_gives_the_same_tokens_and_the_same_times(tmp_path):
     """hil.tensors on an all-simulated scenario: the whole model's tokens, and exactly the simulated
     run's timing (the data plane only adds the data)."""
@@ -133,8 +150,8 @@ def test_all_simulated_with_real_tensors_gives_the_same_tokens_and_the_same_time
            [(t["request"], t["token"], t["time_s"]) for t in plain.tokens]
 
 
-@pytest.mark.parametrize("how", ["killed", "stopped"])
-def test_a_worker_lost_mid_run_fails_over_and_every_token_is_exact_and_once(how, tmp_path):
+@pytest.mark.parametrize("how, clock", [("killed", "virtual"), ("stopped", "virtual"), ("killed", "realtime")])
+def test_a_worker_lost_mid_run_fails_over_and_every_token_is_exact_and_once(how, clock, tmp_path):
     """Three real workers, the balancer on; the middle stage's worker is SIGKILLed (or SIGSTOPped: it
     stops answering) after a few stages: the run fails over to the survivors and completes."""
     sc = scenario("tiny-gpt2", "kv_cache", ["local"] * 3, seed=11, requests=4, new=8,
@@ -143,7 +160,8 @@ def test_a_worker_lost_mid_run_fails_over_and_every_token_is_exact_and_once(how,
                   stages=[{"device": 0, "start_module": 0, "end_module": 1},
                           {"device": 1, "start_module": 2, "end_module": 3},
                           {"device": 2, "start_module": 4, "end_module": 4}])
-    sc = sc.model_copy(update={"hil": sc.hil.model_copy(update={"heartbeat_s": 0.1, "deadline_floor_s": 2.0})})
+    sc = sc.model_copy(update={"hil": sc.hil.model_copy(update={"heartbeat_s": 0.1, "deadline_floor_s": 2.0,
+                                                                "clock": clock})})
     devices = expand_devices(sc)
     plan = make_plan(sc, devices)
     victim = {}
@@ -157,7 +175,7 @@ def test_a_worker_lost_mid_run_fails_over_and_every_token_is_exact_and_once(how,
 
         rt.plane.on_stage = hook
         t0 = time.monotonic()
-        res = Simulation(sc, devices, plan, timeline=False, hil=rt.nodes).run()
+        res = Simulation(sc, devices, plan, timeline=False, hil=rt.nodes, clock=rt.clock).run()
         took = time.monotonic() - t0
         lost = list(rt.nodes.lost)
         add_measured_sessions(rt, res)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "results" / "fidelity.csv"
+FIGURE_CSV = ROOT / "results" / "hil_fidelity.csv"  # long form for `llsim plot figures` (scenario, metric, ...)
 
 
 def scenarios() -> list[Path]:
@@ -89,7 +90,13 @@ def main(argv: list[str] | None = None) -> int:
               f"{s['scenarios']} scenarios (target: median <= 5%, max <= 10%); "
               f"host profile: {'shipped' if shipped else 'measured in this sitting'}")
     write_csv(OUT, rows)
-    con.print(f"wrote {OUT.relative_to(ROOT)}")
+    long = [{"scenario": r["scenario"].removeprefix("fid-"), "metric": label, "simulated": m["simulated"],
+             "measured": m["real"]}
+            for r, rep in zip(rows, reports) for m in rep["metrics"]
+            for label in [{"per-token latency ms (mean)": "ms per token", "TTFT ms (mean)": "TTFT ms",
+                           "tokens/s": "tokens/s"}.get(m["metric"])] if label]
+    write_csv(FIGURE_CSV, long)
+    con.print(f"wrote {OUT.relative_to(ROOT)}, {FIGURE_CSV.relative_to(ROOT)}")
     return 0
 
 

@@ -71,6 +71,23 @@ class StageRun:
 
 
 @dataclass
+class PendingStage:
+    """A submitted stage: collect it with :meth:`DataPlane.finish_stage` once ``future`` is done."""
+
+    dep: "_Dep"
+    rid: int
+    step: int
+    s: int
+    att: dict
+    predicted_s: float | None
+    future: object
+    t0: float
+    deadline: float
+    done_at: float | None = None  # perf_counter when the result arrived (set by whoever waits for it)
+    work: object = None  # the engine's StepWork (for messages)
+
+
+@dataclass
 class _Dep:
     epoch: int
     tag: str
@@ -240,17 +257,29 @@ class DataPlane:
               reprefill: bool, predicted_s: float | None) -> StageRun:
         """Execute stage ``s`` of step ``step`` of request ``rid`` under epoch ``epoch``; blocks until done.
         Raises the executor's :class:`~llsim.hil.errors.WorkerError` (a lost worker, a missed deadline)."""
+        return self.finish_stage(self.start_stage(epoch, bounds, devs, rid, step, s, reprefill, predicted_s))
+
+    def start_stage(self, epoch: int, bounds: list[int], devs: list[int], rid: int, step: int, s: int,
+                    reprefill: bool, predicted_s: float | None) -> "PendingStage":
+        """Submit the stage (as :meth:`stage`) without waiting: :meth:`finish_stage` collects it once
+        ``pending.future`` is done (the real-time clock delivers that to the simulation)."""
         dep = self.deployment(epoch, bounds, devs)
         req = self.reqs[rid]
         att = req.attempt
         if s == 0 or att is None or att["dep"] != dep.tag:
             att = self._begin(dep, rid, step, reprefill)
-        run = self._execute(dep, rid, step, s, att, predicted_s)
-        if self.on_stage is not None:
+        return self._submit(dep, rid, step, s, att, predicted_s)
+
+    def finish_stage(self, p: "PendingStage") -> StageRun:
+        run = self._collect(p)
+        if self.on_stage is not None and p.step >= 0:
             self.on_stage(run)
         return run
 
     def _execute(self, dep: _Dep, rid: int, step: int, s: int, att: dict, predicted_s: float | None) -> StageRun:
+        return self._collect(self._submit(dep, rid, step, s, att, predicted_s))
+
+    def _submit(self, dep: _Dep, rid: int, step: int, s: int, att: dict, predicted_s: float | None) -> "PendingStage":
         plan, nodes = dep.plan, dep.nodes
         segs = plan["segments"]
         seg, node, tail = segs[s], nodes[s], len(segs) - 1
@@ -286,11 +315,19 @@ class DataPlane:
         t0 = time.perf_counter()
         fut = node.submit(rid, max(step, 0), dep.key(s), direct, expect=expect, forward=fw, reply=reply,
                           reduce=reduce, keep_state=self.kv, deadline_s=deadline)
+        return PendingStage(dep, rid, step, s, att, predicted_s, fut, t0, deadline)
+
+    def _collect(self, p: "PendingStage") -> StageRun:
+        dep, rid, step, s, att, predicted_s = p.dep, p.rid, p.step, p.s, p.att, p.predicted_s
+        plan, nodes = dep.plan, dep.nodes
+        segs = plan["segments"]
+        seg, node, tail = segs[s], nodes[s], len(segs) - 1
+        held = att["held"]
         try:
-            res: StageResult = fut.result(timeout=deadline + 30.0)  # the client's own deadline fires first
+            res: StageResult = p.future.result(timeout=p.deadline + 30.0)  # the client's own deadline fires first
         except FutureTimeout:
-            raise DeadlineExceeded(f"no answer within {deadline + 30.0:.0f} s", getattr(node, "name", "?")) from None
-        elapsed = time.perf_counter() - t0
+            raise DeadlineExceeded(f"no answer within {p.deadline + 30.0:.0f} s", getattr(node, "name", "?")) from None
+        elapsed = (p.done_at or time.perf_counter()) - p.t0
         if res.forward_errors:  # the next worker is unreachable: it is the one lost, not this one
             fe = res.forward_errors[0]
             dst = next((n for n in nodes if getattr(n, "address", None) == fe.get("to")), None)

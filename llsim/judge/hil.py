@@ -177,6 +177,14 @@ class HilRuntime:
         self.executors = executors
         self.nodes = HilNodes(self.plane, set(real))
         self.real = real
+        from llsim.kernel import RealtimeClock
+
+        self.clock = RealtimeClock() if sc.hil.clock == "realtime" else None  # None: the virtual clock
+
+    def load(self, plan) -> None:
+        """Load the initial plan's segments before the run starts (so its first steps, and the real-time
+        clock, do not wait for sessions to open)."""
+        self.plane.deployment(0, plan.boundaries, [st.device for st in plan.stages])
 
     def kill(self, device: int, sig: int) -> None:
         """Send ``sig`` to device ``device``'s worker (fault injection in tests)."""
@@ -211,7 +219,9 @@ class HilRuntime:
             workers.append({"device": devs[d].name, "backend": devs[d].backend, "address": c.address,
                             "pid": pids.get(d), "threads": devs[d].threads, "affinity": list(devs[d].affinity or []),
                             "worker": dict(getattr(c, "info", {}) or {})})
-        return {"clock": self.sc.hil.clock, "mode": self.sc.workload.mode, "model": self.sc.model,
+        lag = {} if self.clock is None else {"realtime_lag_max_ms": self.clock.lag_max_s * 1e3,
+                                             "realtime_lag_mean_ms": self.clock.lag_mean_s * 1e3}
+        return {**lag, "clock": self.sc.hil.clock, "mode": self.sc.workload.mode, "model": self.sc.model,
                 "prompts": self.prompts, "tokens": {str(r): t for r, t in self.plane.tokens().items()},
                 "real_devices": [devs[d].name for d in self.real], "workers": workers,
                 "kv_rebuilds": self.plane.catchups, "workers_lost": self.nodes.lost,

@@ -55,7 +55,9 @@ def simulate(sc: Scenario, plan: Plan | None = None, progress=None, timeline: bo
         from llsim.judge.hil import HilRuntime
 
         with HilRuntime(sc, devices) as rt:
-            res = Simulation(sc, devices, plan, progress=progress, timeline=timeline, hil=rt.nodes).run()
+            sim = Simulation(sc, devices, plan, progress=progress, timeline=timeline, hil=rt.nodes, clock=rt.clock)
+            rt.load(plan)
+            res = sim.run()
             res.hil = rt
             return res, devices, plan
     sim = Simulation(sc, devices, plan, progress=progress, timeline=timeline)
@@ -100,11 +102,15 @@ def _run_hil_to_dir(sc: Scenario, devices, plan: Plan, manifest: dict, out: Path
 
     Simulation(sc, devices, plan, timeline=False)  # refuses a plan that does not fit before any worker starts
     with HilRuntime(sc, devices) as rt:
-        sim = Simulation(sc, devices, plan, progress=progress, timeline=timeline, hil=rt.nodes)
+        sim = Simulation(sc, devices, plan, progress=progress, timeline=timeline, hil=rt.nodes, clock=rt.clock)
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "manifest.json", manifest, indent=2, sort_keys=True)
+        rt.load(plan)
         res = sim.run()
         add_measured_sessions(rt, res)
+        if rt.clock is not None:  # how far the simulation fell behind the wall clock
+            res.metrics["realtime_lag_max_ms"] = rt.clock.lag_max_s * 1e3
+            res.metrics["realtime_lag_mean_ms"] = rt.clock.lag_mean_s * 1e3
         names = [d.name + (" (real)" if d.backend != "sim" else "") for d in devices]
         write_run(out, manifest, res, names, token_bytes=token_bytes(sc.workload.batch), timeline=timeline)
         write_hil_files(out, rt, res)

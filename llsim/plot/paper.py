@@ -440,7 +440,7 @@ FIGURES = [
                ["llsim bench costmodel_accuracy"], draw_costmodel),
     FigureSpec("solve_time", "allocator solve time vs instance size", ["llsim bench solve_time"], draw_solve_time),
     FigureSpec("hil_fidelity", "simulated vs real (HIL) per scenario",
-               ["llsim bench hil_fidelity  (not yet in llsim: writes results/hil_fidelity.csv)"], draw_fidelity),
+               ["llsim bench fidelity"], draw_fidelity),
 ]
 
 

@@ -43,23 +43,42 @@ class HilNodes:
             return WorkerNode(dev, env, self)
         return TensorPhone(dev, env, rng, mark, self)
 
+    @property
+    def realtime(self) -> bool:
+        return hasattr(self.sim.clock, "deliver")
+
     def execute(self, node: Node, s: int, work: StepWork):
-        """Run the stage for real; ``None`` if it could not (the node left or the run was ended)."""
+        """Run the stage for real, waiting for it; ``None`` if it could not (the node left or the run ended)."""
+        p = self.start(node, s, work)
+        return None if p is None else self.collect(node, p)
+
+    def start(self, node: Node, s: int, work: StepWork):
+        """Submit the stage (a :class:`~llsim.hil.plane.PendingStage`); ``None`` if it could not be."""
         ep = work.epoch
         try:
-            return self.plane.stage(ep.index, ep.plan.boundaries, ep.devs, work.request, work.step, s,
-                                    work.recompute, work.cost.stage_seconds[s])
-        except (WorkerLost, DeadlineExceeded) as e:
-            sim = self.sim
-            who = self.blame(getattr(e, "worker", None), node, ep)
-            self.lost.append({"device": who, "time_s": _clock_now(node.env), "reason": str(e)})
-            if who is not None:
-                sim.leave(who, f"worker lost: {e}")
-            return None
+            p = self.plane.start_stage(ep.index, ep.plan.boundaries, ep.devs, work.request, work.step, s,
+                                       work.recompute, work.cost.stage_seconds[s])
         except (WorkerError, LLSimError) as e:
-            self.sim.end_run(f"stage {s} of request {work.request} step {work.step} on {node.dev.name}: {e}")
+            self._failed(node, s, work, e)
+            return None
+        p.work = work
+        return p
+
+    def collect(self, node: Node, p):
+        try:
+            return self.plane.finish_stage(p)
+        except (WorkerError, LLSimError) as e:
+            self._failed(node, p.s, p.work, e)
             return None
 
+    def _failed(self, node: Node, s: int, work: StepWork, e: Exception) -> None:
+        if isinstance(e, (WorkerLost, DeadlineExceeded)):
+            who = self.blame(getattr(e, "worker", None), node, work.epoch)
+            self.lost.append({"device": who, "time_s": _clock_now(node.env), "reason": str(e)})
+            if who is not None:
+                self.sim.leave(who, f"worker lost: {e}")
+            return
+        self.sim.end_run(f"stage {s} of request {work.request} step {work.step} on {node.dev.name}: {e}")
 
     def blame(self, worker: str | None, node: Node, ep) -> int | None:
         """The device lost: the one whose worker the error names (a forward that found its peer gone
@@ -73,30 +92,61 @@ class HilNodes:
 
 
 class WorkerNode(Node):
-    """A device whose stages run on a real worker (see the module docstring)."""
+    """A device whose stages run on a real worker (see the module docstring). On the real-time clock
+    (:class:`~llsim.kernel.RealtimeClock`) ``run`` only submits the stage, and its event fires when
+    the worker's result arrives: the stage takes the wall time it took; the monitor is told the
+    worker's compute time."""
 
-    __slots__ = ("hil", "t0", "t1", "_timeout_now")
+    __slots__ = ("hil", "t0", "t1", "measured", "_timeout_now", "_pending")
 
     def __init__(self, dev, env, hil: HilNodes):
         super().__init__(dev, env)
         self.hil = hil
         self._timeout_now = fast_paths(env).timeout_now
-        self.t0 = self.t1 = 0.0
+        self.t0 = self.t1 = self.measured = 0.0
+        self._pending = None
 
     def run(self, s: int, work: StepWork):
         if work.kv_new:
             self.cache_tokens(work.kv_new)
         t0 = self.t0 = _clock_now(self.env)
-        r = self.hil.execute(self, s, work)
-        dur = r.compute_s if r is not None else 0.0
+        hil = self.hil
+        if hil.realtime:
+            return self._run_realtime(s, work)
+        r = hil.execute(self, s, work)
+        dur = self.measured = r.compute_s if r is not None else 0.0
         self.t1 = t0 + dur
+        self._pending = None
         return self._timeout_now(dur)
 
+    def _run_realtime(self, s: int, work: StepWork):
+        import time
+
+        clock = self.hil.sim.clock
+        ev = clock.expect()
+        p = self.hil.start(self, s, work)
+        self._pending = p
+        if p is None:
+            clock.deliver(ev, None)
+        else:
+            def arrived(_f, p=p, ev=ev):
+                p.done_at = time.perf_counter()
+                clock.deliver(ev, p)
+
+            p.future.add_done_callback(arrived)
+        return ev
+
     def finish(self) -> tuple[float, float, float]:
-        t0, t1 = self.t0, self.t1
+        t0 = self.t0
+        if self._pending is not None:  # real-time: the result has arrived; collect it
+            p, self._pending = self._pending, None
+            r = self.hil.collect(self, p)
+            self.t1 = _clock_now(self.env)
+            self.measured = r.compute_s if r is not None else 0.0
+        t1 = self.t1
         self.busy_s += t1 - t0
         self.release()
-        return t0, t1, t1 - t0
+        return t0, t1, self.measured
 
     def probe_seconds(self, nominal_s: float) -> float:
         return nominal_s  # an idle worker runs at its speed: nothing of the simulator slows it
