@@ -268,7 +268,7 @@ def test_ctrl_c_or_sigterm_during_a_run_leaves_no_worker(sig, tmp_path):
             time.sleep(0.1)
         pids = _workers_of(p.pid)
         assert len(pids) == 2, p.stderr.read().decode() if p.poll() is not None else "workers did not start"
-        time.sleep(1.0)  # mid-run
+        time.sleep(3.0)  # mid-run (after the segments were cut and loaded)
         p.send_signal(sig)
         p.wait(timeout=30)
     finally:
