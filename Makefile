@@ -39,6 +39,7 @@ figures: $(STAMP)
 	$(BIN)/llsim bench paper
 	$(BIN)/llsim bench solve_time
 	$(BIN)/llsim bench costmodel_accuracy
+	$(BIN)/llsim bench fidelity
 	$(BIN)/llsim sweep balance-throttle --grid balancer.enabled=true,false --jobs 2 --no-timeline --out runs/figures/balance-throttle
 	$(BIN)/llsim sweep balance-background --grid balancer.enabled=true,false --jobs 2 --no-timeline --out runs/figures/balance-background
 	$(BIN)/llsim sweep lingualinked-bloom-3b --grid allocation.strategy=milp,uniform,memory,lingualinked,halda,pipeedge,greedy --set workload.concurrency=4 --set workload.requests=8 --set allocation.objective=throughput --set network.rtt_sampling=expected --jobs 2 --no-timeline --out runs/figures/allocation

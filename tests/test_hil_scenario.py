@@ -277,3 +277,37 @@ def test_ctrl_c_or_sigterm_during_a_run_leaves_no_worker(sig, tmp_path):
     assert wait_gone(pids) == [], "a worker outlived llsim run"
     if sig == signal.SIGINT:  # Ctrl-C keeps what was simulated
         assert (tmp_path / "run" / "tokens.csv").exists()
+
+
+def test_llsim_fidelity_prints_json_only_and_its_errors_add_up(tmp_path):
+    import json
+
+    import yaml
+
+    sc = scenario("tiny-gpt2", "kv_cache", ["sim", "local", "local"], seed=9, requests=2, new=5,
+                  network={"kind": "fixed", "goodput_mbps": 100, "rtt_ms": 1.0})
+    f = tmp_path / "s.yaml"
+    f.write_text(yaml.safe_dump(sc.model_dump(mode="json", exclude={"path"})))
+    p = subprocess.run([sys.executable, "-m", "llsim", "fidelity", str(f), "--out", str(tmp_path / "real"), "--json"],
+                       capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert p.returncode == 0, p.stderr
+    rep = json.loads(p.stdout)  # stdout is one JSON document
+    rows = {r["metric"]: r for r in rep["metrics"]}
+    lat = rows["per-token latency ms (mean)"]
+    assert lat["error_pct"] == pytest.approx((lat["simulated"] - lat["real"]) / lat["real"] * 100)
+    t = rep["terms"]
+    assert t["compute_ms"] + t["queueing_ms"] + t["transfer_ms"] == pytest.approx(lat["simulated"] - lat["real"])
+    # the compute term is the real stages' predicted - measured time per decode token, from fidelity.csv
+    fid = pd.read_csv(tmp_path / "real" / "fidelity.csv")
+    dec = fid[(fid["what"] == "compute") & (fid["kind"] == "decode")]
+    n_tok = 2 * (5 - 1)
+    assert t["compute_ms"] == pytest.approx(((dec["predicted_ms"] - dec["measured_ms"]) * dec["n"]).sum() / n_tok,
+                                            rel=1e-6)
+    sim_only = tmp_path / "sim.yaml"
+    doc = sc.model_dump(mode="json", exclude={"path"})
+    for d in doc["devices"]:
+        d["backend"] = "sim"
+    sim_only.write_text(yaml.safe_dump(doc))
+    p = subprocess.run([sys.executable, "-m", "llsim", "fidelity", str(sim_only), "--out", str(tmp_path / "x")],
+                       capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert p.returncode == 2 and p.stderr.count("\n") == 1 and "no device has a real backend" in p.stderr

@@ -226,7 +226,7 @@ def test_plot_figures_draws_the_paper_set_from_files(runs, tmp_path, capsys):
         assert_column_png(tmp_path / "figs" / f"{n}.png")
         assert (tmp_path / "figs" / f"{n}.pdf").read_bytes()[:5] == b"%PDF-"
         assert len(pd.read_csv(tmp_path / "figs" / f"{n}.csv")) > 0  # the numbers drawn, beside the figure
-    assert "skipped hil_fidelity" in err and "llsim bench hil_fidelity" in err  # no HIL results yet
+    assert "skipped hil_fidelity" in err and "llsim bench fidelity" in err  # no HIL results yet
     # each figure's legend is outside its data
     from llsim.plot.style import paper_style
 
