@@ -176,6 +176,9 @@ class Hil(_Strict):
     # realtime: simulated time is paced to the wall clock; real stages run concurrently and take the
     # wall time they took (submit to result); the lag of the simulation behind real time is recorded
     clock: Literal["virtual", "realtime"] = "virtual"
+    # model: every link takes the link model's time (the tensors travel over loopback underneath);
+    # none: a transfer between two real workers takes the time it really took on this host (unshaped)
+    shape: Literal["model", "none"] = "model"
     tensors: bool = False  # real tensors (and token ids) even when every device is simulated
     deadline_slack: float = Field(5.0, ge=1, le=1e4)  # a real stage's deadline: floor + slack x predicted
     deadline_floor_s: float = Field(5.0, gt=0, le=3600)

@@ -311,3 +311,24 @@ def test_llsim_fidelity_prints_json_only_and_its_errors_add_up(tmp_path):
     p = subprocess.run([sys.executable, "-m", "llsim", "fidelity", str(sim_only), "--out", str(tmp_path / "x")],
                        capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert p.returncode == 2 and p.stderr.count("\n") == 1 and "no device has a real backend" in p.stderr
+
+
+@pytest.mark.parametrize("clock", ["virtual", "realtime"])
+def test_unshaped_links_between_real_workers_take_their_real_time(clock, tmp_path):
+    """hil.shape: none: a tensor between two real workers bypasses the link model (no row in links.csv
+    for that pair); fidelity.csv lists the real transfers; the tokens stay exact."""
+    sc = scenario("tiny-gpt2", "kv_cache", ["local", "local", "sim"], seed=4, requests=2, new=5,
+                  stages=[{"device": 0, "start_module": 0, "end_module": 1},
+                          {"device": 1, "start_module": 2, "end_module": 3},
+                          {"device": 2, "start_module": 4, "end_module": 4}])
+    sc = sc.model_copy(update={"hil": sc.hil.model_copy(update={"shape": "none", "clock": clock})})
+    res, devices, _ = run_to_dir(sc, tmp_path / "run")
+    check_tokens(res.tokens, sc)
+    links = pd.read_csv(tmp_path / "run" / "links.csv")
+    pairs = set(zip(links["src"], links["dst"]))
+    assert (0, 1) not in pairs and (1, 2) in pairs  # real -> real bypassed; real -> simulated modelled
+    fid = pd.read_csv(tmp_path / "run" / "fidelity.csv")
+    lk = fid[fid["what"] == "link"]
+    assert list(zip(lk["src"], lk["dst"])) == [(devices[0].name, devices[1].name)]
+    assert lk["predicted_ms"].isna().all() and (lk["measured_ms"] >= 0).all()
+    assert int(lk["n"].iloc[0]) == 2 * 5  # one message per step

@@ -37,7 +37,8 @@ def cmd_fidelity(args) -> int:
     con.print(fit_table([("term (per token)", "key"), ("ms", "num"), ("% of real latency", "num")],
                         [["compute (predicted - measured)", _f(t["compute_ms"]), _pct(t["compute_pct"])],
                          ["queueing (the rest)", _f(t["queueing_ms"]), _pct(t["queueing_pct"])],
-                         ["transfer (virtual clock: model)", _f(t["transfer_ms"]), _pct(t["transfer_pct"])],
+                         ["transfer (model - real)" if rep["shape"] == "none" else "transfer (both: link model)",
+                          _f(t["transfer_ms"]), _pct(t["transfer_pct"])],
                          ["worker overhead (in neither run)", _f(t["overhead_ms"]), _pct(t["overhead_pct"])]],
                         w, title="where the per-token latency error comes from"))
     con.print(fit_table([("device", "key"), ("stage", "num"), ("kind", "key"), ("runs", "num"),

@@ -13,7 +13,8 @@ The error is split into terms (:func:`terms`):
   went through (mean over tokens), relative to the real run's per-token latency;
 * ``queueing``: the rest of the per-token latency difference (waiting for a busy node, which
   follows from the compute times);
-* ``transfer``: 0 on the virtual clock (links take the link model's time in both runs);
+* ``transfer``: 0 with ``hil.shape: model`` (links take the link model's time in both runs); with
+  ``shape: none``, the simulated run's link time between the real workers minus the real one;
 * ``overhead``: the workers' per-stage protocol overhead (submit to result, minus compute), which
   neither run puts in the timeline; shown so a user can judge what a real deployment adds.
 """
@@ -47,19 +48,27 @@ def _err(sim, real):
     return (sim - real) / real * 100
 
 
-def terms(real_res, plane, sim_metrics: dict) -> dict:
-    """The per-token latency difference split into compute, queueing, transfer and overhead (ms/token)."""
+def terms(real_res, plane, sim_metrics: dict, sim_links: list[dict] | None = None,
+          real_links: dict | None = None) -> dict:
+    """The per-token latency difference split into compute, queueing, transfer and overhead (ms/token).
+    ``transfer``: with ``hil.shape: none`` (``real_links``, the real run's transfers between real
+    workers) the simulated run's link time between those pairs minus the real one, per token; else 0."""
     real_lat = _get(real_res.metrics, ("token_latency_ms", "mean")) or 0.0
     sim_lat = _get(sim_metrics, ("token_latency_ms", "mean")) or 0.0
     decode = [r for r in plane.runs if r.real and r.kind != "prefill"]
     n_tok = max(1, sum(1 for t in real_res.tokens if t["token"] > 0))
     compute = sum((r.predicted_s or 0.0) - r.compute_s for r in decode) * 1e3 / n_tok
     overhead = sum(r.elapsed_s - r.compute_s for r in decode) * 1e3 / n_tok
+    transfer = 0.0
+    if real_links:
+        model_s = sum(lk["total_time_s"] for lk in (sim_links or []) if (lk["src"], lk["dst"]) in real_links)
+        transfer = (model_s - sum(v[2] for v in real_links.values())) * 1e3 / max(1, len(real_res.tokens))
     diff = sim_lat - real_lat
+    queue = diff - compute - transfer
     pct = (lambda v: v / real_lat * 100) if real_lat else (lambda v: None)
-    return {"latency_diff_ms": diff, "compute_ms": compute, "queueing_ms": diff - compute, "transfer_ms": 0.0,
-            "overhead_ms": overhead, "compute_pct": pct(compute), "queueing_pct": pct(diff - compute),
-            "transfer_pct": 0.0, "overhead_pct": pct(overhead)}
+    return {"latency_diff_ms": diff, "compute_ms": compute, "queueing_ms": queue, "transfer_ms": transfer,
+            "overhead_ms": overhead, "compute_pct": pct(compute), "queueing_pct": pct(queue),
+            "transfer_pct": pct(transfer), "overhead_pct": pct(overhead)}
 
 
 def compare(sc: Scenario, out: Path, timeline: bool = True) -> dict:
@@ -86,7 +95,8 @@ def compare(sc: Scenario, out: Path, timeline: bool = True) -> dict:
             "concurrency": sc.workload.concurrency, "real_devices": [d.name for d in devices if d.backend != "sim"],
             "devices": len(devices), "out": str(out), "metrics": rows,
             "stop_reason": {"simulated": sim_res.metrics["stop_reason"], "real": real_res.metrics["stop_reason"]},
-            "terms": terms(real_res, real_res.hil.plane, sim_res.metrics), "stages": stages,
+            "terms": terms(real_res, real_res.hil.plane, sim_res.metrics, sim_res.link_rows,
+                           real_res.hil.nodes.real_links), "stages": stages, "shape": sc.hil.shape,
             "tokens": len(real_res.tokens)}
 
 

@@ -175,7 +175,7 @@ class HilRuntime:
                                deadline_slack=sc.hil.deadline_slack, deadline_floor_s=sc.hil.deadline_floor_s,
                                stage_file=stage_file)
         self.executors = executors
-        self.nodes = HilNodes(self.plane, set(real))
+        self.nodes = HilNodes(self.plane, set(real), sc.hil.shape)
         self.real = real
         from llsim.kernel import RealtimeClock
 
@@ -229,7 +229,7 @@ class HilRuntime:
                 "segments_cut_s": {str(k): v for k, v in self.plane.split_s.items()}}
 
 
-def fidelity_rows(plane, devices, link_rows: list[dict]) -> list[dict]:
+def fidelity_rows(plane, devices, link_rows: list[dict], real_links: dict | None = None) -> list[dict]:
     """``fidelity.csv``: per real stage (device, segment, modules) and step kind, the cost model's
     compute time vs the worker's measured one; per directed link between two real workers, the link
     model's mean transfer time vs the worker's forwarding time on this host."""
@@ -263,6 +263,11 @@ def fidelity_rows(plane, devices, link_rows: list[dict]) -> list[dict]:
                          "measured_ms": float(np.mean(meas)) * 1e3 if meas else None, "measured_p90_ms": None,
                          "error_pct": None, "worst_error_pct": None, "overhead_ms": None,
                          "bytes": int(lk["bytes"] / max(1, lk["transfers"]))})
+    for (src, dst), (n, nb, secs) in sorted((real_links or {}).items()):  # hil.shape: none: no link model
+        rows.append({"what": "link", "device": "", "epoch": "", "stage": "", "kind": "",
+                     "src": devices[src].name, "dst": devices[dst].name, "n": n, "predicted_ms": None,
+                     "measured_ms": secs / max(1, n) * 1e3, "measured_p90_ms": None, "error_pct": None,
+                     "worst_error_pct": None, "overhead_ms": None, "bytes": int(nb / max(1, n))})
     return rows
 
 
@@ -281,5 +286,5 @@ def add_measured_sessions(rt: HilRuntime, res) -> None:
 def write_hil_files(out: Path, rt: HilRuntime, res) -> None:
     from llsim.results.writer import write_csv, write_json
 
-    write_csv(out / "fidelity.csv", fidelity_rows(rt.plane, rt.devices, res.link_rows))
+    write_csv(out / "fidelity.csv", fidelity_rows(rt.plane, rt.devices, res.link_rows, rt.nodes.real_links))
     write_json(out / "hil.json", rt.info(res), indent=2, sort_keys=True)

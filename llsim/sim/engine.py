@@ -137,6 +137,8 @@ class Simulation:
                            rng=np.random.default_rng(net_seed),
                            base_dir=sc.path.parent if sc.path else None,
                            on_transfer=self._on_transfer if timeline else None)
+        # a stage's outgoing tensors: the network model's send, or (HIL, hil.shape: none) the real transfer's time
+        self.send = self.net.send if hil is None else hil.wrap_send(self.net.send)
         self._graphs: dict = {} if graphs is None else graphs  # model graphs per step shape (shareable across runs)
         self.nodes = {d.index: make_node(d, self.env, self.dyn_rng, self.mark, hil) for d in devices}
         self.present: dict[int, frozenset[int]] = {d.index: frozenset() for d in devices}
@@ -398,7 +400,7 @@ class Simulation:
         it must be retried."""
         env, w, ep, rid, step = self.env, self.sc.workload, work.epoch, work.request, work.step
         devs, nodes, cost = ep.devs, ep.nodes, work.cost
-        transfer = self.net.send  # we only wait for arrivals: no TransferRecord values
+        transfer = self.send  # we only wait for arrivals: no TransferRecord values
         tags = self.want_timeline  # transfer tags only show in the timeline
         timeline = self.timeline
         mon = self.monitor

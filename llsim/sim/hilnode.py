@@ -30,10 +30,12 @@ from llsim.sim.node import Node, SimulatedPhone, StepWork
 class HilNodes:
     """Which node runs each device of a simulation with real tensors, and their shared data plane."""
 
-    def __init__(self, plane, real: set[int]):
-        self.plane, self.real = plane, set(real)
+    def __init__(self, plane, real: set[int], shape: str = "model"):
+        self.plane, self.real, self.shape = plane, set(real), shape
         self.sim = None
         self.lost: list[dict] = []  # workers lost during the run: device, time, reason
+        self.last_send: dict[int, float] = {}  # device -> the forwarding seconds its last real stage measured
+        self.real_links: dict[tuple[int, int], list] = {}  # (src, dst) -> [transfers, bytes, seconds] (shape none)
 
     def bind(self, sim) -> None:
         self.sim = sim
@@ -42,6 +44,27 @@ class HilNodes:
         if dev.index in self.real:
             return WorkerNode(dev, env, self)
         return TensorPhone(dev, env, rng, mark, self)
+
+    def wrap_send(self, send):
+        """The engine's send: the network model's (``hil.shape: model``), or, with ``shape: none``, for a
+        tensor between two real workers the time it really took: on the virtual clock the producer's
+        measured forwarding time, on the real-time clock none (the next worker waits for the tensor
+        itself, inside its stage's measured time)."""
+        if self.shape == "model":
+            return send
+        real = self.real
+
+        def real_send(src: int, dst: int, nbytes: int, tag: str = ""):
+            if src in real and dst in real:
+                secs = 0.0 if self.realtime else self.last_send.get(src, 0.0)
+                rec = self.real_links.setdefault((src, dst), [0, 0, 0.0])
+                rec[0] += 1
+                rec[1] += int(nbytes)
+                rec[2] += secs
+                return self.sim.env.timeout(secs)
+            return send(src, dst, nbytes, tag)
+
+        return real_send
 
     @property
     def realtime(self) -> bool:
@@ -66,10 +89,13 @@ class HilNodes:
 
     def collect(self, node: Node, p):
         try:
-            return self.plane.finish_stage(p)
+            r = self.plane.finish_stage(p)
         except (WorkerError, LLSimError) as e:
             self._failed(node, p.s, p.work, e)
             return None
+        if r.real:
+            self.last_send[r.device] = r.send_s
+        return r
 
     def _failed(self, node: Node, s: int, work: StepWork, e: Exception) -> None:
         if isinstance(e, (WorkerLost, DeadlineExceeded)):
