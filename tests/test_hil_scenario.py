@@ -332,3 +332,35 @@ def test_unshaped_links_between_real_workers_take_their_real_time(clock, tmp_pat
     assert list(zip(lk["src"], lk["dst"])) == [(devices[0].name, devices[1].name)]
     assert lk["predicted_ms"].isna().all() and (lk["measured_ms"] >= 0).all()
     assert int(lk["n"].iloc[0]) == 2 * 5  # one message per step
+
+
+def test_an_error_mid_run_ends_it_keeps_the_tokens_and_leaves_no_worker(tmp_path, monkeypatch):
+    """A stage failing with an error that is not a lost worker (here: onnxruntime refusing an input,
+    injected after 12 stages) ends the run with that error; the tokens so far are written, the
+    workers are stopped."""
+    from llsim.hil import plane as plane_mod
+    from llsim.hil.errors import RemoteError
+
+    real_finish = plane_mod.DataPlane.finish_stage
+    calls = []
+
+    def failing(self, p):
+        calls.append(1)
+        if len(calls) == 12:
+            raise RemoteError("bad_input", "segment e0/1: input x has the wrong shape", "local-1")
+        return real_finish(self, p)
+
+    monkeypatch.setattr(plane_mod.DataPlane, "finish_stage", failing)
+    sc = scenario("tiny-gpt2", "kv_cache", ["local", "local", "sim"], seed=3, requests=2, new=6)
+    res, _, _ = run_to_dir(sc, tmp_path / "run")
+    assert res.metrics["stop_reason"] == "terminal"
+    assert "wrong shape" in res.error
+    import json
+
+    info = json.loads((tmp_path / "run" / "hil.json").read_text())
+    assert wait_gone(worker_pids(info)) == []
+    tokens = pd.read_csv(tmp_path / "run" / "tokens.csv")
+    assert 0 < len(tokens) < 2 * 6
+    ref = reference(sc)
+    for r, g in tokens.groupby("request"):  # what was generated is the whole model's
+        assert g.sort_values("token")["token_id"].tolist() == ref[r][:len(g)]
