@@ -137,12 +137,12 @@ def _rows(entry: dict, old_plan, names) -> list[dict]:
                     "horizon_s": c.horizon_s, "horizon_basis": c.horizon_basis,
                     "predicted_background_s": c.background_s,
                     "old_ms_per_token": (c.old_value_s or 0.0) * 1e3, "new_ms_per_token": (c.new_value_s or 0.0) * 1e3,
-                    "moved_bytes": sum(m.nbytes for m in c.moves if m.what == "weights" or c.kind != "stage"),
+                    "moved_bytes": int(sum(m.nbytes for m in c.moves if m.what == "weights" or c.kind != "stage")),
                     "predicted_drain_s": c.drain_s, "actual_drain_s": None, "predicted_transfer_s": c.transfer_s,
                     "actual_transfer_s": None, "predicted_session_s": c.session_s,
                     "old_plan": _plan_str(old_plan, names), "new_plan": _plan_str(c.plan, names) if c.plan else ""})
         if c.kind == "stage":  # the weights streamed; the KV cache moves at the switch
-            out[-1]["moved_bytes"] = sum(m.nbytes for m in c.moves if m.what == "weights")
+            out[-1]["moved_bytes"] = int(sum(m.nbytes for m in c.moves if m.what == "weights"))
     return out
 
 
