@@ -152,10 +152,11 @@ class Balancer(_Strict):
     min_interval_s: float = Field(15.0, ge=0, le=1e9)  # between two rebalances
     min_gain: float = Field(0.05, ge=0, le=1e6)  # relative gain a new plan must promise
     gain_cost_margin: float = Field(1.5, ge=1, le=1e6)  # predicted gain over the horizon must exceed margin x cost
-    horizon_s: float | None = Field(60.0, gt=0, le=1e9)  # a change must pay back within this long (None: the whole
-    # remaining work known to the coordinator; a deviation may not last that long)
+    horizon_s: float | None = Field(None, gt=0, le=1e9)  # an upper bound on the payback window (None: the work
+    # left and the learned duration of the condition bound it; llsim.balance.horizon)
     min_samples: int = Field(5, ge=1, le=10**6)  # observations of a phone before its ratio is trusted
     overlap_replicas: bool = True  # pre-stage neighbours' boundary modules within memory slack
+    standby_replicas: bool = True  # idle phones hold standby copies of the riskiest stages (llsim.balance.replicas)
     strategy: str = "milp"  # for full re-plans
     heartbeat_s: float = Field(0.5, ge=1e-3, le=3600)
     heartbeat_misses: int = Field(3, ge=1, le=10**6)  # missed heartbeats before a phone is declared gone

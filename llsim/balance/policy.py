@@ -3,38 +3,55 @@
 :class:`Balancer` is the object a coordinator calls every ``interval_s`` with the
 :class:`~llsim.balance.monitor.Snapshot` of its monitor and a :class:`ClusterState` (the plan in
 force, which weights each phone holds, how much work is left). It keeps only its own memory
-(what the current plan assumed, since when a deviation lasts, when it last acted). The simulator
-and a real coordinator call the same methods; nothing here reads simulator state.
+(what the current plan assumed, since when a deviation lasts, how long past deviations lasted,
+when it last acted, a plan being staged). The simulator and a real coordinator call the same
+methods; nothing here reads simulator state. docs/balancer.md describes the policy in full.
 
 Policy:
 
 1. **Failover.** A phone of the plan that stopped answering heartbeats forces a re-plan on the
-   phones still alive (weights they lack come from a phone that holds them, else from the
-   coordinator's model store). If the model no longer fits, the decision is ``terminal``.
+   phones still alive. The candidates are the allocator's plan, the broken plan's neighbours and
+   plans built around the weights already present (the gone phone's stage given to a phone that
+   holds a standby copy of it, then the best boundary shift); the one that finishes the horizon's
+   tokens soonest (switch cost + tokens x seconds per token) is taken. If the model no longer
+   fits, the decision is ``terminal``.
 2. **Triggers, with hysteresis.** A phone's smoothed slowdown (observed / expected stage time)
    or reported link rate deviating from what the current plan assumed by more than
    ``threshold`` for ``sustain_s`` arms a trigger; a deviation back under ``threshold / 2``
-   disarms it. A phone that (re)joined and kept answering for ``join_after_s`` is a trigger too.
-   Nothing happens within ``min_interval_s`` of the last action or evaluation.
+   disarms it. A phone that (re)joined and kept answering for ``join_after_s`` is a trigger too,
+   and so is the first evaluation ``min_interval_s`` after a failover (a better plan may now be
+   staged in the background). Nothing happens within ``min_interval_s`` of the last action or
+   evaluation.
 3. **Candidates.** The allocation problem is re-priced with the observed slowdowns and link
-   rates (:func:`llsim.alloc.adjust.adjusted_problem`). First the best **boundary shift** within the overlap
-   replicas (same phones and order; each phone only takes modules whose weights it holds). Then
-   a full **re-plan** with the allocator. The shift is taken if it is within ``min_gain`` of
-   the re-plan (no weights to move); otherwise the better of the two by net gain.
-4. **Gain vs cost.** A candidate is taken only if it promises ``min_gain`` relative speed-up and
-   its time saved over the remaining horizon exceeds ``gain_cost_margin`` x its cost: pipeline
-   drain (one ring pass), weight and KV-cache transfers over the modelled Wi-Fi (serialised on a
-   shared medium), and opening a session per newly run module.
+   rates (:func:`llsim.alloc.adjust.adjusted_problem`): the best **boundary shift** within the
+   replicas (same phones and order; each phone only takes modules whose weights it holds); the
+   allocator's **re-plan**, the current plan's neighbours and the plans built around standby
+   copies; and, for each re-plan that moves weights, the same plan **staged**: its weights
+   streamed in the background while the current plan keeps running, the switch made once they
+   are all there (its cost is the stall only; its gain starts after the streaming).
+4. **Gain vs cost over the work that remains.** A candidate is taken only if it promises
+   ``min_gain`` relative speed-up and its time saved over the horizon exceeds
+   ``gain_cost_margin`` x its cost (pipeline drain, weights and KV cache moved, sessions opened).
+   The horizon is the work left (closed workload: the tokens still to generate; open workload:
+   as long again as the run so far), cut short by the expected remaining time of the condition
+   that triggered (:mod:`llsim.balance.horizon`, learned from how long past deviations of the
+   kind lasted) and by ``horizon_s`` if set. A change for a condition expected to end before the
+   work also pays for switching back (a drain and sessions). A shift within ``min_gain`` of the
+   best re-plan is preferred (no weights move); otherwise the best net gain.
 5. **No repeated rejections.** After an evaluation that took nothing, the policy does not
    evaluate again while nothing it depends on has changed: the same plan, the same phones alive,
    the same weights held, and every observed slowdown and link rate within ``threshold`` of what
    that evaluation saw (the deviation that would arm a trigger). Each evaluation solves the
    allocation problem; repeating one gives the same answer.
+
+Every evaluation is in :attr:`Balancer.log` with every candidate priced and its verdict (why it
+was chosen or rejected): the coordinator writes them to ``rebalances.csv``.
 """
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -42,6 +59,7 @@ from llsim.alloc.adjust import adjusted_problem  # noqa: F401 - the balancer re-
 from llsim.alloc.plan import Plan, StagePlan
 from llsim.alloc.problem import AllocProblem
 from llsim.alloc.search import best_neighbours, order_neighbours
+from llsim.balance.horizon import Episodes
 from llsim.balance.monitor import Snapshot
 
 
@@ -50,7 +68,7 @@ class ClusterState:
     t: float
     plan: Plan
     present: dict[int, frozenset[int]]  # device -> modules whose weights it holds now
-    remaining_tokens: int  # tokens still to generate for submitted + queued requests
+    remaining_tokens: int | None  # tokens still to generate (None: an open workload, not known)
     cached_tokens: int = 0  # KV-cache tokens held per stage (all in-flight requests)
 
 
@@ -67,19 +85,30 @@ class Move:
 class Decision:
     t: float
     trigger: str  # e.g. "slowdown kirin-990-0 x1.8", "left tensor-g3-0", "join ..."
-    kind: str  # shift | replan | failover | terminal
+    kind: str  # shift | replan | stage | failover | terminal
     plan: Plan | None
     old_value_s: float | None = None  # predicted seconds per token of the current plan (observed state)
     new_value_s: float | None = None
     gain: float = 0.0  # relative
     gain_s: float = 0.0  # predicted time saved over the horizon
-    cost_s: float = 0.0
+    cost_s: float = 0.0  # the stall: drain + transfer (not the background one) + sessions
     drain_s: float = 0.0
     transfer_s: float = 0.0
     session_s: float = 0.0
-    moves: list[Move] = field(default_factory=list)
+    moves: list[Move] = field(default_factory=list)  # kind stage: the weights streamed in the background
     sessions: dict[int, int] = field(default_factory=dict)  # device -> modules newly opened
     reason: str = ""
+    verdict: str = ""  # "chosen", or why not
+    return_s: float = 0.0  # switching back when the condition ends (counted in the payback test)
+    background_s: float = 0.0  # kind stage: predicted time to stream its weights
+    horizon_tokens: float = 0.0
+    horizon_s: float = 0.0  # the payback window, seconds at the current plan's speed
+    horizon_basis: str = ""  # what bounds it: remaining work | condition estimate | horizon_s | ...
+    evaluation: int = 0  # which evaluation priced it (Balancer.evaluations at the time)
+
+    @property
+    def net_s(self) -> float:
+        return self.gain_s - self.cost_s - self.return_s
 
 
 def per_token_s(pb: AllocProblem, plan: Plan) -> float:
@@ -153,7 +182,38 @@ def best_shift(pb: AllocProblem, plan: Plan, present: dict[int, frozenset[int]],
     return best, best_v
 
 
+
 # ---- what a switch costs ---------------------------------------------------------------------------
+def weight_source(pb: AllocProblem, m: int, d: int, present: dict[int, frozenset[int]], alive: set[int]) -> int | None:
+    """Where phone ``d`` gets module ``m``'s weights from: the phone holding them with the cheapest
+    path to ``d``, or the coordinator's model store (behind the access point: ``d``'s downlink
+    alone) when that is cheaper or nobody alive holds them. Ties go to the store."""
+    links = pb.lat.links
+    best, cost = None, links.inb[d]
+    for x in sorted(present):
+        if x != d and x in alive and m in present[x]:
+            c = links.per_byte(x, d)
+            if c < cost - 1e-15:
+                best, cost = x, c
+    return best
+
+
+def moves_time(pb: AllocProblem, moves: list[Move]) -> float:
+    """Seconds to carry ``moves`` out as the coordinator does: phone-to-phone transfers at once on the
+    shared medium (their airtimes add up), the model store's transfers one after another per
+    receiver (its downlink), receivers in parallel; both kinds side by side."""
+    if not moves:
+        return 0.0
+    links = pb.lat.links
+    peer, store = 0.0, {}
+    for mv in moves:
+        if mv.src is None:
+            store[mv.dst] = store.get(mv.dst, 0.0) + mv.nbytes * (links.inb[mv.dst] + links.loss_per_byte_s)
+        else:
+            peer += mv.nbytes * (links.per_byte(mv.src, mv.dst) + links.loss_per_byte_s)
+    return max(peer, max(store.values(), default=0.0)) + links.one_way_s
+
+
 def switch_cost(pb: AllocProblem, old: Plan, new: Plan, present: dict[int, frozenset[int]], alive: set[int],
                 cached_tokens: int, drain_s: float, session_s_per_module: float) -> Decision:
     """Moves (weights a phone lacks, KV cache of modules that change phone), sessions, and their time."""
@@ -170,29 +230,83 @@ def switch_cost(pb: AllocProblem, old: Plan, new: Plan, present: dict[int, froze
             if m not in old_range.get(d, ()):
                 opened += 1
             if m not in mine:
-                src = owner.get(m) if owner.get(m) in alive else None
-                if src is None:
-                    src = next((x for x in sorted(present) if x in alive and x != d and m in present[x]), None)
-                moves.append(Move(m, src, d, float(pb.weight_bytes[m])))
+                moves.append(Move(m, weight_source(pb, m, d, present, alive), d, float(pb.weight_bytes[m])))
             u = owner.get(m)
             if kv_tok is not None and cached_tokens and u is not None and u != d and u in alive and kv_tok[m] > 0:
                 moves.append(Move(m, u, d, float(kv_tok[m] * cached_tokens), "kv"))
         if opened:
             sessions[d] = opened
-    links = pb.lat.links
-    total = 0.0
-    for mv in moves:
-        per = links.inb[mv.dst] if mv.src is None else links.per_byte(mv.src, mv.dst)
-        total += mv.nbytes * (per + links.loss_per_byte_s)
-    if moves:
-        total += links.one_way_s
+    total = moves_time(pb, moves)
     sess = session_s_per_module * max(sessions.values(), default=0)
     return Decision(0.0, "", "", new, cost_s=drain_s + total + sess, drain_s=drain_s, transfer_s=total,
                     session_s=sess, moves=moves, sessions=sessions)
 
 
+def staged(pb: AllocProblem, c: Decision) -> Decision | None:
+    """``c`` with its weights streamed in the background first: the stall keeps the drain, the KV
+    cache and the sessions; the weights' time becomes ``background_s``. None: nothing to stream."""
+    w = [mv for mv in c.moves if mv.what == "weights"]
+    if not w:
+        return None
+    kv = [mv for mv in c.moves if mv.what == "kv"]
+    t_kv = moves_time(pb, kv)
+    return replace(c, kind="stage", moves=w + kv, transfer_s=t_kv, cost_s=c.drain_s + t_kv + c.session_s,
+                   background_s=moves_time(pb, w))
+
+
+# ---- plans built around the weights already present -------------------------------------------------
+def standby_plans(pb: AllocProblem, plan: Plan, present: dict[int, frozenset[int]], alive: set[int],
+                  gone: set[int] = frozenset()) -> list[Plan]:
+    """Plans that give a stage of ``plan`` to a phone outside it that holds (most of) its modules: a
+    standby copy. Every stage on a ``gone`` phone is so given (to the alive phone outside the plan
+    holding most of its modules); then, for each other stage, each outside phone holding all of it.
+    Each plan also with its best boundary shift within the weights present."""
+    free = [d for d in sorted(alive) if d not in plan.devices and pb.budget[d] > 0]
+    speed = pb.thr.compute.sum(axis=1)
+
+    def held(e, s):
+        return sum(1 for m in range(s.start_module, s.end_module + 1) if m in present.get(e, ()))
+
+    stages = list(plan.stages)
+    used: set[int] = set()
+    for i, s in enumerate(stages):
+        if s.device in gone:
+            opts = [e for e in free if e not in used and pb.fits(e, s.start_module, s.end_module)]
+            if not opts:
+                return []
+            e = max(opts, key=lambda x: (held(x, s), -speed[x], -x))
+            used.add(e)
+            stages[i] = StagePlan(e, s.start_module, s.end_module)
+    base = Plan(tuple(stages), "standby")
+    out = [base] if gone else []
+    for i, s in enumerate(base.stages):
+        n = s.end_module - s.start_module + 1
+        for e in free:
+            if e not in used and held(e, s) == n and pb.fits(e, s.start_module, s.end_module):
+                st = list(base.stages)
+                st[i] = StagePlan(e, s.start_module, s.end_module)
+                out.append(Plan(tuple(st), "standby"))
+    more = []
+    for p in out:
+        sh = best_shift(pb, p, present)
+        if sh is not None:
+            more.append(Plan(sh[0].stages, "standby"))
+    return out + more
+
+
 # ---- the policy --------------------------------------------------------------------------------------
 REPLAN_NEIGHBOURS = 8  # neighbours of the plan in force priced as re-plans
+
+
+@dataclass
+class Pending:
+    """A plan whose weights are being streamed in the background (a ``stage`` decision)."""
+
+    plan: Plan
+    trigger: str
+    keys: list
+    t: float
+    background_s: float
 
 
 class Balancer:
@@ -215,7 +329,10 @@ class Balancer:
         self.skipped = 0  # evaluations not repeated (same state as a rejected one)
         self._rejected = None  # the state a rejected evaluation saw (see _unchanged)
         self._skip_t = -float("inf")
-        self.log: list[dict] = []  # every evaluation (taken or not), for the record
+        self.episodes = Episodes(cfg.threshold)  # how long past conditions lasted (the payback horizon)
+        self.pending: Pending | None = None  # a plan being staged in the background
+        self.revisit: float | None = None  # after a failover: evaluate again at this time
+        self.log: list[dict] = []  # every evaluation (taken or not) with its candidates, for the record
 
     # the state the current plan was made for
     def adopt(self, snap: Snapshot, plan: Plan) -> None:
@@ -225,6 +342,10 @@ class Balancer:
         self.known = {d for d, a in snap.alive.items() if a}
         self.since.clear()
         self._rejected = None
+
+    def risk(self) -> dict[int, float]:
+        """Per device, how likely it is to slow down or leave (for the standby replicas)."""
+        return {d: self.episodes.risk(d) for d in range(self.pb.n_devices)}
 
     def _state(self, snap: Snapshot, cs: ClusterState) -> tuple:
         """What an evaluation depends on: plan, phones alive, weights held, observations."""
@@ -259,6 +380,11 @@ class Balancer:
         alive = {d for d, a in snap.alive.items() if a}
         return adjusted_problem(self.pb, self.slowdown, self._link_scale(snap), alive)
 
+    def observe(self, snap: Snapshot) -> None:
+        """Feed the episode history (what the payback horizon is learned from)."""
+        self.episodes.observe(snap.t, snap.slowdown, {d: s - 1.0 for d, s in self._link_scale(snap).items()},
+                              snap.alive)
+
     def _armed(self, key: str, dev: float, recent: float, t: float) -> bool:
         """Hysteresis: the timer starts when the smoothed and the recent deviation both exceed the
         threshold (same sign), is reset when either falls under half of it, and fires after
@@ -273,7 +399,8 @@ class Balancer:
             self.since.pop(key, None)
         return False
 
-    def triggers(self, snap: Snapshot, cs: ClusterState) -> list[str]:
+    def triggers(self, snap: Snapshot, cs: ClusterState) -> list[tuple[str, tuple | None]]:
+        """(text, the (signal, device) episode it is about) for every armed trigger."""
         t, out = snap.t, []
         self.slowdown.update(snap.slowdown)
         watch = set(cs.plan.devices) | {d for d in snap.slowdown if snap.alive.get(d)}  # idle phones: probes
@@ -282,29 +409,55 @@ class Balancer:
             if r is not None:
                 a = self.assumed.get(d, 1.0)
                 if self._armed(f"speed{d}", r / a - 1.0, snap.recent.get(d, r) / a - 1.0, t):
-                    out.append(f"{'slowdown' if r > a else 'speedup'} {self.names[d]} x{r / a:.2f}")
+                    out.append((f"{'slowdown' if r > a else 'speedup'} {self.names[d]} x{r / a:.2f}", ("speed", d)))
             rate = snap.link_mbps.get(d)
             ref = self.assumed_link.get(d)
             if rate is not None and ref and d in cs.plan.devices:
                 if self._armed(f"link{d}", ref / rate - 1.0, ref / rate - 1.0, t):
-                    out.append(f"link {self.names[d]} {ref:.0f}->{rate:.0f} Mb/s")
+                    out.append((f"link {self.names[d]} {ref:.0f}->{rate:.0f} Mb/s", ("link", d)))
         if self.known is not None:
             for d, since in snap.alive_since.items():
                 if d not in self.known and t - since >= self.cfg.join_after_s:
-                    out.append(f"join {self.names[d]}")
+                    out.append((f"join {self.names[d]}", ("presence", d)))
+        if self.revisit is not None and t >= self.revisit:
+            out.append(("after the failover", None))
         return out
 
+    # ---- the payback window ------------------------------------------------------------------------
+    def horizon(self, t: float, cs: ClusterState, keys: list, v_old: float) -> tuple[float, float, str]:
+        """(tokens a change would speed up, the same in seconds at ``v_old``, what bounds it)."""
+        if not (np.isfinite(v_old) and v_old > 0):
+            n = cs.remaining_tokens if cs.remaining_tokens is not None else math.inf
+            return n, math.inf, "remaining work"
+        if cs.remaining_tokens is not None:
+            opts = [(float(cs.remaining_tokens), "remaining work")]
+        else:  # an open workload: it goes on as long again as it has run (nothing else is known)
+            opts = [(t / v_old, "open workload: as long again as the run so far")]
+        cond = self.episodes.condition_remaining([k for k in keys if k is not None], t)
+        if math.isfinite(cond):
+            opts.append((cond / v_old, f"condition estimate {cond:.1f} s"))
+        if self.cfg.horizon_s:
+            opts.append((self.cfg.horizon_s / v_old, "horizon_s"))
+        n, basis = min(opts, key=lambda x: x[0])
+        return n, n * v_old, basis
+
+    # ---- decisions ---------------------------------------------------------------------------------
     def decide(self, snap: Snapshot, cs: ClusterState) -> Decision | None:
         if self.known is None:
             self.adopt(snap, cs.plan)
         self.known = {d for d in self.known if snap.alive.get(d)}  # a phone that left and returns is a join
+        self.observe(snap)
         t = snap.t
         gone = [d for d in cs.plan.devices if not snap.alive.get(d, False)]
         if gone:
+            self.pending = None
             return self._failover(snap, cs, gone)
+        if self.pending is not None:
+            return self._staged_switch(snap, cs)
         trig = self.triggers(snap, cs)
         if not trig or t - max(self.last_action, self.last_eval) < self.cfg.min_interval_s:
             return None
+        self.revisit = None
         state = self._state(snap, cs)
         if self._unchanged(state):  # the same evaluation was made and rejected: its answer stands
             if t - max(self.last_eval, self._skip_t) >= self.cfg.min_interval_s:
@@ -317,53 +470,122 @@ class Balancer:
         alive = {d for d, a in snap.alive.items() if a}
         v_old = per_token_s(pb, cs.plan)
         drain = pb.evaluate(cs.plan).ring_s
-        cands = []
-        sh = best_shift(pb, cs.plan, cs.present)
-        if sh is not None:
-            c = switch_cost(pb, cs.plan, sh[0], cs.present, alive, cs.cached_tokens, drain,
-                            self.cfg.session_ms_per_module / 1e3)
-            c.kind, c.new_value_s = "shift", sh[1]
-            cands.append(c)
-        res = self._allocate(pb, self.cfg.strategy)
-        # re-plans: the allocator's plan, and the current plan's neighbours (drop, swap or replace a
-        # phone, move a boundary; or a device-order move with re-balanced cuts), which keep most
-        # weights where they are: the cheapest to switch to
-        replans = [res.plan] if res.feasible else []
-        replans += best_neighbours(pb, cs.plan, pb.objective, REPLAN_NEIGHBOURS)
-        replans += order_neighbours(pb, cs.plan, pb.objective, REPLAN_NEIGHBOURS)
-        seen = {cs.plan.stages}
-        for p in replans:
-            if p.stages in seen:
-                continue
-            seen.add(p.stages)
-            c = switch_cost(pb, cs.plan, p, cs.present, alive, cs.cached_tokens, drain,
-                            self.cfg.session_ms_per_module / 1e3)
-            c.kind, c.new_value_s = "replan", per_token_s(pb, p)
-            cands.append(c)
-        horizon = cs.remaining_tokens  # tokens the change would speed up
-        if self.cfg.horizon_s and np.isfinite(v_old) and v_old > 0:
-            horizon = min(horizon, self.cfg.horizon_s / v_old)
-        for c in cands:
-            c.t, c.trigger, c.old_value_s = t, "; ".join(trig), v_old
-            c.gain = (v_old - c.new_value_s) / v_old if v_old > 0 and np.isfinite(v_old) else 1.0
-            c.gain_s = horizon * (v_old - c.new_value_s) if np.isfinite(v_old) else float("inf")
-        ok = [c for c in cands if c.gain >= self.cfg.min_gain and c.gain_s >= self.cfg.gain_cost_margin * c.cost_s]
-        pick = None
-        shift = next((c for c in ok if c.kind == "shift"), None)
-        replan = max((c for c in ok if c.kind == "replan"), key=lambda c: c.gain_s - c.cost_s, default=None)
-        if shift and (replan is None or shift.new_value_s <= replan.new_value_s * (1 + self.cfg.min_gain)):
-            pick = shift
-        elif ok:
-            pick = max(ok, key=lambda c: c.gain_s - c.cost_s)
-        best = {}
-        for c in cands:  # per kind, the candidate with the best net gain
-            if c.kind not in best or c.gain_s - c.cost_s > best[c.kind].gain_s - best[c.kind].cost_s:
-                best[c.kind] = c
-        self.log.append({"t": t, "trigger": "; ".join(trig), "taken": pick.kind if pick else "none",
-                         "candidates": {k: {"gain": c.gain, "gain_s": c.gain_s, "cost_s": c.cost_s}
-                                        for k, c in best.items()}})
+        text = "; ".join(x for x, _ in trig)
+        keys = [k for _, k in trig]
+        cands = self._candidates(pb, cs, alive, drain)
+        n, h_s, basis = self.horizon(t, cs, keys, v_old)
+        pick = self._choose(cands, t, text, v_old, n, h_s, basis)
+        self._record(t, text, pick, cands)
         if pick is None:
             self._rejected = state
+            return None
+        self.last_action = t
+        if pick.kind == "stage":
+            self.pending = Pending(pick.plan, text, keys, t, pick.background_s)
+        else:
+            self.adopt(snap, pick.plan)
+        return pick
+
+    def _candidates(self, pb: AllocProblem, cs: ClusterState, alive: set[int], drain: float,
+                    gone: set[int] = frozenset()) -> list[Decision]:
+        """Every candidate priced: the shift, the re-plans (allocator, neighbours, standby copies) and,
+        unless the plan in force is broken, each re-plan that moves weights also staged."""
+        sess = self.cfg.session_ms_per_module / 1e3
+        cands = []
+        if not gone:
+            sh = best_shift(pb, cs.plan, cs.present)
+            if sh is not None:
+                c = switch_cost(pb, cs.plan, sh[0], cs.present, alive, cs.cached_tokens, drain, sess)
+                c.kind, c.new_value_s = "shift", sh[1]
+                cands.append(c)
+        res = self._allocate(pb, self.cfg.strategy) if alive else None
+        # re-plans: the allocator's plan; the current plan's neighbours (drop, swap or replace a phone,
+        # move a boundary; or a device-order move with re-balanced cuts), which keep most weights where
+        # they are; and the plans built around the standby copies
+        replans = [res.plan] if res is not None and res.feasible else []
+        replans += best_neighbours(pb, cs.plan, pb.objective, REPLAN_NEIGHBOURS)
+        replans += order_neighbours(pb, cs.plan, pb.objective, REPLAN_NEIGHBOURS)
+        replans += standby_plans(pb, cs.plan, cs.present, alive, gone)
+        seen = {cs.plan.stages} | {c.plan.stages for c in cands}
+        kind = "failover" if gone else "replan"
+        for p in replans:
+            if p.stages in seen or not pb.evaluate(p).feasible:
+                continue
+            seen.add(p.stages)
+            c = switch_cost(pb, cs.plan, p, cs.present, alive, 0 if gone else cs.cached_tokens, drain, sess)
+            c.kind, c.new_value_s = kind, per_token_s(pb, p)
+            cands.append(c)
+            st = None if gone else staged(pb, c)
+            if st is not None:
+                cands.append(st)
+        return cands
+
+    def _choose(self, cands: list[Decision], t: float, text: str, v_old: float, n: float, h_s: float,
+                basis: str) -> Decision | None:
+        """Gain, payback and verdict of every candidate; the one taken (None: nothing pays)."""
+        cfg = self.cfg
+        bounded = not basis.startswith("remaining work")  # the change may have to be undone
+        for c in cands:
+            c.t, c.trigger, c.old_value_s, c.evaluation = t, text, v_old, self.evaluations
+            c.horizon_tokens, c.horizon_s, c.horizon_basis = n, h_s, basis
+            c.gain = (v_old - c.new_value_s) / v_old if v_old > 0 and np.isfinite(v_old) else 1.0
+            tokens = n
+            if c.kind == "stage":  # the gain starts once the weights are there
+                tokens = max(0.0, n - c.background_s / v_old) if np.isfinite(v_old) and v_old > 0 else n
+            c.gain_s = tokens * (v_old - c.new_value_s) if np.isfinite(v_old) else float("inf")
+            c.return_s = (c.drain_s + c.session_s) if bounded else 0.0
+            if c.gain < cfg.min_gain:
+                c.verdict = f"gain {c.gain:.1%} < min_gain {cfg.min_gain:.0%}"
+            elif c.gain_s < cfg.gain_cost_margin * (c.cost_s + c.return_s):
+                c.verdict = (f"does not pay back: saves {c.gain_s:.1f} s over the horizon < {cfg.gain_cost_margin:g} x "
+                             f"(cost {c.cost_s:.1f} s" + (f" + switching back {c.return_s:.1f} s)" if c.return_s else ")"))
+        ok = [c for c in cands if not c.verdict]
+        pick = None
+        shift = next((c for c in ok if c.kind == "shift"), None)
+        others = [c for c in ok if c.kind != "shift"]
+        best_other = max(others, key=lambda c: c.net_s, default=None)
+        if shift and (best_other is None or shift.new_value_s <= best_other.new_value_s * (1 + cfg.min_gain)):
+            pick = shift
+        elif ok:
+            pick = max(ok, key=lambda c: c.net_s)
+        for c in ok:
+            if c is pick:
+                c.verdict = "chosen"
+            elif pick.kind == "shift" and pick is shift:
+                c.verdict = "pays back, but the shift is within min_gain of it and moves no weights"
+            else:
+                c.verdict = f"pays back, but nets {c.net_s:.1f} s < {pick.net_s:.1f} s ({pick.kind})"
+        return pick
+
+    def _record(self, t: float, trigger: str, pick: Decision | None, cands: list[Decision]) -> None:
+        self.log.append({"t": t, "evaluation": self.evaluations, "trigger": trigger,
+                         "taken": pick.kind if pick else "none", "candidates": cands})
+
+    def _staged_switch(self, snap: Snapshot, cs: ClusterState) -> Decision | None:
+        """While a plan is staged: nothing until its weights are all present; then the switch, if it
+        still pays (re-priced with what is observed now)."""
+        p, t = self.pending, snap.t
+        missing = sum(1 for s in p.plan.stages for m in range(s.start_module, s.end_module + 1)
+                      if m not in cs.present.get(s.device, ()))
+        if missing and t - p.t <= 3 * p.background_s + 4 * self.cfg.min_interval_s:
+            return None
+        self.pending = None
+        self.evaluations += 1
+        self.last_eval = t
+        pb = self.problem(snap)
+        alive = {d for d, a in snap.alive.items() if a}
+        v_old = per_token_s(pb, cs.plan)
+        c = switch_cost(pb, cs.plan, p.plan, cs.present, alive, cs.cached_tokens, pb.evaluate(cs.plan).ring_s,
+                        self.cfg.session_ms_per_module / 1e3)
+        c.kind, c.new_value_s = "replan", per_token_s(pb, p.plan)
+        n, h_s, basis = self.horizon(t, cs, p.keys, v_old)
+        text = f"staged ({p.trigger})"
+        pick = self._choose([c], t, text, v_old, n, h_s, basis)
+        if missing:
+            c.verdict = f"staging took too long ({missing} modules still missing)"
+            pick = None
+        self._record(t, text, pick, [c])
+        if pick is None:
             return None
         self.last_action = t
         self.adopt(snap, pick.plan)
@@ -375,18 +597,31 @@ class Balancer:
         alive = {d for d, a in snap.alive.items() if a}
         pb = self.problem(snap)
         trig = "left " + ", ".join(self.names[d] for d in gone)
-        res = self._allocate(pb, self.cfg.strategy) if alive else None
         self.last_action = t
-        if res is None or not res.feasible:
+        cands = self._candidates(pb, cs, alive, 0.0, set(gone)) if alive else []
+        cands = [c for c in cands if np.isfinite(c.new_value_s)]
+        if not cands:
             need, have = pb.memory_need(), float(pb.budget.sum())
             why = (f"the model no longer fits the phones still present: it needs {need / 1e9:.2f} GB, their budgets "
                    f"total {have / 1e9:.2f} GB" + (f" ({(need - have) / 1e9:.2f} GB missing)" if need > have else
                                                    " but no contiguous split fits"))
-            self.log.append({"t": t, "trigger": trig, "taken": "terminal"})
-            return Decision(t, trig, "terminal", None, reason=why)
-        c = switch_cost(pb, cs.plan, res.plan, cs.present, alive, 0, 0.0, self.cfg.session_ms_per_module / 1e3)
-        c.t, c.trigger, c.kind = t, trig, "failover"
-        c.new_value_s = per_token_s(pb, res.plan)
-        self.log.append({"t": t, "trigger": trig, "taken": "failover"})
-        self.adopt(snap, res.plan)
-        return c
+            dec = Decision(t, trig, "terminal", None, reason=why, verdict="chosen", evaluation=self.evaluations)
+            self._record(t, trig, dec, [dec])
+            return dec
+        # the plan in force is broken: the candidate that finishes the horizon's tokens soonest
+        best_v = min(c.new_value_s for c in cands)
+        n, h_s, basis = self.horizon(t, cs, [("presence", d) for d in gone], best_v)
+        for c in cands:
+            c.t, c.trigger, c.evaluation, c.old_value_s = t, trig, self.evaluations, None
+            c.horizon_tokens, c.horizon_s, c.horizon_basis = n, h_s, basis
+            c.gain_s = 0.0  # the old plan makes no progress: only the time to finish counts (see the verdict)
+        pick = min(cands, key=lambda c: (c.cost_s + n * c.new_value_s, c.cost_s))
+        total = pick.cost_s + n * pick.new_value_s
+        for c in cands:
+            c.verdict = "chosen" if c is pick else (
+                f"finishes the horizon later: cost + tokens x per token = {c.cost_s + n * c.new_value_s:.1f} s "
+                f"> {total:.1f} s")
+        self._record(t, trig, pick, cands)
+        self.adopt(snap, pick.plan)
+        self.revisit = t + self.cfg.min_interval_s
+        return pick

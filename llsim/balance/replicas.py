@@ -53,3 +53,45 @@ def replica_bytes(pb: AllocProblem, plan: Plan, held: Holdings) -> dict[int, flo
         a, b = own.get(d, (0, -1))
         out[d] = float(pb.weight_bytes[lo:hi + 1].sum() - (pb.weight_bytes[a:b + 1].sum() if b >= a else 0.0))
     return out
+
+
+def standby_replicas(pb: AllocProblem, plan: Plan, idle: list[int], risk: dict[int, float] | None = None) -> Holdings:
+    """Standby copies on phones outside the plan: each idle phone holds one contiguous module range
+    that it could run as a stage (weights + KV + activations within its budget), so that a re-plan
+    or a failover around it moves no weights.
+
+    Expected benefit decides what is copied: a stage's benefit is its phone's ``risk`` (how likely
+    it is to slow down or leave; :meth:`llsim.balance.horizon.Episodes.risk`) times the weight bytes
+    a re-plan would otherwise have to move, halved for each copy already made. The fastest idle
+    phone takes the stage of highest benefit first; its range covers that stage (as much of it as
+    fits) and grows alternately into the neighbouring stages while it fits."""
+    risk = risk or {}
+    n = pb.n_modules
+    speed = pb.thr.compute.sum(axis=1) + pb.overhead
+    copies = {i: 0 for i in range(len(plan.stages))}
+    held: Holdings = {}
+    for d in sorted(idle, key=lambda x: (speed[x], x)):
+        budget = float(pb.budget[d])
+        if budget <= 0:
+            continue
+
+        def benefit(i):
+            s = plan.stages[i]
+            return risk.get(s.device, 1.0) * float(pb.weight_bytes[s.start_module:s.end_module + 1].sum()) / 2 ** copies[i]
+        i = max(copies, key=lambda k: (benefit(k), -k))
+        s = plan.stages[i]
+        lo, hi = s.start_module, s.start_module
+        if pb.stage_bytes(lo, hi) > budget:
+            continue
+        while hi < s.end_module and pb.stage_bytes(lo, hi + 1) <= budget:  # the stage, as much as fits
+            hi += 1
+        grow = hi == s.end_module
+        while grow:  # then its neighbours' modules, alternately before and after
+            grow = False
+            if lo > 0 and pb.stage_bytes(lo - 1, hi) <= budget:
+                lo, grow = lo - 1, True
+            if hi + 1 < n and pb.stage_bytes(lo, hi + 1) <= budget:
+                hi, grow = hi + 1, True
+        copies[i] += 1
+        held[d] = (lo, hi)
+    return held

@@ -274,10 +274,11 @@ def fidelity_rows(plane, devices, link_rows: list[dict], real_links: dict | None
 def add_measured_sessions(rt: HilRuntime, res) -> None:
     """Each plan change's measured cost of loading the new segments on the real and in-process
     executors (wall seconds, every node of the plan), next to its predicted session cost."""
+    from llsim.sim.dynamics import taken
+
     epoch = 0
-    for row in res.rebalances:
+    for row in taken(res.rebalances):  # each plan switch carried out starts the next epoch
         if row["kind"] == "terminal":
-            row["measured_session_s"] = None
             continue
         epoch += 1
         row["measured_session_s"] = rt.plane.load_s.get(epoch)

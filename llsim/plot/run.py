@@ -76,6 +76,8 @@ def mark_events(ax, run: Run, end_s: float, legend: list | None = None) -> None:
             if legend is not None:
                 legend.append((Line2D([], [], color=c, lw=1.0, ls=":"), _event_label(ev, names)))
     rb = run.rebalances
+    if "chosen" in rb:  # every candidate is a row: the actions are the chosen plan switches
+        rb = rb[(rb["chosen"] == 1) & (rb["kind"] != "stage")]
     if not rb.empty:
         for _, r in rb.iterrows():
             ax.axvline(r["time_s"], color=OKABE_ITO["black"], lw=0.8, ls="--", zorder=1)

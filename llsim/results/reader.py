@@ -31,8 +31,10 @@ DEVICES = {"index": "int64", "name": STRING, "profile": STRING, "threads": "int6
 LINKS = {"src": "int64", "dst": "int64", "src_name": STRING, "dst_name": STRING, "transfers": "int64",
          "bytes": "int64", "total_time_s": "float64", "airtime_s": "float64", "mean_time_s": "float64",
          "goodput_mbps": "float64", "wake_s": "float64", "retransmits": "int64"}
-REBALANCES = {"time_s": "float64", "trigger": STRING, "kind": STRING, "predicted_cost_s": "float64",
-              "actual_stall_s": "float64", "predicted_gain": "float64", "predicted_gain_s": "float64",
+REBALANCES = {"evaluation": "int64", "time_s": "float64", "trigger": STRING, "kind": STRING, "chosen": "int64",
+              "verdict": STRING, "predicted_cost_s": "float64", "actual_stall_s": "float64",
+              "predicted_gain": "float64", "predicted_gain_s": "float64", "predicted_return_s": "float64",
+              "horizon_s": "float64", "horizon_basis": STRING, "predicted_background_s": "float64",
               "old_ms_per_token": "float64", "new_ms_per_token": "float64", "moved_bytes": "Int64",
               "predicted_drain_s": "float64", "actual_drain_s": "float64", "predicted_transfer_s": "float64",
               "actual_transfer_s": "float64", "predicted_session_s": "float64", "old_plan": STRING,

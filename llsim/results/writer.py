@@ -8,8 +8,9 @@
 * ``timing.json``: the wall-clock fields (``wall_time_s``, ``events_per_wall_s``); the only file
   that differs between two runs of the same scenario and seed
 * ``tokens.csv`` (one row per generated token), ``devices.csv``, ``links.csv``
-* ``rebalances.csv`` when the balancer is on: one row per action (time, trigger, kind, predicted
-  cost and gain, the actual stall, old and new plan)
+* ``rebalances.csv`` when the balancer is on: one row per candidate of each evaluation (time,
+  trigger, kind, ``chosen``, the verdict saying why it was or was not taken, predicted cost, gain
+  and payback window, the actual stall of the one taken, old and new plan): docs/balancer.md
 * ``timeline.json``: Chrome trace format; open it in https://ui.perfetto.dev. One track per device,
   per link lane and for the coordinator; timestamps are integer microseconds, a slice's start and
   end rounded alike, and slices on one track never overlap (concurrent transfers on one link get
@@ -38,6 +39,12 @@ from llsim.cost.steps import TOKEN_BYTES
 DEPS = ("simpy", "numpy", "pandas", "highspy", "onnx", "onnxruntime", "pydantic", "pyyaml")
 WALL_CLOCK_KEYS = ("wall_time_s", "events_per_wall_s")
 #: Every file a run directory may hold (``--force`` clears a directory made of these).
+#: rebalances.csv, in order (docs/balancer.md says what each means)
+REBALANCE_COLUMNS = ["evaluation", "time_s", "trigger", "kind", "chosen", "verdict", "predicted_cost_s", "actual_stall_s",
+                     "predicted_gain", "predicted_gain_s", "predicted_return_s", "horizon_s", "horizon_basis",
+                     "predicted_background_s", "old_ms_per_token", "new_ms_per_token", "moved_bytes",
+                     "predicted_drain_s", "actual_drain_s", "predicted_transfer_s", "actual_transfer_s",
+                     "predicted_session_s", "old_plan", "new_plan"]
 RUN_FILES = ("manifest.json", "metrics.json", "timing.json", "tokens.csv", "devices.csv", "links.csv",
              "rebalances.csv", "timeline.json", "fidelity.csv", "hil.json")
 
@@ -227,11 +234,8 @@ def write_run(out: Path, manifest: dict, res, device_names: list[str], token_byt
     write_csv(out / "devices.csv", res.device_rows)
     write_csv(out / "links.csv", link_rows(res.link_rows, token_bytes))
     if getattr(res, "rebalances", None) is not None and (res.rebalances or res.metrics.get("balancer_enabled")):
-        cols = ["time_s", "trigger", "kind", "predicted_cost_s", "actual_stall_s", "predicted_gain",
-                "predicted_gain_s", "old_ms_per_token", "new_ms_per_token", "moved_bytes", "predicted_drain_s",
-                "actual_drain_s", "predicted_transfer_s", "actual_transfer_s", "predicted_session_s",
-                "old_plan", "new_plan"]
-        if res.rebalances and "measured_session_s" in res.rebalances[0]:
+        cols = list(REBALANCE_COLUMNS)
+        if res.rebalances and any("measured_session_s" in r for r in res.rebalances):
             cols.insert(cols.index("predicted_session_s") + 1, "measured_session_s")  # real nodes loaded it
         write_csv(out / "rebalances.csv", res.rebalances, cols)
     if timeline:

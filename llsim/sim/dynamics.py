@@ -9,12 +9,22 @@ carrying their link rate) and, every ``balancer.interval_s``, asks the pure
 
 * ``shift`` / ``replan``: the header stops admitting steps, in-flight steps finish (drain), the
   weights and KV-cache entries that must move are sent over the simulated Wi-Fi, each phone opens
-  sessions for its new modules, the new plan takes over; replicas for the new plan are then
-  staged in the background;
+  sessions for its new modules, the new plan takes over; replicas for the new plan (overlap
+  replicas on its phones, standby copies on the idle ones) are then staged in the background;
+* ``stage``: the weights of the plan the policy wants are streamed in the background, module by
+  module, while the current plan keeps running; once they are all there the policy decides the
+  switch (a ``replan`` that moves only KV cache);
 * ``failover``: a phone stopped answering heartbeats; steps that involved it are abandoned, the
   remaining phones take over, and each in-flight request is retried from its last completed token
   (in kv_cache mode with its context recomputed, since part of its KV cache is gone);
 * ``terminal``: the model no longer fits the phones left; the run ends with that reason.
+
+Weights come from the phone the policy named (over the simulated medium) or from the coordinator's
+model store, behind the access point: the receiver's downlink, one module after another per
+receiver (:func:`llsim.balance.policy.moves_time` predicts exactly this schedule).
+
+Every evaluation's candidates, with the policy's verdict on each, become rows of ``rebalances.csv``
+(:data:`REBALANCE_COLUMNS`, docs/balancer.md); the chosen one also gets the actual stall.
 """
 from __future__ import annotations
 
@@ -42,11 +52,23 @@ def setup_dynamics(sim) -> None:
         nominal = {d.index: sim.net.phy_rate_mbps(d.index) for d in sim.devices}
         sim.attach_balancer(monitor, Balancer(b, problem, {k: v for k, v in nominal.items() if v},
                                               [d.name for d in sim.devices]), problem)
-        if b.overlap_replicas:
-            from llsim.balance.replicas import overlap_replicas
-
-            sim.hold_replicas(overlap_replicas(sim.problem, sim.plan))
+        held = _replicas(sim, sim.plan, {d.index for d in sim.devices if not d.absent})
+        if held:
+            sim.hold_replicas(held)  # deployed with the initial plan
         sim.env.process(_coordinator(sim))
+
+
+def _replicas(sim, plan, alive: set[int]) -> dict[int, tuple[int, int]]:
+    """The replicas to hold for ``plan``: overlap replicas on its phones, standby copies on the idle
+    phones alive (chosen by the balancer's risk estimates)."""
+    from llsim.balance.replicas import overlap_replicas, standby_replicas
+
+    b = sim.sc.balancer
+    held = overlap_replicas(sim.problem, plan) if b.overlap_replicas else {}
+    if b.standby_replicas:
+        idle = [d for d in sorted(alive) if d not in plan.devices]
+        held.update(standby_replicas(sim.problem, plan, idle, sim.balancer.risk()))
+    return held
 
 
 # ---- the coordinator --------------------------------------------------------------------------------
@@ -61,6 +83,9 @@ def _coordinator(sim):
     next_decide, next_probe = 0.0, PROBE_S
     w = sim.sc.workload
     total = w.requests * w.new_tokens
+    names = [d.name for d in sim.devices]
+    logged = 0
+    stream = None  # the background staging of a ``stage`` decision
     while not sim.done.triggered:
         yield env.timeout(tick)
         now = env.now
@@ -78,27 +103,81 @@ def _coordinator(sim):
             continue
         next_decide = now + cfg.interval_s
         snap = mon.snapshot(now)
-        cs = ClusterState(now, sim.epoch.plan, dict(sim.present), total - len(sim.tokens),
+        cs = ClusterState(now, sim.epoch.plan, dict(sim.present), None if w.arrival_rate else total - len(sim.tokens),
                           sim.inflight_cached_tokens())
         dec = pol.decide(snap, cs)
-        if dec is not None:
-            yield from _apply(sim, dec)
+        chosen = None
+        for entry in pol.log[logged:]:
+            rows = _rows(entry, cs.plan, names)
+            sim.rebalances.extend(rows)
+            chosen = next((r for r in rows if r["chosen"]), chosen)
+        logged = len(pol.log)
+        if stream is not None and pol.pending is None:
+            stream[0] = False  # the staging ended (switched, abandoned or a failover): stop streaming
+            stream = None
+        if dec is None:
+            continue
+        if dec.kind == "stage":
+            stream = [True]
+            sim.mark(f"stage: {dec.trigger}", None, background_s=dec.background_s, plan=_plan_str(dec.plan, names))
+            for dst, mods in _by_receiver(dec.moves).items():
+                env.process(_stream(sim, dst, mods, stream))
+            continue
+        yield from _apply(sim, dec, chosen if chosen is not None else {})
 
 
-def _apply(sim, dec):
-    """Carry out the balancer's decision ``dec`` (see the module docstring)."""
+def _rows(entry: dict, old_plan, names) -> list[dict]:
+    """rebalances.csv rows of one evaluation: each candidate, its predictions and the verdict."""
+    out = []
+    for c in entry["candidates"]:
+        out.append({"evaluation": entry["evaluation"], "time_s": entry["t"], "trigger": entry["trigger"],
+                    "kind": c.kind, "chosen": int(c.verdict == "chosen"), "verdict": c.verdict or c.reason,
+                    "predicted_cost_s": c.cost_s, "actual_stall_s": None,
+                    "predicted_gain": c.gain, "predicted_gain_s": c.gain_s, "predicted_return_s": c.return_s,
+                    "horizon_s": c.horizon_s, "horizon_basis": c.horizon_basis,
+                    "predicted_background_s": c.background_s,
+                    "old_ms_per_token": (c.old_value_s or 0.0) * 1e3, "new_ms_per_token": (c.new_value_s or 0.0) * 1e3,
+                    "moved_bytes": int(sum(m.nbytes for m in c.moves if m.what == "weights" or c.kind != "stage")),
+                    "predicted_drain_s": c.drain_s, "actual_drain_s": None, "predicted_transfer_s": c.transfer_s,
+                    "actual_transfer_s": None, "predicted_session_s": c.session_s,
+                    "old_plan": _plan_str(old_plan, names), "new_plan": _plan_str(c.plan, names) if c.plan else ""})
+        if c.kind == "stage":  # the weights streamed; the KV cache moves at the switch
+            out[-1]["moved_bytes"] = int(sum(m.nbytes for m in c.moves if m.what == "weights"))
+    return out
+
+
+def _by_receiver(moves) -> dict[int, list]:
+    out: dict[int, list] = {}
+    for mv in moves:
+        if mv.what == "weights":
+            out.setdefault(mv.dst, []).append(mv)
+    return out
+
+
+def _fetch(sim, mv):
+    """One module's weights to ``mv.dst``: from the store (its downlink) or from ``mv.src`` (the medium)."""
+    if mv.src is None:
+        yield sim.env.timeout(mv.nbytes * sim.problem.lat.links.inb[mv.dst])
+    elif not sim.nodes[mv.src].dead:
+        yield sim.net.transfer(mv.src, mv.dst, int(mv.nbytes), f"{mv.what} m{mv.module}")
+
+
+def _stream(sim, dst: int, moves, alive: list):
+    """Stage ``moves`` (all to ``dst``) in the background, module by module, while ``alive[0]``."""
+    for mv in moves:
+        if not alive[0] or sim.nodes[dst].dead:
+            return
+        yield from _fetch(sim, mv)
+        if not sim.nodes[dst].dead:
+            sim.add_weights(dst, mv.module)  # on the phone's storage; opened as a session at the switch
+
+
+def _apply(sim, dec, row: dict):
+    """Carry out the balancer's decision ``dec`` (see the module docstring); ``row``: its rebalances.csv row."""
     env = sim.env
     t0 = env.now
     sim.begin_switch()
-    old = sim.epoch
     names = [d.name for d in sim.devices]
-    row = {"time_s": t0, "trigger": dec.trigger, "kind": dec.kind, "predicted_cost_s": dec.cost_s,
-           "predicted_drain_s": dec.drain_s, "predicted_transfer_s": dec.transfer_s,
-           "predicted_session_s": dec.session_s, "predicted_gain": dec.gain, "predicted_gain_s": dec.gain_s,
-           "old_ms_per_token": (dec.old_value_s or 0.0) * 1e3, "new_ms_per_token": (dec.new_value_s or 0.0) * 1e3,
-           "old_plan": _plan_str(old.plan, names), "new_plan": _plan_str(dec.plan, names) if dec.plan else "",
-           "moved_bytes": sum(m.nbytes for m in dec.moves), "actual_stall_s": None}
-    sim.rebalances.append(row)
     sim.mark(f"{dec.kind}: {dec.trigger}", None, cost_s=dec.cost_s, gain=dec.gain)
     if dec.kind == "terminal":
         sim.end_run(f"terminal at t={t0:.2f}s after {dec.trigger}: {dec.reason}")
@@ -115,33 +194,68 @@ def _apply(sim, dec):
     t_moved = env.now
     if dec.session_s:
         yield env.timeout(dec.session_s)
-    replicas = None
-    if sim.sc.balancer.overlap_replicas:
-        from llsim.balance.replicas import overlap_replicas
-
-        replicas = overlap_replicas(sim.problem, dec.plan)
+    alive = {d for d, a in sim.monitor.snapshot(env.now).alive.items() if a}
+    replicas = _replicas(sim, dec.plan, alive)
     for mv in dec.moves:
         if mv.what == "weights":
             sim.add_weights(mv.dst, mv.module)
     new = sim.switch_plan(dec.plan, dec.kind, replicas, keep_kv=dec.kind != "failover")
     row.update(actual_stall_s=env.now - t0, actual_drain_s=t_drained - t0, actual_transfer_s=t_moved - t_drained)
-    sim.span(f"{dec.kind} (stall)", t0, {"trigger": dec.trigger, "new_plan": row["new_plan"]})
-    sim.mark(f"plan {new.index} in force", None, plan=row["new_plan"])
+    sim.span(f"{dec.kind} (stall)", t0, {"trigger": dec.trigger, "new_plan": _plan_str(dec.plan, names)})
+    sim.mark(f"plan {new.index} in force", None, plan=_plan_str(dec.plan, names))
     if replicas:
-        sim.stage_replicas(replicas, sim.problem.weight_bytes)
+        _stage_replicas(sim, replicas)
+
+
+def _stage_replicas(sim, replicas: dict[int, tuple[int, int]]) -> None:
+    """Copy the replicas the new plan's phones and idle phones lack, in the background: from a phone of
+    the plan in force over the medium when that is the cheaper path, else from the store."""
+    from llsim.balance.policy import weight_source
+
+    pb = sim.problem
+    alive = {d for d, n in sim.nodes.items() if not n.dead}
+    holders = {d: sim.present[d] for d in sim.epoch.devs}
+    store: dict[int, list[int]] = {}
+    for d, (lo, hi) in replicas.items():
+        for m in range(lo, hi + 1):
+            if m in sim.present[d]:
+                continue
+            src = weight_source(pb, m, d, holders, alive)
+            if src is None:
+                store.setdefault(d, []).append(m)
+            else:
+                sim.stage_replica(src, d, m, int(pb.weight_bytes[m]))
+    for d, mods in store.items():
+        sim.env.process(_store_stream(sim, d, mods))
+
+
+def _store_stream(sim, d: int, mods: list[int]):
+    nb = sim.problem.weight_bytes
+    inb = sim.problem.lat.links.inb[d]
+    for m in mods:
+        yield sim.env.timeout(float(nb[m]) * inb)
+        if sim.nodes[d].dead:
+            return
+        sim.replica_arrived(d, m, int(nb[m]))
 
 
 def _move(sim, dec):
-    """The weights and KV-cache entries the decision moves, sent at once; waits for them all."""
+    """The weights and KV-cache entries the decision moves: phone-to-phone ones at once on the medium,
+    the store's one after another per receiver; waits for them all."""
     env = sim.env
     evs = []
+    for dst, mvs in _by_receiver([m for m in dec.moves if m.src is None]).items():
+        evs.append(env.process(_serial(sim, mvs)))
     for mv in dec.moves:
-        if mv.src is None:  # from the coordinator's model store, behind the AP: the receiver's downlink
-            evs.append(env.timeout(mv.nbytes * sim.problem.lat.links.inb[mv.dst]))
-        elif not sim.nodes[mv.src].dead:
+        if mv.src is not None and not sim.nodes[mv.src].dead:
             evs.append(sim.net.transfer(mv.src, mv.dst, int(mv.nbytes), f"{mv.what} m{mv.module}"))
     if evs:
         yield simpy.AllOf(env, evs)
+
+
+def _serial(sim, moves):
+    for mv in moves:
+        yield from _fetch(sim, mv)
 
 
 def _plan_str(plan, names) -> str:
@@ -160,9 +274,15 @@ def dynamic_metrics(sim, makespan: float) -> dict:
     window = 5.0
     out = {"throughput_windows": {"window_s": window,
                                   "series": windowed_throughput(sim.tokens, makespan, window) if makespan else []},
-           "rebalances": len(sim.rebalances), "retried_steps": sim.retried_steps,
+           "rebalances": len(taken(sim.rebalances)), "retried_steps": sim.retried_steps,
            "balancer_enabled": sim.sc.balancer.enabled}
     if sim.balancer is not None:
+        out["balancer_staged"] = sum(1 for r in sim.rebalances if r["chosen"] and r["kind"] == "stage")
         out["balancer_evaluations"] = sim.balancer.evaluations
         out["balancer_evaluations_not_repeated"] = sim.balancer.skipped
     return out
+
+
+def taken(rows: list[dict]) -> list[dict]:
+    """The rebalances.csv rows of the actions taken (plan switches and terminal decisions)."""
+    return [r for r in rows if r["chosen"] and r["kind"] != "stage"]

@@ -292,8 +292,17 @@ class Simulation:
                 if src is not None:
                     self.env.process(self._stage_replica(src, d, m, int(weight_bytes[m])))
 
+    def stage_replica(self, src: int, dst: int, m: int, nb: int) -> None:
+        """In the background, copy module ``m``'s weights (``nb`` bytes) from phone ``src`` to ``dst``."""
+        self.env.process(self._stage_replica(src, dst, m, nb))
+
     def _stage_replica(self, src: int, dst: int, m: int, nb: int):
         yield self.net.transfer(src, dst, nb, f"replica m{m}")
+        self.replica_arrived(dst, m, nb)
+
+    def replica_arrived(self, dst: int, m: int, nb: int) -> None:
+        """Module ``m``'s weights (``nb`` bytes) reached phone ``dst`` (held in memory if it is one of
+        its replicas for the plan in force)."""
         if not self.nodes[dst].dead and m not in self.present[dst]:
             self.present[dst] = self.present[dst] | {m}
             lo, hi = self.replica_target.get(dst, (0, -1))
