@@ -158,18 +158,26 @@ class FluidMedium:
                     flow = flows[0]
                     rate = rates.bytes_per_s[0]
                     if elapsed > 0:
-                        flow.remaining -= rate * elapsed
+                        flow.remaining = rem = flow.remaining - rate * elapsed
                         flow.airtime += rates.share[0] * elapsed
-                    rem = flow.remaining
+                    else:
+                        rem = flow.remaining
                     finished = (flow,) if rem <= REL_TOL * flow.size or rem <= EPS_T * rate else None
-                else:
+                elif elapsed > 0:  # (two loops: the test of elapsed is not made per flow)
                     finished = None
                     for flow, rate, share in zip(flows, rates.bytes_per_s, rates.share):
-                        if elapsed > 0:
-                            flow.remaining -= rate * elapsed
-                            flow.airtime += share * elapsed
-                        rem = flow.remaining
+                        flow.remaining = rem = flow.remaining - rate * elapsed
+                        flow.airtime += share * elapsed
                         # done: bytes left within the relative tolerance, or left for less than EPS_T
+                        if rem <= REL_TOL * flow.size or rem <= EPS_T * rate:
+                            if finished is None:
+                                finished = [flow]
+                            else:
+                                finished.append(flow)
+                else:
+                    finished = None
+                    for flow, rate in zip(flows, rates.bytes_per_s):
+                        rem = flow.remaining
                         if rem <= REL_TOL * flow.size or rem <= EPS_T * rate:
                             if finished is None:
                                 finished = [flow]

@@ -341,7 +341,7 @@ class Simulation:
         the stages in ring order (inline: each event of the request resumes this one generator).
         A step that meets a phone that is gone waits (:meth:`_stall`) and is retried (:meth:`_left`)."""
         env, w = self.env, self.sc.workload
-        transfer, tags, mon = self.net.send, self.want_timeline, self.monitor  # send: no TransferRecord values
+        transfer, tags, report = self.net.send, self.want_timeline, self.want_timeline or self.monitor is not None
         submit = last = env.now
         self.submitted += 1
         if w.tokenize_ms:
@@ -374,7 +374,7 @@ class Simulation:
                         break
                     yield node.run(s, work)
                     t0, t1, measured = node.finish()
-                    if mon is not None or tags:
+                    if report:
                         self._report(work, s, node, t0, t1, measured)
                     if node.dead:  # died mid-step: its outputs never leave
                         ok = yield from self._stall(ep)
@@ -397,14 +397,19 @@ class Simulation:
         self._finished()
 
     def _left(self, work: StepWork, ok: bool, submit: float, last: float) -> tuple[int, bool, float]:
-        """``work`` left the pipeline, its token produced (``ok``; now) or to be retried; returns the
+        """``work`` left the pipeline, its token produced (``ok``: now) or to be retried; returns the
         request's next step, whether it recomputes the KV cache, and the time of its last token."""
         self._park()
         if not ok:
             self.retried_steps += 1
             return work.step, work.recompute, last
-        self.req_cached[work.request] += work.S
-        return work.step + 1, False, self._token(work.request, work.step, submit, last)
+        rid, step, now = work.request, work.step, self.env.now
+        self.req_cached[rid] += work.S
+        self.tokens.append({"request": rid, "token": step, "kind": "prefill" if step == 0 else "decode",
+                            "time_s": now, "latency_ms": (now - last) * 1e3, "since_submit_ms": (now - submit) * 1e3})
+        if self.progress:
+            self.progress(1)
+        return step + 1, False, now
 
     def _work(self, rid: int, step: int, reprefill: bool) -> StepWork:
         """Step ``step`` of request ``rid`` enters the pipeline under the plan in force; ``reprefill``:
@@ -425,7 +430,9 @@ class Simulation:
 
     def _report(self, work: StepWork, s: int, node: Node, t0: float, t1: float, measured: float) -> None:
         """Stage ``s`` of ``work`` ran on ``node`` from ``t0`` to ``t1``: the monitor gets what the phone
-        reports, the timeline the execution (with the phone's memory in use at ``t1``)."""
+        reports, the timeline the execution (with the phone's memory in use at ``t1``). :meth:`request`
+        calls it only when there is a monitor or a timeline (attached before the run); it sends with
+        ``net.send`` (no TransferRecord values) and without tags unless the timeline shows them."""
         d = work.epoch.devs[s]
         if self.monitor is not None and not node.dead:
             self.monitor.stage_time(d, t1, measured, work.cost.stage_seconds[s])
@@ -451,16 +458,6 @@ class Simulation:
         if self.sc.workload.mode == "kv_cache":
             for nd in self.epoch.nodes:
                 nd.free_kv(cached)
-
-    def _token(self, rid: int, step: int, submit: float, last: float) -> float:
-        """Step ``step`` of request ``rid`` produced its token now; returns now."""
-        now = self.env.now
-        self.tokens.append({"request": rid, "token": step, "kind": "prefill" if step == 0 else "decode",
-                            "time_s": now, "latency_ms": (now - last) * 1e3,
-                            "since_submit_ms": (now - submit) * 1e3})
-        if self.progress:
-            self.progress(1)
-        return now
 
     def _stall(self, ep: Epoch):
         """A phone of this plan is gone (not yet detected): wait, outside the pipeline, for the next plan."""
