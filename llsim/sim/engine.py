@@ -472,24 +472,24 @@ class Simulation:
         while counter[0] < w.requests:
             rid = counter[0]
             counter[0] += 1
-            yield self.env.process(self.request(rid))
+            yield self.clock.process(self.request(rid))
 
     def _open_loop(self):
         w = self.sc.workload
         for rid in range(w.requests):
             if rid:
                 yield self.env.timeout(float(self.rng.exponential(1.0 / w.arrival_rate)))
-            self.env.process(self.request(rid))
+            self.clock.process(self.request(rid))
 
     # ---- run -----------------------------------------------------------------------------------
     def run(self) -> SimResult:
         w, dur = self.sc.workload, self.sc.duration
         if w.arrival_rate:
-            self.env.process(self._open_loop())
+            self.clock.process(self._open_loop())
         else:
             counter = [0]
             for _ in range(min(w.concurrency or 1, w.requests)):
-                self.env.process(self._closed_loop(counter))
+                self.clock.process(self._closed_loop(counter))
         wall0 = time.perf_counter()
         events = 0
         stop_reason = None
