@@ -32,7 +32,6 @@ since they only append to the same heap the loop pops from.
 from __future__ import annotations
 
 from heapq import heappop, heappush
-from operator import attrgetter
 from typing import Callable, Generator, Iterable
 
 import simpy
@@ -40,7 +39,7 @@ from simpy.events import NORMAL, PENDING, Event
 
 __all__ = ["Clock", "VirtualClock", "FastPaths", "fast_paths", "timeout_now", "call_later", "new_pending",
            "ready_event", "schedule_now", "succeed_at", "succeed_now", "succeed_with", "set_value", "timer_at",
-           "now", "advance", "RealtimeClock"]
+           "advance", "Deferred", "blank_event", "Environment", "Process", "RealtimeClock"]
 
 INF = float("inf")
 _new = object.__new__
@@ -55,7 +54,7 @@ def timeout_now(env: simpy.Environment, delay: float) -> Event:
     tm.callbacks = []
     tm._ok = True
     tm._value = None
-    heappush(env._queue, (env._now + delay, NORMAL, next(env._eid), tm))
+    heappush(env._queue, (env.now + delay, NORMAL, next(env._eid), tm))
     return tm
 
 
@@ -104,14 +103,14 @@ def schedule_now(env: simpy.Environment, ev: Event, callbacks) -> None:
     """Schedule the succeeded event ``ev`` at the current time with ``callbacks`` (``env.schedule``
     inlined)."""
     ev.callbacks = callbacks
-    heappush(env._queue, (env._now, NORMAL, next(env._eid), ev))
+    heappush(env._queue, (env.now, NORMAL, next(env._eid), ev))
 
 
 def succeed_now(env: simpy.Environment, ev: Event) -> None:
     """``ev.succeed()`` (value ``None``) inlined."""
     ev._ok = True
     ev._value = None
-    heappush(env._queue, (env._now, NORMAL, next(env._eid), ev))
+    heappush(env._queue, (env.now, NORMAL, next(env._eid), ev))
 
 
 def succeed_at(env: simpy.Environment, ev: Event, t: float) -> None:
@@ -136,64 +135,85 @@ def set_value(ev: Event, value) -> None:
 
 
 class FastPaths:
-    """The fast paths above bound to one environment: its queue, event counter and the helpers'
-    globals are closure cells and default arguments, so a call costs about what the inlined code
-    did (a module-level helper adds its lookups of ``env._queue``/``env._eid`` and globals to every
-    call: measured +7% on ``speed-bloom-1b1``). Get one per component with :func:`fast_paths`."""
+    """The fast paths above bound to one environment, as methods of a small slotted object (its
+    queue and event counter are slots): ``fp.timer_at(t, callbacks)`` costs about what a local
+    closure call does, and less than a closure kept in an instance attribute (whose method call
+    CPython 3.11 does not specialise; measured with instruction counts, ``cachegrind``). Get one per
+    component with :func:`fast_paths` and call its methods on it (``self._fp.timeout_now(dur)``)."""
 
-    __slots__ = ("timeout_now", "timer_at", "new_pending", "schedule_now", "succeed_now", "succeed_at")
+    __slots__ = ("env", "queue", "eid")
 
+    def __init__(self, env: simpy.Environment):
+        self.env, self.queue, self.eid = env, env._queue, env._eid  # simpy never replaces them
 
-def fast_paths(env: simpy.Environment) -> FastPaths:
-    """:class:`FastPaths` of ``env`` (simpy never replaces an environment's queue or counter)."""
-    queue, eid = env._queue, env._eid
-    fp = FastPaths()
-
-    def timeout_now_(delay, _new=_new, Event=Event, heappush=heappush, NORMAL=NORMAL, next=next):
+    def timeout_now(self, delay: float) -> Event:
         tm = _new(Event)
-        tm.env = env
+        env = tm.env = self.env
         tm.callbacks = []
         tm._ok = True
         tm._value = None
-        heappush(queue, (env._now + delay, NORMAL, next(eid), tm))
+        heappush(self.queue, (env.now + delay, NORMAL, next(self.eid), tm))
         return tm
 
-    def timer_at_(t, callbacks, _new=_new, Event=Event, heappush=heappush, NORMAL=NORMAL, next=next):
+    def timer_at(self, t: float, callbacks) -> Event:
         timer = _new(Event)
-        timer.env = env
+        timer.env = self.env
         timer.callbacks = callbacks
         timer._ok = True
         timer._value = None
-        heappush(queue, (t, NORMAL, next(eid), timer))
+        heappush(self.queue, (t, NORMAL, next(self.eid), timer))
         return timer
 
-    def new_pending_(cls, _new=_new, PENDING=PENDING):
-        ev = _new(cls)
-        ev.env = env
-        ev._value = PENDING
-        return ev
-
-    def schedule_now_(ev, callbacks, heappush=heappush, NORMAL=NORMAL, next=next):
+    def schedule_now(self, ev: Event, callbacks) -> None:
         ev.callbacks = callbacks
-        heappush(queue, (env._now, NORMAL, next(eid), ev))
+        heappush(self.queue, (self.env.now, NORMAL, next(self.eid), ev))
 
-    def succeed_now_(ev, heappush=heappush, NORMAL=NORMAL, next=next):
+    def succeed_now(self, ev: Event) -> None:
         ev._ok = True
         ev._value = None
-        heappush(queue, (env._now, NORMAL, next(eid), ev))
+        heappush(self.queue, (self.env.now, NORMAL, next(self.eid), ev))
 
-    def succeed_at_(ev, t, heappush=heappush, NORMAL=NORMAL, next=next):
+    def succeed_at(self, ev: Event, t: float) -> None:
         ev._ok = True
         ev._value = None
-        heappush(queue, (t, NORMAL, next(eid), ev))
-
-    fp.timeout_now, fp.timer_at, fp.new_pending = timeout_now_, timer_at_, new_pending_
-    fp.schedule_now, fp.succeed_now, fp.succeed_at = schedule_now_, succeed_now_, succeed_at_
-    return fp
+        heappush(self.queue, (t, NORMAL, next(self.eid), ev))
 
 
-#: ``now(env)``: the environment's current time (``env.now`` without the property's Python call)
-now = attrgetter("_now")
+class Deferred(Event):
+    """A simpy event that can be made without running any Python code: ``blank_event(cls)`` of a
+    subclass is a pending event once its ``env`` and ``callbacks`` are set (``_value`` is pending
+    at class level; the fast paths above set the instance's when it succeeds). Events made with
+    ``cls(env)`` (``Event.__init__``) are ordinary."""
+
+    _value = PENDING
+
+
+#: ``blank_event(cls)``: an instance of the :class:`Deferred` subclass ``cls`` without ``__init__``
+#: (the caller sets ``env`` and ``callbacks``); a C call, not a Python one
+blank_event = _new
+
+
+def fast_paths(env: simpy.Environment) -> FastPaths:
+    """:class:`FastPaths` of ``env``."""
+    return FastPaths(env)
+
+
+class Environment(simpy.Environment):
+    """``simpy.Environment`` whose ``now`` is a plain attribute: simpy's is a property, a Python call
+    at each read, and the simulator reads the time at every stage, transfer and medium reaction.
+    ``_now`` (what simpy's own code reads and writes: ``schedule``, ``step``) is an alias of it, so
+    ``now`` is right whichever loop advances the clock (:func:`advance` or simpy's ``step``/``run``).
+    Only the kernel's loop sets ``now`` directly."""
+
+    now = 0.0  # shadows simpy's property; each environment has its own (set by simpy's __init__)
+
+    @property
+    def _now(self) -> float:
+        return self.now
+
+    @_now.setter
+    def _now(self, t: float) -> None:
+        self.now = t
 
 
 def advance(env: simpy.Environment, done: Event, limit: int, max_t: float) -> tuple[int, str | None]:
@@ -216,7 +236,7 @@ def advance(env: simpy.Environment, done: Event, limit: int, max_t: float) -> tu
         if t > max_t:
             heappush(queue, item)
             return n, "max_sim_s"
-        env._now = t
+        env.now = t  # an Environment's now (its _now is an alias)
         event = item[3]
         callbacks, event.callbacks = event.callbacks, None
         for callback in callbacks:
@@ -226,6 +246,54 @@ def advance(env: simpy.Environment, done: Event, limit: int, max_t: float) -> tu
             exc.__cause__ = event._value
             raise exc
     return limit, None
+
+
+class Process(simpy.Process):
+    """``simpy.Process`` with a leaner resume step (it runs at every event a process waits for): the
+    bound methods it uses (its ``_resume``, the generator's ``send``) are made once, not at each
+    resume. The body is ``Process._resume``'s, so the events, their order and the errors are simpy's
+    (``tests/test_sim.py::test_inlined_event_loop_matches_simpy_step`` runs the engine both ways)."""
+
+    def __init__(self, env: simpy.Environment, generator: Generator):
+        self._resume = self._resume  # one bound method (simpy's Initialize, made below, takes it)
+        super().__init__(env, generator)
+        self._send = generator.send
+
+    def _resume(self, event: Event) -> None:
+        env = self.env
+        env._active_proc = self
+        while True:
+            try:
+                if event._ok:
+                    event = self._send(event._value)
+                else:  # the process must handle the failed event (or fail itself)
+                    event._defused = True
+                    exc = type(event._value)(*event._value.args)  # an exclusive copy, as simpy
+                    exc.__cause__ = event._value
+                    event = self._generator.throw(exc)
+            except StopIteration as e:
+                event = None
+                self._ok = True
+                self._value = e.args[0] if len(e.args) else None
+                env.schedule(self)
+                break
+            except BaseException as e:
+                event = None
+                self._ok = False
+                e.__traceback__ = e.__traceback__.tb_next  # strip this frame, as simpy
+                self._value = e
+                env.schedule(self)
+                break
+            try:
+                callbacks = event.callbacks
+            except AttributeError:
+                raise RuntimeError(f'\n{simpy.events._describe_frame(self._generator.gi_frame)}'
+                                   f'Invalid yield value "{event}"') from None
+            if callbacks is not None:  # not yet processed: resume when it is
+                callbacks.append(self._resume)
+                break
+        self._target = event
+        env._active_proc = None
 
 
 # ---- the clock interface --------------------------------------------------------------------------
@@ -261,12 +329,14 @@ class Clock:
 class VirtualClock(Clock):
     """Simulated time on a :class:`simpy.Environment`: the clock jumps to the next event."""
 
-    def __init__(self, env: simpy.Environment | None = None):
-        self.env = simpy.Environment() if env is None else env
+    def __init__(self, env: Environment | None = None):
+        if env is not None and not isinstance(env, Environment):
+            raise TypeError("VirtualClock runs a llsim.kernel.Environment (its loop sets env.now)")
+        self.env = Environment() if env is None else env
 
     @property
     def now(self) -> float:
-        return self.env._now
+        return self.env.now
 
     def timeout(self, delay: float) -> Event:
         return self.env.timeout(delay)
@@ -278,7 +348,7 @@ class VirtualClock(Clock):
         succeed_now(self.env, ev)
 
     def process(self, gen: Generator) -> simpy.Process:
-        return self.env.process(gen)
+        return Process(self.env, gen)
 
     def all_of(self, events: Iterable[Event]) -> Event:
         return simpy.AllOf(self.env, list(events))
@@ -333,8 +403,8 @@ class RealtimeClock(VirtualClock):
         self.outstanding -= 1
         env = self.env
         wall = _time.monotonic() - self.wall0
-        if wall > env._now:  # simulated time catches up with the wall clock, never past the next event
-            env._now = min(wall, env.peek())
+        if wall > env.now:  # simulated time catches up with the wall clock, never past the next event
+            env.now = min(wall, env.peek())
         ev.succeed(value)
 
     def run_until(self, done: Event, limit: int, max_t: float) -> tuple[int, str | None]:
@@ -342,7 +412,7 @@ class RealtimeClock(VirtualClock):
 
         env = self.env
         if self.wall0 is None:
-            self.wall0 = _time.monotonic() - env._now
+            self.wall0 = _time.monotonic() - env.now
         n = 0
         while n < limit:
             if done._value is not PENDING:

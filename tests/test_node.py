@@ -29,7 +29,7 @@ class FixedNode(Node):
 
     def finish(self):
         self.busy_s += self.C
-        self.lock.release()
+        self.release()
         return self.t0, self.env.now, self.C / 2
 
     def probe_seconds(self, nominal_s):

@@ -29,8 +29,7 @@ from typing import Callable, NamedTuple, Optional, Sequence
 import simpy
 from simpy.events import Event
 
-from llsim.kernel import now as _clock_now
-from llsim.kernel import fast_paths, ready_event
+from llsim.kernel import Deferred, fast_paths, ready_event
 
 #: Relative tolerance on bytes left for deciding that a flow has finished.
 REL_TOL = 1e-9
@@ -42,7 +41,7 @@ EPS_T = 1e-12
 _INF = float("inf")
 
 
-class Flow(Event):
+class Flow(Deferred):
     """Bytes to push through the medium; a flow is also the simpy event of its delivery.
 
     The medium schedules the flow ``delay`` seconds after its last byte has been sent (a
@@ -117,8 +116,7 @@ class FluidMedium:
         self._pending: list[Flow] = []
         # the kick: one event, re-armed for each instant that has new flows (never two in the queue)
         self._kick = ready_event(env)
-        fp = fast_paths(env)
-        self._schedule_now, self._succeed_at, self._timer_at = fp.schedule_now, fp.succeed_at, fp.timer_at
+        self._fp = fast_paths(env)
         self._kicked = False
         self._timer: Event | None = None
         # the callbacks of the kick and of every timer: one shared tuple (simpy only iterates over an
@@ -131,7 +129,7 @@ class FluidMedium:
         self._pending.append(flow)
         if not self._kicked:  # _react now, after the other callbacks of this instant (env.schedule inlined)
             self._kicked = True
-            self._schedule_now(self._kick, self._callbacks)
+            self._fp.schedule_now(self._kick, self._callbacks)
 
     # -------------------------------------------------------------------- reactions
     def _react(self, ev: Event) -> None:
@@ -146,7 +144,7 @@ class FluidMedium:
                 return
         else:
             return
-        now = _clock_now(self.env)
+        now = self.env.now
         while True:
             flows = self.flows
             if flows:
@@ -160,18 +158,26 @@ class FluidMedium:
                     flow = flows[0]
                     rate = rates.bytes_per_s[0]
                     if elapsed > 0:
-                        flow.remaining -= rate * elapsed
+                        flow.remaining = rem = flow.remaining - rate * elapsed
                         flow.airtime += rates.share[0] * elapsed
-                    rem = flow.remaining
+                    else:
+                        rem = flow.remaining
                     finished = (flow,) if rem <= REL_TOL * flow.size or rem <= EPS_T * rate else None
-                else:
+                elif elapsed > 0:  # (two loops: the test of elapsed is not made per flow)
                     finished = None
                     for flow, rate, share in zip(flows, rates.bytes_per_s, rates.share):
-                        if elapsed > 0:
-                            flow.remaining -= rate * elapsed
-                            flow.airtime += share * elapsed
-                        rem = flow.remaining
+                        flow.remaining = rem = flow.remaining - rate * elapsed
+                        flow.airtime += share * elapsed
                         # done: bytes left within the relative tolerance, or left for less than EPS_T
+                        if rem <= REL_TOL * flow.size or rem <= EPS_T * rate:
+                            if finished is None:
+                                finished = [flow]
+                            else:
+                                finished.append(flow)
+                else:
+                    finished = None
+                    for flow, rate in zip(flows, rates.bytes_per_s):
+                        rem = flow.remaining
                         if rem <= REL_TOL * flow.size or rem <= EPS_T * rate:
                             if finished is None:
                                 finished = [flow]
@@ -182,7 +188,7 @@ class FluidMedium:
                         self.flows = flows = []
                     else:
                         self.flows = flows = [f for f in flows if f not in finished]
-                    succeed_at = self._succeed_at
+                    succeed_at = self._fp.succeed_at
                     for flow in finished:  # delivered flow.delay after its last byte
                         flow.remaining = 0.0
                         flow.t_out = now
@@ -218,6 +224,6 @@ class FluidMedium:
                 self._timer = None  # nothing progresses: wait for a submission
                 return
             if dt > EPS_T:  # the timer: a new bare event (Event(env) and env.schedule inlined)
-                self._timer = self._timer_at(now + dt, self._callbacks)
+                self._timer = self._fp.timer_at(now + dt, self._callbacks)
                 return
             # a completion or breakpoint below the clock's resolution: react again at once

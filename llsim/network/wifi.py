@@ -62,8 +62,7 @@ import numpy as np
 import simpy
 from simpy.events import Event
 
-from llsim.kernel import call_later, fast_paths, set_value, succeed_with
-from llsim.kernel import now as _clock_now
+from llsim.kernel import blank_event, call_later, set_value, succeed_with
 
 from llsim.errors import LLSimError
 from llsim.network.fluid import Flow, FluidMedium, Rates
@@ -164,7 +163,6 @@ class Network:
     ):
         links = self.links = link_model(cfg, stations, base_dir)  # the analytic model of the network's kind
         self.env = env
-        self._new_pending = fast_paths(env).new_pending
         self.cfg = cfg = links.cfg
         self.kind: str = cfg.kind
         self.stations = links.stations
@@ -349,9 +347,10 @@ class Network:
             raise ValueError(f"transfer {src}->{dst}: nbytes must be >= 0, not {nbytes}")
         nbytes = int(nbytes)
         env = self.env
-        start = _clock_now(env)
+        start = env.now
         # the event (Event.__init__ inlined), which is also the flow (see fluid.Flow)
-        ev = self._new_pending(_Transfer)
+        ev = blank_event(_Transfer)  # a pending kernel.Deferred once env and callbacks are set
+        ev.env = env
         if src == dst:
             succeed_with(env, ev, TransferRecord(src, dst, nbytes, start, start, tag, hops=0) if _record else None)
             return ev
@@ -422,7 +421,7 @@ class Network:
         busy = self._busy
         busy[src] -= 1
         busy[dst] -= 1
-        end = _clock_now(self.env)
+        end = self.env.now
         last = self._last_active
         if end > last[src]:
             last[src] = end

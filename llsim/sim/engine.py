@@ -351,106 +351,74 @@ class Simulation:
             ev.succeed()
 
     def request(self, rid: int):
-        """One request's steps, each under the plan in force when it starts (an epoch). A step that
-        meets a phone that is gone waits outside the pipeline (:meth:`_stall`) and, like a step of a
-        plan declared broken, is retried under the next plan (from its last completed token)."""
+        """One request's steps, each under the plan in force when it starts (:meth:`_work`), through
+        the stages in ring order (inline: each event of the request resumes this one generator).
+        A step that meets a phone that is gone waits (:meth:`_stall`) and is retried (:meth:`_left`)."""
         env, w = self.env, self.sc.workload
-        kv_mode = w.mode == "kv_cache"
-        submit = env.now
+        transfer, tags, report = self.send, self.want_timeline, self.want_timeline or self.monitor is not None
+        submit = last = env.now
         self.submitted += 1
         if w.tokenize_ms:
             yield env.timeout(w.tokenize_ms / 1e3)
-        last = submit
-        self.req_cached[rid] = 0
-        step, reprefill = 0, False
+        step, reprefill, self.req_cached[rid] = 0, False, 0
         try:
             while step < w.new_tokens:
                 while self.gate is not None:
                     yield self.gate
                 if self.done.triggered:
                     return  # a terminal event ended the run
-                ep = self.epoch
-                if rid in self.lost_kv:  # a phone left with part of this request's KV cache: recompute it
-                    self.lost_kv.discard(rid)
-                    self.req_cached[rid] = 0
-                    reprefill = kv_mode and step > 0
-                if reprefill:
-                    S, _ = reprefill_shape(w.prompt_tokens, step)
-                    cost = ep.steps.get(S, 0)
+                work = self._work(rid, step, reprefill)
+                ep, cost, devs, nodes = work.epoch, work.cost, work.epoch.devs, work.epoch.nodes
+                ok = True
+                pending: list[list] = [[] for _ in devs]
+                for s in range(len(devs)):
+                    for ev in pending[s]:  # every tensor routed to this stage has arrived
+                        if ev.callbacks is not None:
+                            yield ev
+                    node = nodes[s]
+                    if ep.broken or node.dead:
+                        ok = yield from self._abandon(ep)
+                        break
+                    grant = node.acquire()
+                    if grant is not None:
+                        yield grant
+                    if ep.broken or node.dead:
+                        node.release()
+                        ok = yield from self._abandon(ep)
+                        break
+                    yield node.run(s, work)
+                    t0, t1, measured = node.finish()
+                    if report:
+                        self._report(work, s, node, t0, t1, measured)
+                    if node.dead:  # died mid-step: its outputs never leave
+                        ok = yield from self._stall(ep)
+                        break
+                    for dst, nb in cost.routes[s]:
+                        pending[dst].append(transfer(devs[s], devs[dst], nb, f"r{rid}s{step}:{s}->{dst}" if tags else ""))
                 else:
-                    S, cost = ep.step_cost(step)
-                self.active += 1
-                ok = yield from self._step(StepWork(ep, rid, step, S, reprefill, cost, S if kv_mode else 0))
-                self._park()
-                if not ok:
-                    self.retried_steps += 1
-                    continue
-                self.req_cached[rid] += S
-                last = self._token(rid, step, submit, last)
-                step += 1
-                reprefill = False
+                    if w.sample_ms:
+                        yield env.timeout(w.sample_ms / 1e3)
+                    if devs[-1] != devs[0]:
+                        yield transfer(devs[-1], devs[0], TOKEN_BYTES * w.batch, f"r{rid}s{step}:token" if tags else "")
+                    if ep.broken or nodes[0].dead:
+                        ok = yield from self._abandon(ep)
+                step, reprefill, last = self._left(work, ok, submit, last)
         except MemoryOverflow as e:
-            self.error = e.args[0]
-            if not self.done.triggered:
-                self.done.succeed()
+            self._overflowed(e.args[0])
             return
         finally:
-            cached = self.req_cached.pop(rid, 0)
-            if kv_mode:
-                for nd in self.epoch.nodes:
-                    nd.free_kv(cached)
-            if self.hil is not None:
-                self.hil.plane.end_request(rid)
+            self._end_request(rid)
         self._finished()
 
-    def _step(self, work: StepWork):
-        """One step through the stages of ``work.epoch`` (the stage loop is inline: each event of a
-        step resumes this one generator); ``True`` when its token reached the header, ``False`` if
-        it must be retried."""
-        env, w, ep, rid, step = self.env, self.sc.workload, work.epoch, work.request, work.step
-        devs, nodes, cost = ep.devs, ep.nodes, work.cost
-        transfer = self.send  # we only wait for arrivals: no TransferRecord values
-        tags = self.want_timeline  # transfer tags only show in the timeline
-        timeline = self.timeline
-        mon = self.monitor
-        pending: list[list] = [[] for _ in devs]
-        for s in range(len(devs)):
-            for ev in pending[s]:  # every tensor routed to this stage has arrived
-                if ev.callbacks is not None:
-                    yield ev
-            node = nodes[s]
-            if ep.broken or node.dead:
-                return False if ep.broken else (yield from self._stall(ep))
-            grant = node.acquire()
-            if grant is not None:
-                yield grant
-            if ep.broken or node.dead:
-                node.release()
-                return False if ep.broken else (yield from self._stall(ep))
-            yield node.run(s, work)
-            t0, t1, measured = node.finish()
-            if mon is not None and not node.dead:
-                mon.stage_time(devs[s], t1, measured, cost.stage_seconds[s])  # what the phone reports
-            if tags and len(timeline) < 400_000:
-                timeline.append({"kind": "compute", "device": devs[s], "start": t0,
-                                 "end": t1, "request": rid, "step": step, "stage": s,
-                                 "memory": node.used_bytes})  # the phone's memory in use at t1
-            if node.dead:  # died mid-step: its outputs never leave
-                return (yield from self._stall(ep))
-            src = devs[s]
-            for dst, nb in cost.routes[s]:
-                pending[dst].append(transfer(src, devs[dst], nb, f"r{rid}s{step}:{s}->{dst}" if tags else ""))
-        if w.sample_ms:
-            yield env.timeout(w.sample_ms / 1e3)
-        if devs[-1] != devs[0]:
-            yield transfer(devs[-1], devs[0], TOKEN_BYTES * w.batch, f"r{rid}s{step}:token" if tags else "")
-        if ep.broken or nodes[0].dead:
-            return False if ep.broken else (yield from self._stall(ep))
-        return True
-
-    def _token(self, rid: int, step: int, submit: float, last: float) -> float:
-        """Step ``step`` of request ``rid`` produced its token now; returns now."""
-        now = self.env.now
+    def _left(self, work: StepWork, ok: bool, submit: float, last: float) -> tuple[int, bool, float]:
+        """``work`` left the pipeline, its token produced (``ok``: now) or to be retried; returns the
+        request's next step, whether it recomputes the KV cache, and the time of its last token."""
+        self._park()
+        if not ok:
+            self.retried_steps += 1
+            return work.step, work.recompute, last
+        rid, step, now = work.request, work.step, self.env.now
+        self.req_cached[rid] += work.S
         row = {"request": rid, "token": step, "kind": "prefill" if step == 0 else "decode",
                "time_s": now, "latency_ms": (now - last) * 1e3, "since_submit_ms": (now - submit) * 1e3}
         if self.hil is not None:
@@ -458,7 +426,57 @@ class Simulation:
         self.tokens.append(row)
         if self.progress:
             self.progress(1)
-        return now
+        return step + 1, False, now
+
+    def _work(self, rid: int, step: int, reprefill: bool) -> StepWork:
+        """Step ``step`` of request ``rid`` enters the pipeline under the plan in force; ``reprefill``:
+        its KV cache is being recomputed (set here too when a phone left with part of it)."""
+        w, ep = self.sc.workload, self.epoch
+        kv_mode = w.mode == "kv_cache"
+        if rid in self.lost_kv:  # a phone left with part of this request's KV cache: recompute it
+            self.lost_kv.discard(rid)
+            self.req_cached[rid] = 0
+            reprefill = kv_mode and step > 0
+        if reprefill:
+            S, _ = reprefill_shape(w.prompt_tokens, step)
+            cost = ep.steps.get(S, 0)
+        else:
+            S, cost = ep.step_cost(step)
+        self.active += 1
+        return StepWork(ep, rid, step, S, reprefill, cost, S if kv_mode else 0)
+
+    def _report(self, work: StepWork, s: int, node: Node, t0: float, t1: float, measured: float) -> None:
+        """Stage ``s`` of ``work`` ran on ``node`` from ``t0`` to ``t1``: the monitor gets what the phone
+        reports, the timeline the execution (with the phone's memory in use at ``t1``). :meth:`request`
+        calls it only when there is a monitor or a timeline (attached before the run); it sends with
+        ``net.send`` (no TransferRecord values) and without tags unless the timeline shows them."""
+        d = work.epoch.devs[s]
+        if self.monitor is not None and not node.dead:
+            self.monitor.stage_time(d, t1, measured, work.cost.stage_seconds[s])
+        if self.want_timeline and len(self.timeline) < 400_000:
+            self.timeline.append({"kind": "compute", "device": d, "start": t0, "end": t1, "request": work.request,
+                                  "step": work.step, "stage": s, "memory": node.used_bytes})
+
+    def _abandon(self, ep: Epoch):
+        """A step gives up: ``False`` (retry) at once if its plan is broken, else after :meth:`_stall`."""
+        if ep.broken:
+            return False
+        return (yield from self._stall(ep))
+
+    def _overflowed(self, error: str) -> None:
+        """A node's memory overflowed: the run's terminal error."""
+        self.error = error
+        if not self.done.triggered:
+            self.done.succeed()
+
+    def _end_request(self, rid: int) -> None:
+        """Request ``rid`` is over (done or not): its KV cache is freed on the plan's phones."""
+        cached = self.req_cached.pop(rid, 0)
+        if self.sc.workload.mode == "kv_cache":
+            for nd in self.epoch.nodes:
+                nd.free_kv(cached)
+        if self.hil is not None:
+            self.hil.plane.end_request(rid)
 
     def _stall(self, ep: Epoch):
         """A phone of this plan is gone (not yet detected): wait, outside the pipeline, for the next plan."""
@@ -473,24 +491,24 @@ class Simulation:
         while counter[0] < w.requests:
             rid = counter[0]
             counter[0] += 1
-            yield self.env.process(self.request(rid))
+            yield self.clock.process(self.request(rid))
 
     def _open_loop(self):
         w = self.sc.workload
         for rid in range(w.requests):
             if rid:
                 yield self.env.timeout(float(self.rng.exponential(1.0 / w.arrival_rate)))
-            self.env.process(self.request(rid))
+            self.clock.process(self.request(rid))
 
     # ---- run -----------------------------------------------------------------------------------
     def run(self) -> SimResult:
         w, dur = self.sc.workload, self.sc.duration
         if w.arrival_rate:
-            self.env.process(self._open_loop())
+            self.clock.process(self._open_loop())
         else:
             counter = [0]
             for _ in range(min(w.concurrency or 1, w.requests)):
-                self.env.process(self._closed_loop(counter))
+                self.clock.process(self._closed_loop(counter))
         wall0 = time.perf_counter()
         events = 0
         stop_reason = None

@@ -22,8 +22,6 @@ from __future__ import annotations
 
 from llsim.errors import LLSimError
 from llsim.hil.errors import DeadlineExceeded, WorkerError, WorkerLost
-from llsim.kernel import fast_paths
-from llsim.kernel import now as _clock_now
 from llsim.sim.node import Node, SimulatedPhone, StepWork
 
 
@@ -100,7 +98,7 @@ class HilNodes:
     def _failed(self, node: Node, s: int, work: StepWork, e: Exception) -> None:
         if isinstance(e, (WorkerLost, DeadlineExceeded)):
             who = self.blame(getattr(e, "worker", None), node, work.epoch)
-            self.lost.append({"device": who, "time_s": _clock_now(node.env), "reason": str(e)})
+            self.lost.append({"device": who, "time_s": node.env.now, "reason": str(e)})
             if who is not None:
                 self.sim.leave(who, f"worker lost: {e}")
             return
@@ -123,19 +121,18 @@ class WorkerNode(Node):
     the worker's result arrives: the stage takes the wall time it took; the monitor is told the
     worker's compute time."""
 
-    __slots__ = ("hil", "t0", "t1", "measured", "_timeout_now", "_pending")
+    __slots__ = ("hil", "t0", "t1", "measured", "_pending")
 
     def __init__(self, dev, env, hil: HilNodes):
         super().__init__(dev, env)
         self.hil = hil
-        self._timeout_now = fast_paths(env).timeout_now
         self.t0 = self.t1 = self.measured = 0.0
         self._pending = None
 
     def run(self, s: int, work: StepWork):
         if work.kv_new:
             self.cache_tokens(work.kv_new)
-        t0 = self.t0 = _clock_now(self.env)
+        t0 = self.t0 = self.env.now
         hil = self.hil
         if hil.realtime:
             return self._run_realtime(s, work)
@@ -143,7 +140,7 @@ class WorkerNode(Node):
         dur = self.measured = r.compute_s if r is not None else 0.0
         self.t1 = t0 + dur
         self._pending = None
-        return self._timeout_now(dur)
+        return self._fp.timeout_now(dur)
 
     def _run_realtime(self, s: int, work: StepWork):
         import time
@@ -167,7 +164,7 @@ class WorkerNode(Node):
         if self._pending is not None:  # real-time: the result has arrived; collect it
             p, self._pending = self._pending, None
             r = self.hil.collect(self, p)
-            self.t1 = _clock_now(self.env)
+            self.t1 = self.env.now
             self.measured = r.compute_s if r is not None else 0.0
         t1 = self.t1
         self.busy_s += t1 - t0

@@ -21,7 +21,6 @@ import numpy as np
 import simpy
 from simpy.events import Event
 
-from llsim.kernel import now as _clock_now
 from llsim.kernel import fast_paths
 from llsim.cluster import DeviceInstance
 
@@ -63,38 +62,42 @@ class StepWork:
 class PhoneLock:
     """One segment execution at a time, granted in request order (the semantics of a
     ``simpy.Resource(capacity=1)``): a free lock is taken without an event; a busy one queues the
-    requester, and :meth:`release` hands it straight to the head of the queue."""
+    requester, and :meth:`release` hands it straight to the head of the queue. Every :class:`Node`
+    is one (its own methods: no call through a lock object per stage)."""
 
-    __slots__ = ("env", "held", "queue", "_succeed_now")
+    __slots__ = ("env", "_fp", "held", "waiting")
 
     def __init__(self, env: simpy.Environment):
         self.env = env
-        self._succeed_now = fast_paths(env).succeed_now
+        self._fp = fast_paths(env)
         self.held = False
-        self.queue: deque[Event] = deque()
+        self.waiting: deque[Event] = deque()  # the requests queued, each an event
 
-    def request(self) -> Event | None:
+    def acquire(self) -> Event | None:
         """``None`` if the lock was free and is now held, else an event to yield (fires when granted)."""
         if not self.held:
             self.held = True
             return None
         ev = Event(self.env)
-        self.queue.append(ev)
+        self.waiting.append(ev)
         return ev
 
+    request = acquire  # simpy.Resource's name
+
     def release(self) -> None:
-        if self.queue:  # still held: now by the next requester (its event's succeed(), inlined)
-            self._succeed_now(self.queue.popleft())
+        """The execution is over (or given up): the lock passes straight to the next in line, if any."""
+        if self.waiting:  # still held: now by the next requester (its event's succeed())
+            self._fp.succeed_now(self.waiting.popleft())
         else:
             self.held = False
 
 
-class Node:
+class Node(PhoneLock):
     """A device that runs pipeline stages: the interface the engine calls, and the state every
     backend shares (the device, its one-execution-at-a-time lock, its memory accounting, whether it
     is there). Backends subclass it and implement :meth:`run` and :meth:`finish`.
 
-    A stage runs as (:meth:`llsim.sim.engine.Simulation._step`)::
+    A stage runs as (:meth:`llsim.sim.engine.Simulation.request`)::
 
         grant = node.acquire()          # one segment execution at a time, in request order
         if grant is not None:
@@ -119,15 +122,11 @@ class Node:
     a device whose backend is real.
     """
 
-    __slots__ = ("dev", "env", "lock", "acquire", "release", "static_bytes", "kv_per_token", "kv_tokens",
-                 "busy_s", "peak_bytes", "dead")
+    __slots__ = ("dev", "static_bytes", "kv_per_token", "kv_tokens", "busy_s", "peak_bytes", "dead")
 
     def __init__(self, dev: DeviceInstance, env: simpy.Environment):
-        self.dev, self.env = dev, env
-        self.lock = PhoneLock(env)
-        # acquire() and release() are the lock's (bound here: one call less per stage)
-        self.acquire: Callable[[], Event | None] = self.lock.request
-        self.release: Callable[[], None] = self.lock.release
+        super().__init__(env)  # the node is its own lock (acquire / release)
+        self.dev = dev
         self.static_bytes = 0  # weights + activation buffers
         self.kv_per_token = 0  # KV-cache bytes per cached token of one request (0 in recompute mode)
         self.kv_tokens = 0
@@ -160,7 +159,7 @@ class Node:
         if used > self.peak_bytes:
             self.peak_bytes = used
         if used > self.dev.budget_bytes:
-            self.lock.release()
+            self.release()
             self._overflow(used)
 
     def _overflow(self, used: int) -> None:
@@ -212,13 +211,12 @@ class SimulatedPhone(Node):
     dynamics (:mod:`llsim.events`) change its state through the methods at the end."""
 
     __slots__ = ("rng", "mark", "speed", "throttle", "background", "thermal", "heat_s", "hot", "last_end",
-                 "noise", "t0", "t1", "_timeout_now")
+                 "noise", "t0", "t1")
 
     def __init__(self, dev: DeviceInstance, env: simpy.Environment, rng: np.random.Generator,
                  mark: Callable[..., None]):
         super().__init__(dev, env)
         self.rng, self.mark = rng, mark
-        self._timeout_now = fast_paths(env).timeout_now
         self.speed = 1.0  # run-time multiplier: throttle x background x thermal (see _update_speed)
         self.throttle = 1.0
         self.background: list[float] = []  # shares of the cores taken by other apps
@@ -244,10 +242,10 @@ class SimulatedPhone(Node):
             if used > self.peak_bytes:
                 self.peak_bytes = used
             if used > self.dev.budget_bytes:
-                self.lock.release()
+                self.release()
                 self._overflow(used)
         env = self.env
-        t0 = self.t0 = _clock_now(env)
+        t0 = self.t0 = env.now
         if self.thermal is not None:
             self.heat_s = max(0.0, self.heat_s - (t0 - self.last_end))
             hot = self.heat_s >= self.thermal[0] if not self.hot else self.heat_s > self.thermal[0] / 2
@@ -259,7 +257,7 @@ class SimulatedPhone(Node):
         if self.noise:
             dur *= float(self.rng.lognormal(0.0, self.noise))
         self.t1 = t0 + dur  # the clock's time when the timeout fires (the same float sum as its schedule)
-        return self._timeout_now(dur)  # compute: env.timeout(dur), inlined
+        return self._fp.timeout_now(dur)  # compute: env.timeout(dur)
 
     def finish(self) -> tuple[float, float, float]:
         t0, t1 = self.t0, self.t1
@@ -267,7 +265,10 @@ class SimulatedPhone(Node):
         self.last_end = t1
         if self.thermal is not None:
             self.heat_s += t1 - t0
-        self.release()
+        if self.waiting:  # release(), inlined (per stage)
+            self._fp.succeed_now(self.waiting.popleft())
+        else:
+            self.held = False
         return t0, t1, t1 - t0
 
     # ---- dynamics (the scenario's events act through these) --------------------------------------
