@@ -33,6 +33,7 @@ from llsim.sim.engine import Simulation
 ROOT = Path(__file__).resolve().parents[1]
 PHONES = ["snapdragon-8gen2", "kirin-990", "tensor-g3"]
 _REFS: dict = {}
+_MODELS: dict = {}
 
 
 def scenario(model: str, mode: str, backends: list[str], seed: int, *, requests=3, concurrency=2, new=6,
@@ -63,7 +64,17 @@ def reference(sc: Scenario) -> dict[int, list[int]]:
     for r, p in enumerate(draw_prompts(sc, cfg.vocab)):
         key = (sc.model, kv, tuple(p), sc.workload.new_tokens)
         if key not in _REFS:
-            _REFS[key] = greedy_reference(build_model(cfg, kv_cache=kv), p, sc.workload.new_tokens)
+            if (sc.model, kv) not in _MODELS:  # built once: the builder is seeded, the weights are the run's
+                import onnxruntime as ort
+
+                proto = build_model(cfg, kv_cache=kv)
+                so = ort.SessionOptions()
+                so.log_severity_level = 3
+                so.intra_op_num_threads = 1
+                _MODELS[(sc.model, kv)] = (proto, ort.InferenceSession(proto.SerializeToString(), so,
+                                                                       providers=["CPUExecutionProvider"]))
+            proto, sess = _MODELS[(sc.model, kv)]
+            _REFS[key] = greedy_reference(proto, p, sc.workload.new_tokens, session=sess)
         out[r] = _REFS[key]
     return out
 
@@ -366,3 +377,27 @@ def test_an_error_mid_run_ends_it_keeps_the_tokens_and_leaves_no_worker(tmp_path
     ref = reference(sc)
     for r, g in tokens.groupby("request"):  # what was generated is the whole model's
         assert g.sort_values("token")["token_id"].tolist() == ref[r][:len(g)]
+
+
+@pytest.mark.slow
+def test_a_local_worker_joining_mid_run_is_taken_up_by_the_balancer(tmp_path):
+    """scenarios/hil/join-local.yaml: a real worker joins two simulated phones at t=0.5 s; the balancer
+    stages the weights and switches to a plan that uses it; its segments are loaded for real; exact tokens."""
+    import json
+
+    from llsim.scenario import load_scenario
+    from llsim.sim.dynamics import taken
+
+    sc = load_scenario(ROOT / "scenarios" / "hil" / "join-local.yaml")
+    res, devices, _ = run_to_dir(sc, tmp_path / "run")
+    assert res.metrics["stop_reason"] == "completed", res.metrics.get("error")
+    check_tokens(res.tokens, sc)
+    switches = [r for r in taken(res.rebalances) if r["kind"] != "terminal"]
+    assert switches and switches[0]["time_s"] > 0.5
+    assert "host-0" in switches[0]["new_plan"] and switches[0]["measured_session_s"] > 0
+    later = [p for p in res.metrics["plans"] if p["from_s"] >= switches[0]["time_s"]]
+    assert any(2 in [s["device"] for s in p["stages"]] for p in later)  # the worker runs a stage
+    fid = pd.read_csv(tmp_path / "run" / "fidelity.csv")
+    assert set(fid[fid["what"] == "compute"]["device"]) == {"host-0"}
+    info = json.loads((tmp_path / "run" / "hil.json").read_text())
+    assert wait_gone(worker_pids(info)) == []

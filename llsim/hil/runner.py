@@ -463,17 +463,20 @@ def even_replan(bundle, workdir: str | Path, threads: int | None = None) -> Call
     return replan
 
 
-def greedy_reference(proto, prompt: list[int], new_tokens: int) -> list[int]:
+def greedy_reference(proto, prompt: list[int], new_tokens: int, session=None) -> list[int]:
     """onnxruntime's greedy generation with the whole model (recompute: the full sequence each step;
-    with a KV-cache model: a prefill, then one token per step with its present tensors)."""
+    with a KV-cache model: a prefill, then one token per step with its present tensors). ``session``:
+    an onnxruntime session of ``proto`` to reuse (many prompts of one model)."""
     import onnxruntime as ort
 
     from llsim.model.kv import state_pairs
 
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    so.intra_op_num_threads = 1
-    sess = ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    sess = session
+    if sess is None:
+        so = ort.SessionOptions()
+        so.log_severity_level = 3
+        so.intra_op_num_threads = 1
+        sess = ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
     pairs = state_pairs(proto)
     seq = list(prompt)
     out = []
