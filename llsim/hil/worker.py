@@ -380,7 +380,7 @@ class Segment:
         t0 = time.perf_counter()
         h, size = hashlib.sha256(), 0
         try:
-            with open(path, "rb") as f:  # in chunks: a phone should not hold a large segment twice
+            with open(host_path(path), "rb") as f:  # in chunks: a phone should not hold a large segment twice
                 for chunk in iter(lambda: f.read(1 << 20), b""):
                     h.update(chunk)
                     size += len(chunk)
@@ -398,7 +398,7 @@ class Segment:
         if spin is not None:
             so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
         try:
-            self.sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+            self.sess = ort.InferenceSession(host_path(path), so, providers=["CPUExecutionProvider"])
         except Exception as e:
             raise JobError("bad_model", f"segment {key}: onnxruntime cannot load {path}: {str(e)[:500]}",
                            traceback.format_exc()) from None
@@ -483,7 +483,45 @@ def read_rss() -> tuple[int | None, str]:
         return None, "unavailable"
 
 
-def read_temperatures(root: str = "/sys/class/thermal") -> dict[str, float]:
+#: llsim's stand-in phone (llsim/adb/fakephone.py) runs this file as a program of this host: it sets
+#: LLSIM_PHONE_ROOT (its sandbox: absolute paths in ``load`` messages are the phone's) and LLSIM_SYSFS_ROOT
+#: (the /sys files Termux's uid may read there). Unset on a real phone and for local workers.
+PHONE_ROOT = os.environ.get("LLSIM_PHONE_ROOT", "")
+SYSFS_ROOT = os.environ.get("LLSIM_SYSFS_ROOT", "")
+
+
+def host_path(path: str) -> str:
+    """Where a path named in a message is on this machine (itself, except on the stand-in phone)."""
+    return PHONE_ROOT + path if PHONE_ROOT and path.startswith("/") else path
+
+
+def read_battery(root: str = SYSFS_ROOT + "/sys/class/power_supply") -> tuple[float | None, bool | None]:
+    """(level %, charging) of the first battery under ``root`` where readable (often denied to apps on
+    phones, absent on most hosts: then (None, None))."""
+    try:
+        supplies = sorted(os.listdir(root))
+    except OSError:
+        return None, None
+    for name in supplies:
+        d = os.path.join(root, name)
+        try:
+            with open(os.path.join(d, "type")) as f:
+                if f.read().strip() != "Battery":
+                    continue
+            with open(os.path.join(d, "capacity")) as f:
+                level = float(f.read().strip())
+        except (OSError, ValueError):
+            continue
+        try:
+            with open(os.path.join(d, "status")) as f:
+                charging = f.read().strip() in ("Charging", "Full")
+        except OSError:
+            charging = None
+        return level, charging
+    return None, None
+
+
+def read_temperatures(root: str = SYSFS_ROOT + "/sys/class/thermal") -> dict[str, float]:
     """Degrees C per thermal zone type, where readable (often denied on phones: then empty)."""
     out: dict[str, float] = {}
     try:
@@ -976,7 +1014,7 @@ def split_address(address: str) -> tuple[str, int]:
 class Server:
     def __init__(self, secret: bytes, host: str = "127.0.0.1", port: int = 0, max_payload: int = DEFAULT_MAX_PAYLOAD,
                  heartbeat_s: float = 0.5, pending_timeout_s: float = 120.0, frame_timeout_s: float = FRAME_TIMEOUT_S,
-                 thermal_root: str = "/sys/class/thermal", name: str | None = None, log=None):
+                 thermal_root: str = SYSFS_ROOT + "/sys/class/thermal", name: str | None = None, log=None):
         self.secret = secret
         self.max_payload = max_payload
         self.heartbeat_s = heartbeat_s
@@ -1249,8 +1287,10 @@ class Server:
             self.hb_seq += 1
             rss, kind = read_rss()
             temps = read_temperatures(self.thermal_root)
+            battery, charging = read_battery(os.path.join(os.path.dirname(self.thermal_root), "power_supply"))
             hb = {"type": "heartbeat", "seq": self.hb_seq, "t": time.time(), rss_key(kind): rss,
                   "temp_c": temps or None, "temp_max_c": max(temps.values()) if temps else None,
+                  "battery_pct": battery, "charging": charging,
                   "busy": self.core.busy is not None, "queued": self.core.ready.qsize(),
                   "pending": len(self.core.pending), "state_bytes": self.core.state_bytes(), "runs": self.core.runs}
             for c in targets:
@@ -1312,7 +1352,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="a started frame must make progress within this long")
     ap.add_argument("--parent-pid", type=int, help="exit when this process is gone (set by llsim's launcher)")
     ap.add_argument("--name", help="name shown in hello and logs")
-    ap.add_argument("--thermal-root", default="/sys/class/thermal", help=argparse.SUPPRESS)
+    ap.add_argument("--thermal-root", default=SYSFS_ROOT + "/sys/class/thermal", help=argparse.SUPPRESS)
     ap.add_argument("--fault-stall-after", type=int, help=argparse.SUPPRESS)  # tests: wedge after N runs
     ap.add_argument("--allow-shared-secret-file", action="store_true",
                     help="accept a secret file readable by others (e.g. pushed by adb to a phone)")

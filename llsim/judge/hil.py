@@ -59,9 +59,16 @@ def _start_local(sc: Scenario, devs: list) -> Started:
                    info={"kill": lambda d, sig, _p=pool, _i={x.index: k for k, x in enumerate(devs)}: _p.kill(_i[d], sig)})
 
 
+def _start_adb(sc: Scenario, devs: list) -> Started:
+    """``backend: adb``: llsim's worker on Android phones over adb (:mod:`llsim.adb.backend`)."""
+    from llsim.adb.backend import start
+
+    return start(sc, devs)
+
+
 #: backend name -> starter(scenario, its devices of that backend) -> Started. A new real backend is one
 #: entry here (plus its name in the scenario schema's ``DeviceSpec.backend``).
-BACKENDS = {"local": _start_local}
+BACKENDS = {"local": _start_local, "adb": _start_adb}
 
 
 def real_devices(devices) -> list[int]:
@@ -175,6 +182,9 @@ class HilRuntime:
                                deadline_slack=sc.hil.deadline_slack, deadline_floor_s=sc.hil.deadline_floor_s,
                                stage_file=stage_file)
         self.executors = executors
+        from llsim.hil.runfiles import attach_clock
+
+        attach_clock(self)  # heartbeats' telemetry stamped with the simulation's time
         self.nodes = HilNodes(self.plane, set(real))
         self.real = real
 
@@ -261,3 +271,6 @@ def write_hil_files(out: Path, rt: HilRuntime, res) -> None:
 
     write_csv(out / "fidelity.csv", fidelity_rows(rt.plane, rt.devices, res.link_rows))
     write_json(out / "hil.json", rt.info(res), indent=2, sort_keys=True)
+    from llsim.hil.runfiles import annotate_run_dir
+
+    annotate_run_dir(out, rt, res)  # links.csv tensor_path, devices.csv telemetry, timeline counters
