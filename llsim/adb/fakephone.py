@@ -1016,6 +1016,8 @@ class _Transport:
                         return
             except (ConnectionError, OSError):
                 return
+            finally:  # the program closed its end (or died): adbd closes the stream (CLSE), so must we
+                s.inbox.put_nowait(None)
 
         task = asyncio.get_running_loop().create_task(up())
         try:

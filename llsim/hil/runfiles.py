@@ -28,9 +28,9 @@ def attach_clock(rt) -> None:
     """Heartbeats are stamped with the simulation's time (see WorkerClient.telemetry)."""
     from llsim.kernel import now
 
-    def sim_now():
-        sim = rt.nodes.sim if rt.nodes is not None else None
-        return now(sim.env) if sim is not None else None
+    def sim_now():  # before the simulation exists: its start
+        sim = rt.nodes.sim if getattr(rt, "nodes", None) is not None else None
+        return now(sim.env) if sim is not None else 0.0
 
     for c in rt.executors.values():
         if is_real(c) and hasattr(c, "sim_clock"):
