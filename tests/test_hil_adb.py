@@ -330,3 +330,81 @@ def test_the_stand_ins_programs_do_not_outlive_a_killed_test_run(sig, tmp_path):
         if p.poll() is None:
             p.kill()
     assert wait_gone([child], 5) == [], "the stand-in's program outlived the process that ran the phone"
+
+
+# ---- llsim profile adb -------------------------------------------------------------------------------
+def test_worker_bench_times_a_segment_and_pulls_back_onnxruntimes_node_profile(tmp_path):
+    """The worker's ``bench`` (the profiler's executor on a device), against a local worker: per-run
+    times, per-node kernel times of every run for a profiled load, refusals that leave it serving."""
+    import numpy as np
+    from onnx import TensorProto, helper
+
+    from llsim.filehash import sha256_file
+    from llsim.hil.client import SegmentSpec
+    from llsim.hil.errors import RemoteError
+    from llsim.hil.launcher import WorkerPool
+
+    g = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"], name="mm"),
+                           helper.make_node("Relu", ["y"], ["z"], name="relu")], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 64])],
+                          [helper.make_tensor_value_info("z", TensorProto.FLOAT, [4, 32])],
+                          [helper.make_tensor("w", TensorProto.FLOAT, [64, 32], np.ones(64 * 32, np.float32))])
+    f = tmp_path / "g.onnx"
+    f.write_bytes(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8).SerializeToString())
+    x = {"x": np.ones((4, 64), np.float32)}
+    with WorkerPool.start(1, heartbeat_s=0.5) as pool:
+        w = pool.workers[0]
+        assert w.has("bench")
+        w.load([SegmentSpec("p", str(f), sha256_file(f), 1, optimize=False, profile=True),
+                SegmentSpec("t", str(f), sha256_file(f), 1)])
+        r = w.bench("p", x, runs=4, warmup=2, evict=False)
+        assert len(r["times_s"]) == 4 and all(t > 0 for t in r["times_s"])
+        assert set(r["nodes"]) == {"mm", "relu"} and all(len(v) == 6 for v in r["nodes"].values())  # warm-up too
+        r = w.bench("t", x, runs=3, warmup=0, rounds=2)
+        assert len(r["times_s"]) == 6 and "nodes" not in r
+        for bad, code in (({"segment": "nope"}, "unknown_segment"), ({"runs": 0}, "bad_request"),
+                          ({"warmup": -1}, "bad_request")):
+            kw = {"runs": 2, "warmup": 0, **bad}
+            with pytest.raises(RemoteError) as e:
+                w.bench(kw.pop("segment", "t"), x, **kw)
+            assert e.value.code == code
+        with pytest.raises(RemoteError) as e:
+            w.bench("t", {"x": np.ones((4, 63), np.float32)}, runs=1, warmup=0)
+        assert e.value.code == "bad_input"
+        with pytest.raises(RemoteError) as e:
+            w.bench("t", {}, runs=1, warmup=0)
+        assert e.value.code == "missing_input"
+        assert w.ping() > 0  # still serving
+
+
+@pytest.mark.slow
+def test_profile_adb_on_a_stand_in_predicts_held_out_segments_as_well_as_profile_host(phones, client, tmp_path,  # noqa: F811
+                                                                                       capsys):
+    """`llsim profile adb` on a stand-in (whose worker runs on this host) and `llsim profile host`, the
+    same quick sweep in the same sitting; both profiles predict the same held-out segments (models
+    not in the fit) timed on this host: the phone's profile errs about as little as the host's."""
+    from llsim.device.accuracy import HOLDOUT, measure_holdout, predict, summary
+    from llsim.device.profile import load_profile
+    from llsim.device.profiler import profile_host
+
+    ph = phones.add("kirin-990")
+    code, out, err = run_cli(["profile", "adb", ph.serial, "--out", tmp_path / "phone.yaml", "--threads", "1",
+                              "--quick", "--runs", "4"], capsys)
+    assert code == 0, err
+    prof = load_profile(tmp_path / "phone.yaml")
+    kirin = load_profile("kirin-990")  # what the stand-in says it is
+    assert (prof.kind, prof.device, prof.soc) == ("phone", kirin.device, kirin.soc)
+    assert sorted((c.cores, c.freq_ghz) for c in prof.cpu) == sorted(
+        (sum(k.cores for k in kirin.cpu if k.freq_ghz == f), f) for f in {k.freq_ghz for k in kirin.cpu})
+    assert prof.memory.ram_total_gb == pytest.approx(kirin.memory.ram_total_gb, abs=0.01)
+    assert prof.provenance.kind == "measured" and prof.provenance.tool == "llsim profile adb"
+    samples = pd.read_csv(tmp_path / prof.provenance.samples)
+    assert {"op", "segment"} <= set(samples["kind"]) and (samples["seconds"] > 0).all()
+    assert not ph.fs.exists("/data/local/tmp/llsim/profile")  # the pushed graphs are deleted
+    host, _ = profile_host(tmp_path / "host.yaml", [1], runs=4, quick=True, log=lambda m: None)
+    measured = measure_holdout([1], models=[HOLDOUT[0], HOLDOUT[2]], seqs=(8, 48), rounds=2)
+    e_phone, e_host = summary(predict(measured, prof)), summary(predict(measured, host))
+    print(f"held-out median APE: profile adb {e_phone['median_ape']:.1%} (max {e_phone['max_ape']:.1%}), "
+          f"profile host {e_host['median_ape']:.1%} (max {e_host['max_ape']:.1%}), {e_phone['n']} segments")
+    assert e_phone["median_ape"] <= max(1.5 * e_host["median_ape"], e_host["median_ape"] + 0.05), (e_phone, e_host)
+    assert leftovers(client, [ph]) == []

@@ -138,7 +138,6 @@ class AdbBackend:
         raw = _secrets.token_bytes(32)
         self._raw_secret = raw
         self.secret = raw.hex().encode()  # what the worker reads from its secret file (hex text)
-        self._pushed: dict[int, dict[str, str]] = {}  # device -> sha256 -> phone path already there
 
     # ---- start ------------------------------------------------------------------------------------
     def start(self) -> "AdbBackend":
@@ -227,36 +226,7 @@ class AdbBackend:
     # ---- segment files ----------------------------------------------------------------------------
     def stager(self, index: int):
         """fn(local segment file) -> its path on device ``index``'s phone (pushed unless already there)."""
-        serial = self.serials[index]
-        have = self._pushed.setdefault(index, {})
-        lock = threading.Lock()
-
-        def stage(path: Path) -> str:
-            path = Path(path)
-            digest = sha256_file(path)
-            dst = f"{SEGMENTS}/{digest}{path.suffix or '.onnx'}"
-            with lock:
-                if have.get(digest) == dst:
-                    return dst
-                dev = adbutils.AdbDevice(self.c, serial)
-                doing = f"pushing {path.name}"
-                try:
-                    if phone_digests(dev, [dst]).get(dst) != digest:
-                        dev.shell(f"mkdir -p {SEGMENTS} && chmod 771 {SEGMENTS}", timeout=30)
-                        dev.sync.push(path, dst, mode=0o644)
-                        doing = f"checking {path.name}'s sha256"
-                        if phone_digests(dev, [dst]).get(dst) != digest:
-                            raise LLSimError(f"{serial}: {dst} does not have the sha256 of {path} after the push "
-                                             f"(storage full? `adb -s {serial} shell df /data/local/tmp`)")
-                        self.clients[index].info["adb"].setdefault("segments_pushed", []).append(digest[:16])
-                    else:
-                        self.clients[index].info["adb"].setdefault("segments_skipped", []).append(digest[:16])
-                except (adbutils.AdbError, OSError, EOFError) as e:
-                    raise H.adb_error(serial, e, doing, self.c) from None
-                have[digest] = dst
-                return dst
-
-        return stage
+        return stager(self.c, self.serials[index], self.clients[index].info["adb"])
 
     # ---- stop -------------------------------------------------------------------------------------
     def stop(self) -> None:
@@ -286,6 +256,42 @@ class AdbBackend:
 
     def __hash__(self) -> int:
         return id(self)
+
+
+def stager(c: H.Client, serial: str, record: dict | None = None, directory: str = SEGMENTS):
+    """fn(local file) -> its path on the phone: ``directory/<sha256><suffix>`` (``directory``: by default
+    /data/local/tmp/llsim/segments), pushed unless the phone has it with that sha256 (checked there after
+    a push). ``record`` gets the digests pushed (``segments_pushed``) and found (``segments_skipped``)."""
+    have: dict[str, str] = {}
+    lock = threading.Lock()
+    record = record if record is not None else {}
+
+    def stage(path: Path) -> str:
+        path = Path(path)
+        digest = sha256_file(path)
+        dst = f"{directory}/{digest}{path.suffix or '.onnx'}"
+        with lock:
+            if have.get(digest) == dst:
+                return dst
+            dev = adbutils.AdbDevice(c, serial)
+            doing = f"pushing {path.name}"
+            try:
+                if phone_digests(dev, [dst]).get(dst) != digest:
+                    dev.shell(f"mkdir -p {directory} && chmod 771 {directory}", timeout=30)
+                    dev.sync.push(path, dst, mode=0o644)
+                    doing = f"checking {path.name}'s sha256"
+                    if phone_digests(dev, [dst]).get(dst) != digest:
+                        raise LLSimError(f"{serial}: {dst} does not have the sha256 of {path} after the push "
+                                         f"(storage full? `adb -s {serial} shell df /data/local/tmp`)")
+                    record.setdefault("segments_pushed", []).append(digest[:16])
+                else:
+                    record.setdefault("segments_skipped", []).append(digest[:16])
+            except (adbutils.AdbError, OSError, EOFError) as e:
+                raise H.adb_error(serial, e, doing, c) from None
+            have[digest] = dst
+            return dst
+
+    return stage
 
 
 def start(sc, devs):

@@ -545,8 +545,11 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--out", required=True, help="e.g. device_profiles/host.yaml")
     m.add_argument("--threads", default="1,2", help="thread counts to measure, e.g. 1,2,4")
     m.add_argument("--runs", type=int, default=10, help="timed runs per graph (median kept)")
-    m.add_argument("--quick", action="store_true", help="smaller micro-graph sweep")
+    m.add_argument("--quick", action="store_true", help="a smaller sweep (about a third of the time)")
     m.set_defaults(fn=cmd_profile_host)
+    from llsim.adb.cli import register_profile as register_profile_adb
+
+    register_profile_adb(psub)  # llsim profile adb SERIAL (llsim/adb/profile.py)
     m = psub.add_parser("list", help="profiles in device_profiles/")
     m.set_defaults(fn=cmd_profile_list)
     m = psub.add_parser("show", help="summary of a profile")

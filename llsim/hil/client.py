@@ -53,12 +53,16 @@ class SegmentSpec:
     optimize: bool = True
     ranks: tuple[tuple[str, int], ...] = ()  # input ranks the worker checks (segment files may not declare them)
     spin: bool | None = None  # onnxruntime's allow_spinning (None: its default, on); see docs/hil-protocol.md
+    profile: bool = False  # onnxruntime's per-node profiler on (for WorkerClient.bench; feature "bench")
 
     def to_json(self, default_threads: int = 1) -> dict:
         threads = self.threads if self.threads is not None else default_threads
-        return {"segment": self.key, "path": self.path, "sha256": self.sha256, "threads": threads,
-                "state": [list(p) for p in self.state], "optimize": self.optimize, "ranks": dict(self.ranks),
-                "spin": self.spin}
+        out = {"segment": self.key, "path": self.path, "sha256": self.sha256, "threads": threads,
+               "state": [list(p) for p in self.state], "optimize": self.optimize, "ranks": dict(self.ranks),
+               "spin": self.spin}
+        if self.profile:
+            out["profile"] = True
+        return out
 
 
 
@@ -338,8 +342,8 @@ class WorkerClient:
                 fut.set_exception(e)
         return fut
 
-    def _sync(self, header: dict, deadline_s: float) -> dict:
-        return self._call(header, deadline_s=deadline_s).result(timeout=deadline_s + 5.0)
+    def _sync(self, header: dict, deadline_s: float, tensors=()) -> dict:
+        return self._call(header, tensors, deadline_s=deadline_s).result(timeout=deadline_s + 5.0)
 
     def configure(self, **fields) -> dict:
         return self._sync({"type": "configure", **fields}, 10.0)
@@ -372,6 +376,14 @@ class WorkerClient:
 
     def status(self) -> dict:
         return self._sync({"type": "status"}, 10.0)
+
+    def bench(self, segment: str, feeds: dict[str, np.ndarray], *, runs: int, warmup: int, rounds: int = 1,
+              evict: bool = True, deadline_s: float = 900.0) -> dict:
+        """Time ``segment`` on the worker (``warmup`` runs, then ``rounds`` x ``runs`` timed ones): the
+        ``benched`` answer, ``times_s`` per timed run and, for a segment loaded with ``profile``, ``nodes``:
+        onnxruntime's kernel seconds per node and run (docs/hil-protocol.md)."""
+        return self._sync({"type": "bench", "segment": segment, "runs": int(runs), "warmup": int(warmup),
+                           "rounds": int(rounds), "evict": bool(evict)}, deadline_s, list(feeds.items()))
 
     def ping(self) -> float:
         t0 = time.perf_counter()
