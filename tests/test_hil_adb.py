@@ -80,7 +80,10 @@ def test_two_phones_and_a_simulated_node_generate_the_whole_models_tokens(mode, 
     itself; with B off the Wi-Fi, they go through this host. Run twice: the second run pushes
     nothing (the worker and every segment file are on the phones with the same sha256)."""
     a = phones.add("kirin-990")
-    b = phones.add("helio-g85", wifi=wifi)
+    # B off the Wi-Fi also hides its thermal zones and battery from Termux's programs: no temperature, and
+    # the battery level comes from `dumpsys battery` over adb instead
+    b = phones.add("helio-g85", wifi=wifi) if wifi else phones.add("helio-g85", wifi=False, battery_level=64,
+                                                                   thermal_readable=False, battery_readable=False)
     sc = Scenario.model_validate(doc("tiny-gpt2", mode, [phone(a.serial), {"profile": "snapdragon-8gen2", "threads": 1},
                                                          phone("auto", "helio-g85")],
                                      [(0, 0, 1), (2, 2, 3), (1, 4, 4)]))
@@ -112,7 +115,18 @@ def test_two_phones_and_a_simulated_node_generate_the_whole_models_tokens(mode, 
         hottest = max(int((a.fs.host(f"/sys/class/thermal/thermal_zone{i}/temp")).read_text()) for i in range(8)
                       if a.fs.exists(f"/sys/class/thermal/thermal_zone{i}/temp")) / 1000
         assert dv.loc["kirin-990-0", "temp_c_max"] == pytest.approx(hottest)
-        assert pd.isna(dv.loc["snapdragon-8gen2-0", "temp_c_max"])
+        assert dv.loc["kirin-990-0", "telemetry_samples"] >= 1
+        assert pd.isna(dv.loc["snapdragon-8gen2-0", "temp_c_max"]) and pd.isna(dv.loc["snapdragon-8gen2-0",
+                                                                                      "battery_pct_first"])
+        if wifi:
+            assert dv.loc["helio-g85-0", "battery_pct_first"] == 85
+        else:
+            assert pd.isna(dv.loc["helio-g85-0", "temp_c_max"])
+            assert dv.loc["helio-g85-0", "battery_pct_first"] == 64 and dv.loc["helio-g85-0", "battery_pct_last"] == 64
+        trace = json.loads((out / "timeline.json").read_text())["traceEvents"]
+        temps = [e for e in trace if e["ph"] == "C" and e["name"] == "temp C kirin-990-0 (real)"]
+        assert temps and temps[0]["args"]["temp"] == pytest.approx(hottest)
+        assert all(0 <= e["ts"] <= res.metrics["sim_time_s"] * 1e6 + 1 for e in temps), (temps, res.metrics["sim_time_s"])
         assert leftovers(client, [a, b]) == []
 
 

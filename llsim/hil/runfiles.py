@@ -35,6 +35,7 @@ def attach_clock(rt) -> None:
     for c in rt.executors.values():
         if is_real(c) and hasattr(c, "sim_clock"):
             c.sim_clock = sim_now
+            c.telemetry[:] = [(0.0, temp, bat) for _, temp, bat in c.telemetry]  # before the run: its start
 
 
 def tensor_path(executors: dict, src: int, dst: int, payload: str = "tensors") -> str:
