@@ -265,22 +265,26 @@ def test_serial_mistakes_are_one_line_errors(devices, message, tmp_path, capsys)
 
 # ---- llsim fidelity on adb nodes --------------------------------------------------------------------
 @pytest.mark.slow
-def test_fidelity_on_a_scenario_with_adb_nodes(phones, client, tmp_path, capsys):  # noqa: F811
+def test_fidelity_on_the_shipped_adb_scenario(phones, client, tmp_path, capsys):  # noqa: F811
+    """`llsim fidelity scenarios/hil/phones-adb.yaml` (the README's worked example: two phones by serial:
+    auto and a simulated one) on two stand-ins: both runs complete, the real stages are the phones'."""
     a, b = phones.add("kirin-990"), phones.add("helio-g85")
-    f = _scenario_file(tmp_path, doc("tiny-llama", "kv_cache", [phone(a.serial), phone(b.serial, "helio-g85"),
-                                                                {"profile": "tensor-g3", "threads": 1}],
-                                     [(0, 0, 1), (1, 2, 3), (2, 4, 4)], requests=2, new=3))
-    code, out, err = run_cli(["fidelity", f, "--out", tmp_path / "fid", "--json"], capsys)
+    code, out, err = run_cli(["fidelity", ROOT / "scenarios" / "hil" / "phones-adb.yaml", "--out", tmp_path / "fid",
+                              "--json"], capsys)
     assert code == 0, err
     rep = json.loads(out)
     assert rep["real_devices"] == ["kirin-990-0", "helio-g85-0"]
     assert rep["stop_reason"] == {"simulated": "completed", "real": "completed"}
-    lat = next(r for r in rep["metrics"] if r["metric"].startswith("per-token latency ms (mean)"))
+    lat = next(r for r in rep["metrics"] if r["metric"] == "per-token latency ms (mean)")
     assert lat["simulated"] > 0 and lat["real"] > 0 and lat["error_pct"] is not None
     assert {s["device"] for s in rep["stages"]} == {"kirin-990-0", "helio-g85-0"}
     fid = pd.read_csv(tmp_path / "fid" / "fidelity.csv")
     assert set(fid[fid["what"] == "compute"]["device"]) == {"kirin-990-0", "helio-g85-0"}
     assert (fid[fid["what"] == "compute"]["measured_ms"] > 0).all()
+    sc = Scenario.model_validate(yaml.safe_load((ROOT / "scenarios" / "hil" / "phones-adb.yaml").read_text()))
+    check_tokens(pd.read_csv(tmp_path / "fid" / "tokens.csv"), sc)
+    links = pd.read_csv(tmp_path / "fid" / "links.csv").set_index(["src", "dst"])["tensor_path"]
+    assert links[(0, 1)] == "phone-to-phone"
     assert leftovers(client, [a, b]) == []
 
 
