@@ -42,7 +42,7 @@ from llsim.adb.deploy import deploy, phone_digests
 from llsim.errors import LLSimError
 from llsim.filehash import sha256_file
 from llsim.hil.client import WorkerClient
-from llsim.hil.errors import WorkerDied, WorkerError, WorkerHung
+from llsim.hil.errors import WorkerDied, WorkerError
 
 AUTO = "auto"
 PHONE_PORT = 7071
@@ -78,7 +78,9 @@ class PhoneClient(WorkerClient):
             return "unknown (the adb server does not answer)"
 
     def _lose(self, err) -> None:
-        if self.health.lost is None and not self._closing and isinstance(err, (WorkerDied, WorkerHung)):
+        # a closed connection (seen by the reader thread): ask adb what became of the phone; not for a
+        # silent worker (seen by the monitor thread shared by every client: it must not wait on adb)
+        if self.health.lost is None and not self._closing and isinstance(err, WorkerDied):
             st = self.phone_state()
             if st != "device":
                 err = type(err)(f"{err.detail}; the phone {self.serial} is {st} (unplugged?)", self.name)

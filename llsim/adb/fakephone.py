@@ -429,17 +429,19 @@ class FakePhone:
         program started here reads thermal zones and the battery from (``LLSIM_SYSFS_ROOT``), since it
         runs as this host's user, who could read them all."""
         view = self.sandbox / "host" / f"sysfs-{uid}"
-        shutil.rmtree(view, ignore_errors=True)
         for base in ("/sys/class/thermal", "/sys/class/power_supply"):
             if not self.fs.is_dir(base):
                 continue
             for sub in sorted(os.listdir(self.fs.host(base))):
                 for f in ("type", "temp", "capacity", "status"):
                     p = f"{base}/{sub}/{f}"
+                    dst = view / p.lstrip("/")
                     if self.fs.exists(p) and self.fs.access(uid, p, 4):
-                        dst = view / p.lstrip("/")
-                        dst.parent.mkdir(parents=True, exist_ok=True)
-                        os.symlink(self.fs.host(p), dst)
+                        if not dst.is_symlink():  # updated in place: programs already running read it
+                            dst.parent.mkdir(parents=True, exist_ok=True)
+                            os.symlink(self.fs.host(p), dst)
+                    elif dst.is_symlink():
+                        dst.unlink()
         return view
 
     def exec_file(self, ctx: Ctx, path: str, argv: list[str], io: IO) -> int:

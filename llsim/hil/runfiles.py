@@ -24,15 +24,16 @@ from llsim.hil.plane import is_real, route
 TELEMETRY_COLUMNS = ("temp_c_max", "temp_c_last", "battery_pct_first", "battery_pct_last", "telemetry_samples")
 
 
-def attach_clock(rt) -> None:
-    """Heartbeats are stamped with the simulation's time (see WorkerClient.telemetry)."""
+def attach_clock(rt, executors: dict) -> None:
+    """The real executors' heartbeats are stamped with the simulation's time (WorkerClient.telemetry):
+    ``rt.nodes.sim``'s once the simulation exists, its start (0) before."""
     from llsim.kernel import now
 
     def sim_now():  # before the simulation exists: its start
         sim = rt.nodes.sim if getattr(rt, "nodes", None) is not None else None
         return now(sim.env) if sim is not None else 0.0
 
-    for c in rt.executors.values():
+    for c in executors.values():
         if is_real(c) and hasattr(c, "sim_clock"):
             c.sim_clock = sim_now
             c.telemetry[:] = [(0.0, temp, bat) for _, temp, bat in c.telemetry]  # before the run: its start

@@ -176,15 +176,15 @@ class HilRuntime:
             self.started.append(st)
             executors.update(st.clients)
             stage_file.update(st.stage_file)
+        from llsim.hil.runfiles import attach_clock
+
+        attach_clock(self, executors)  # heartbeats' telemetry stamped with the simulation's time
         self._tmp = tempfile.mkdtemp(prefix="llsim-segments-")
         self.plane = DataPlane(bundle, executors, w.mode, self.prompts, self._tmp,
                                threads={d.index: d.threads for d in devices if d.backend != "sim"},
                                deadline_slack=sc.hil.deadline_slack, deadline_floor_s=sc.hil.deadline_floor_s,
                                stage_file=stage_file)
         self.executors = executors
-        from llsim.hil.runfiles import attach_clock
-
-        attach_clock(self)  # heartbeats' telemetry stamped with the simulation's time
         self.nodes = HilNodes(self.plane, set(real))
         self.real = real
 
