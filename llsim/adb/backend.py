@@ -1,7 +1,7 @@
 """``backend: adb``: scenario devices that are Android phones, each running llsim's worker in Termux.
 
-The HIL runtime (:mod:`llsim.judge.hil`, ``BACKENDS["adb"]``) calls :func:`start` with the scenario
-and its ``adb`` devices. In order:
+The HIL runtime (:mod:`llsim.judge.hil`, ``BACKENDS["adb"]``) starts an :class:`AdbBackend` with the
+scenario and its ``adb`` devices. In order:
 
 1. the adb server must answer, and every phone named by ``serial`` must be attached and in state
    ``device``; ``serial: auto`` takes the next attached phone in state ``device`` that no other
@@ -259,6 +259,11 @@ class AdbBackend:
     def __hash__(self) -> int:
         return id(self)
 
+    @staticmethod
+    def kill(device, sig) -> None:
+        raise LLSimError("a phone's worker runs under Termux's uid: the host cannot signal it (unplug the phone, "
+                         "or stop the worker in Termux)")
+
 
 def stager(c: H.Client, serial: str, record: dict | None = None, directory: str = SEGMENTS):
     """fn(local file) -> its path on the phone: ``directory/<sha256><suffix>`` (``directory``: by default
@@ -294,17 +299,3 @@ def stager(c: H.Client, serial: str, record: dict | None = None, directory: str 
             return dst
 
     return stage
-
-
-def start(sc, devs):
-    """The ``adb`` starter of :data:`llsim.judge.hil.BACKENDS`."""
-    from llsim.judge.hil import Started
-
-    b = AdbBackend(sc, devs).start()
-    return Started(dict(b.clients), b.stop, stage_file={d.index: b.stager(d.index) for d in devs},
-                   info={"backend": b, "kill": _no_kill})
-
-
-def _no_kill(device, sig) -> None:
-    raise LLSimError("a phone's worker runs under Termux's uid: the host cannot signal it (unplug the phone, or "
-                     "stop the worker in Termux)")

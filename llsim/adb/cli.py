@@ -149,38 +149,6 @@ def cmd_deploy(args) -> int:
     return 0
 
 
-# ---- llsim profile adb ----------------------------------------------------------------------------
-def cmd_profile_adb(args) -> int:
-    from pathlib import Path
-
-    from llsim.adb.profile import profile_adb
-    from llsim.cli.main import _parse_threads, _positive
-    from llsim.results.outdir import check_output_file
-
-    threads = _parse_threads(args.threads)
-    _positive(args.runs, "--runs", 10**4)
-    out = check_output_file(args.out)  # before profiling for minutes, not after
-    check_output_file(out.with_suffix(".samples.csv"))
-    prof, elapsed = profile_adb(args.serial, out, threads, runs=args.runs, quick=args.quick,
-                                phone_port=args.phone_port, log=lambda m: print(m, file=sys.stderr, flush=True))
-    print(f"wrote {args.out} (+ {Path(args.out).with_suffix('.samples.csv').name}) in {elapsed:.0f} s: "
-          f"{prof.device}, {prof.soc}, measured", flush=True)
-    return 0
-
-
-def register_profile(psub) -> None:
-    """``llsim profile adb`` (under ``llsim profile``)."""
-    m = psub.add_parser("adb", help="measure an Android phone (over adb, through llsim's worker in Termux) and "
-                        "write a profile")
-    m.add_argument("serial", help="the phone (`llsim devices`)")
-    m.add_argument("--out", required=True, help="e.g. device_profiles/my-phone.yaml")
-    m.add_argument("--threads", default="1,2", help="thread counts to measure, e.g. 1,2,4")
-    m.add_argument("--runs", type=int, default=10, help="timed runs per graph (median kept)")
-    m.add_argument("--quick", action="store_true", help="a smaller sweep (about a third of the time)")
-    m.add_argument("--phone-port", type=int, default=7071, help="the worker's port on the phone")
-    m.set_defaults(fn=cmd_profile_adb)
-
-
 # ---- llsim hil fake-phone ------------------------------------------------------------------------
 def cmd_fake_phone(args) -> int:
     import signal

@@ -61,9 +61,11 @@ def _start_local(sc: Scenario, devs: list) -> Started:
 
 def _start_adb(sc: Scenario, devs: list) -> Started:
     """``backend: adb``: llsim's worker on Android phones over adb (:mod:`llsim.adb.backend`)."""
-    from llsim.adb.backend import start
+    from llsim.adb.backend import AdbBackend
 
-    return start(sc, devs)
+    b = AdbBackend(sc, devs).start()
+    return Started(dict(b.clients), b.stop, stage_file={d.index: b.stager(d.index) for d in devs},
+                   info={"backend": b, "kill": b.kill})
 
 
 #: backend name -> starter(scenario, its devices of that backend) -> Started. A new real backend is one
@@ -176,7 +178,7 @@ class HilRuntime:
             self.started.append(st)
             executors.update(st.clients)
             stage_file.update(st.stage_file)
-        from llsim.hil.runfiles import attach_clock
+        from llsim.judge.hilfiles import attach_clock
 
         attach_clock(self, executors)  # heartbeats' telemetry stamped with the simulation's time
         self._tmp = tempfile.mkdtemp(prefix="llsim-segments-")
@@ -271,6 +273,6 @@ def write_hil_files(out: Path, rt: HilRuntime, res) -> None:
 
     write_csv(out / "fidelity.csv", fidelity_rows(rt.plane, rt.devices, res.link_rows))
     write_json(out / "hil.json", rt.info(res), indent=2, sort_keys=True)
-    from llsim.hil.runfiles import annotate_run_dir
+    from llsim.judge.hilfiles import annotate_run_dir
 
     annotate_run_dir(out, rt, res)  # links.csv tensor_path, devices.csv telemetry, timeline counters
