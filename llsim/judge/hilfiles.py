@@ -27,11 +27,9 @@ TELEMETRY_COLUMNS = ("temp_c_max", "temp_c_last", "battery_pct_first", "battery_
 def attach_clock(rt, executors: dict) -> None:
     """The real executors' heartbeats are stamped with the simulation's time (WorkerClient.telemetry):
     ``rt.nodes.sim``'s once the simulation exists, its start (0) before."""
-    from llsim.kernel import now
-
     def sim_now():  # before the simulation exists: its start
         sim = rt.nodes.sim if getattr(rt, "nodes", None) is not None else None
-        return now(sim.env) if sim is not None else 0.0
+        return float(sim.env.now) if sim is not None else 0.0
 
     for c in executors.values():
         if is_real(c) and hasattr(c, "sim_clock"):
