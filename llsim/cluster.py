@@ -19,8 +19,9 @@ class DeviceInstance:
     rssi_dbm: float | None
     streams: int | None
     absent: bool = False  # not in the cluster at the start (joins later)
-    backend: str = "sim"  # sim | local (a real worker on this host)
-    affinity: tuple[int, ...] | None = None  # CPUs of a local worker
+    backend: str = "sim"  # sim | local (a real worker on this host) | adb (a worker on an Android phone)
+    affinity: tuple[int, ...] | None = None  # CPUs of a real worker
+    serial: str | None = None  # backend adb: the phone's adb serial, or "auto"
 
 
 def expand_devices(sc: Scenario) -> list[DeviceInstance]:
@@ -39,5 +40,5 @@ def expand_devices(sc: Scenario) -> list[DeviceInstance]:
             cm.coefs(threads)  # clear error for an unmeasured thread count
             out.append(DeviceInstance(i, name, prof, threads, int(avail * prof.memory.budget_fraction * 1e9), cm,
                                       spec.rssi_dbm, spec.streams, spec.absent, spec.backend,
-                                      tuple(spec.affinity) if spec.affinity else None))
+                                      tuple(spec.affinity) if spec.affinity else None, spec.serial))
     return out

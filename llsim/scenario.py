@@ -1,7 +1,7 @@
 """Scenarios: validated YAML describing a model, a set of phones, a Wi-Fi network, an allocation,
 a workload and a seed. One schema for the simulator, the allocator and hardware-in-the-loop runs
-(a device's ``backend``: ``sim``, or ``local`` for a real onnxruntime worker on this host; ``hil:``
-chooses how real and simulated time are mixed).
+(a device's ``backend``: ``sim``, ``local`` for a real onnxruntime worker on this host, or ``adb``
+for one on an Android phone (``serial``); ``hil:`` chooses how real and simulated time are mixed).
 
 Errors name the file, the field path and what to do; ``--set path.to.field=value`` overrides a
 field before validation (values are parsed as YAML scalars).
@@ -47,7 +47,10 @@ class DeviceSpec(_Strict):
     absent: bool = False  # not in the cluster at the start (a later ``join`` event brings it in)
     # hardware in the loop: "sim" (the cost model), "local" (a real onnxruntime worker on this host
     # that llsim starts and stops; its sessions use ``threads`` intra-op threads; ``affinity``: CPUs)
-    backend: Literal["sim", "local"] = "sim"
+    # "adb": a worker on an Android phone (Termux) that llsim deploys, starts and stops over adb; ``serial``:
+    # the phone (`llsim devices`), or "auto" for the next free attached phone in state `device`
+    backend: Literal["sim", "local", "adb"] = "sim"
+    serial: str | None = Field(None, min_length=1, max_length=256)
     affinity: list[Annotated[int, Field(ge=0, le=4095)]] | None = Field(None, min_length=1, max_length=256)
     worker: str | None = None  # the old name of ``backend``: refused with a hint
 
@@ -72,7 +75,20 @@ class DeviceSpec(_Strict):
     @model_validator(mode="after")
     def _affinity(self):
         if self.affinity is not None and self.backend == "sim":
-            raise ValueError("affinity pins a real worker's process to CPUs: it needs backend: local")
+            raise ValueError("affinity pins a real worker's process to CPUs: it needs backend: local or adb")
+        return self
+
+    @model_validator(mode="after")
+    def _serial(self):
+        if self.serial is not None and self.backend != "adb":
+            raise ValueError(f"serial {self.serial!r} names an Android phone: it needs backend: adb "
+                             f"(this device has backend: {self.backend})")
+        if self.backend == "adb" and self.serial is None:
+            raise ValueError("backend: adb needs serial: SERIAL (see `llsim devices`) or serial: auto (the next "
+                             "free attached phone)")
+        if self.backend == "adb" and self.serial != "auto" and self.count > 1:
+            raise ValueError(f"count {self.count} with serial {self.serial!r}: one phone is one device; use "
+                             "serial: auto, or one entry per phone")
         return self
 
 
@@ -185,6 +201,9 @@ class Hil(_Strict):
     deadline_floor_s: float = Field(5.0, gt=0, le=3600)
     heartbeat_s: float = Field(0.5, gt=0, le=60)  # workers' heartbeats; 4 missed: the worker is lost
     prompt_seed: int | None = Field(None, ge=0, lt=2**63)  # prompts' token ids (default: the scenario's seed)
+    # backend: adb: tensors between two phones go phone to phone over their Wi-Fi when they reach each other
+    # (their workers then listen on every interface: authenticated, not encrypted); false: through this host
+    phone_to_phone: bool = True
 
 
 class Duration(_Strict):
@@ -213,6 +232,17 @@ class Scenario(_Strict):
     def real_tensors(self) -> bool:
         """Whether a run executes the real segments (some device is real, or ``hil.tensors``)."""
         return self.hil.tensors or any(d.backend != "sim" for d in self.devices)
+
+    @model_validator(mode="after")
+    def _one_device_per_phone(self):
+        seen: dict[str, int] = {}
+        for i, d in enumerate(self.devices):
+            if d.backend == "adb" and d.serial != "auto":
+                if d.serial in seen:
+                    raise ValueError(f"devices[{seen[d.serial]}] and devices[{i}] both use the phone {d.serial!r}: "
+                                     "a phone runs one device (give each its own serial, or serial: auto)")
+                seen[d.serial] = i
+        return self
 
     @field_validator("model")
     @classmethod

@@ -18,7 +18,8 @@ LAYERS: list[list[str]] = [
     ["llsim.model"],  # model graphs, ONNX, segments
     ["llsim.network", "llsim.cost"],  # link models and the simulated medium; step costs
     ["llsim.device"],  # profiles, cost models, the profiler
-    ["llsim.hil", "llsim.adb"],  # real workers and phones
+    ["llsim.hil"],  # real workers
+    ["llsim.adb"],  # phones over ADB (they run llsim.hil's worker, reached by its client)
     ["llsim.validate"],  # cross-file checks of scenarios
     ["llsim.events"],  # the event kinds (schema + action), a registry the scenario's union is built from
     ["llsim.scenario"],  # the scenario schema

@@ -53,7 +53,7 @@ def test_calibrated_provenance_is_complete(name):
     assert len(pv.sources) >= 3 and all(s.strip() for s in pv.sources)
     # the method shows the arithmetic: numbers with units, not prose only
     assert len(re.findall(r"\d+(?:\.\d+)?\s*(?:GB/s|GFLOPS|ms|tok/s|MB)", pv.method)) >= 5, pv.method
-    assert pv.replace_with_measured and "llsim profile host" in pv.replace_with_measured
+    assert pv.replace_with_measured and "llsim profile adb SERIAL" in pv.replace_with_measured
     assert f"device_profiles/{name}.yaml" in pv.replace_with_measured
     for section in (prof.memory, prof.compute, prof.thermal, prof.network):
         assert section.source.strip()

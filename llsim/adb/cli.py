@@ -171,7 +171,9 @@ def cmd_fake_phone(args) -> int:
               run_command_permission=not args.no_run_command, termux_debuggable=args.termux_debuggable,
               python=not args.no_python, numpy=not args.no_numpy, onnxruntime=not args.no_onnxruntime,
               battery_level=args.battery, charging=not args.not_charging,
-              thermal_readable=not args.thermal_unreadable, unauthorized=args.unauthorized, usb_mbps=args.usb_mbps,
+              thermal_readable=not args.thermal_unreadable, battery_readable=not args.battery_unreadable,
+              wifi=not args.no_wifi, wifi_isolated=args.wifi_isolated, unauthorized=args.unauthorized,
+              usb_mbps=args.usb_mbps,
               free_gb=args.free_gb, unplug_after_s=args.unplug_after, replug_after_s=args.replug_after)
     c = H.client()  # before anything starts: one line when there is no adb server
     try:
@@ -200,7 +202,8 @@ def cmd_fake_phone(args) -> int:
             if "connected" not in msg and not (k.unauthorized and "authenticate" in msg):
                 raise LLSimError(f"the adb server at {c.host}:{c.port} did not take the stand-in phone: {msg}")
         p = phone.profile
-        print(f"stand-in phone {phone.serial}: {p.device} ({p.soc}), profile {p.name}, Android {k.android}; "
+        wifi = f"Wi-Fi {phone.wifi_ip}" + (" (isolated)" if k.wifi_isolated else "") if k.wifi else "no Wi-Fi"
+        print(f"stand-in phone {phone.serial}: {p.device} ({p.soc}), profile {p.name}, Android {k.android}, {wifi}; "
               f"sandbox {phone.sandbox}", flush=True)
         print("ready; Ctrl-C stops it (kill -USR1 accepts the USB-debugging dialog, kill -USR2 unplugs/replugs)",
               flush=True)
@@ -267,6 +270,9 @@ def register(sub) -> None:
     m.add_argument("--battery", type=int, default=85)
     m.add_argument("--not-charging", action="store_true")
     m.add_argument("--thermal-unreadable", action="store_true")
+    m.add_argument("--battery-unreadable", action="store_true", help="Termux's programs cannot read the battery")
+    m.add_argument("--no-wifi", action="store_true", help="not on the stand-ins' Wi-Fi (no wlan0 address)")
+    m.add_argument("--wifi-isolated", action="store_true", help="on a Wi-Fi that isolates its clients")
     m.add_argument("--free-gb", type=float, default=40.0)
     m.add_argument("--unplug-after", type=float, help="go offline this many seconds after start")
     m.add_argument("--replug-after", type=float, help="come back this many seconds after going offline")

@@ -69,7 +69,7 @@ def phone_digests(dev: adbutils.AdbDevice, paths: Sequence[str]) -> dict[str, st
 
 
 def _start_script(run_id: str, staged_secret: str, secret_path: str, worker_path: str, phone_port: int,
-                  worker_args: Sequence[str]) -> str:
+                  worker_args: Sequence[str], listen_host: str = "127.0.0.1") -> str:
     d = T.HOME + "/.llsim"
     args = " ".join(shlex.quote(a) for a in worker_args)
     return f"""# llsim worker launcher, run {run_id}: runs under Termux's uid (RUN_COMMAND, run-as or by hand)
@@ -79,7 +79,7 @@ cat {staged_secret} > {secret_path} || exit 1
 export PREFIX={T.PREFIX} HOME={T.HOME}
 export PATH={T.PREFIX}/bin:$PATH LD_LIBRARY_PATH={T.PREFIX}/lib TMPDIR={T.PREFIX}/tmp
 cd {T.HOME}
-{T.PYTHON} {worker_path} --listen 127.0.0.1:{phone_port} --secret-file {secret_path} {args} > {d}/worker-{run_id}.log 2>&1 &
+{T.PYTHON} {worker_path} --listen {listen_host}:{phone_port} --secret-file {secret_path} {args} > {d}/worker-{run_id}.log 2>&1 &
 echo $! > {d}/worker-{run_id}.pid
 wait $!
 rm -f {secret_path} {d}/worker-{run_id}.pid
@@ -106,8 +106,11 @@ def deploy(serial: str, worker: Path, files: Sequence[Path] = (), *, secret: byt
            phone_port: int = 7071, local_port: int | None = None, methods: Sequence[str] = T.METHODS,
            start_timeout: float = 20.0, manual_timeout: float = 120.0,
            on_manual: Callable[[str], None] | None = None, worker_args: Sequence[str] = (),
-           log: Callable[[str], None] = lambda m: None, client: H.Client | None = None) -> Iterator[Deployment]:
-    """Push, start, forward and wait; yields a :class:`Deployment`; always cleans up on exit."""
+           log: Callable[[str], None] = lambda m: None, client: H.Client | None = None,
+           listen_host: str = "127.0.0.1") -> Iterator[Deployment]:
+    """Push, start, forward and wait; yields a :class:`Deployment`; always cleans up on exit.
+    ``listen_host``: where the worker listens on the phone (its loopback by default, which ``adb
+    forward`` reaches; ``0.0.0.0`` also lets other phones on its Wi-Fi reach it)."""
     worker = Path(worker)
     files = [Path(f) for f in files]
     for f in [worker] + files:
@@ -176,7 +179,7 @@ def deploy(serial: str, worker: Path, files: Sequence[Path] = (), *, secret: byt
         doing = "writing the secret and the start script"
         dev.sync.push(secret.hex().encode(), staged, mode=0o644)
         dev.sync.push(_start_script(run_id, staged, secret_path, targets[worker], phone_port,
-                                    worker_args).encode(), start_sh, mode=0o644)
+                                    worker_args, listen_host).encode(), start_sh, mode=0o644)
         dev.sync.push(_stop_script(run_id, secret_path).encode(), stop_sh, mode=0o644)
         t1 = time.monotonic()
         # the automatic methods: how each starts the worker, and what it means when it then stays silent

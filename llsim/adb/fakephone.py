@@ -11,7 +11,15 @@ com.termux.RUN_COMMAND`` and ``run-as com.termux`` start the requested program (
 this host's Python) in the sandbox under Termux's uid, and ``tcp:PORT`` reaches that program.
 
 Each phone has its own loopback: a program's ``--listen 127.0.0.1:P`` / ``--port P`` arguments are
-rewritten to a free port of this host, and ``tcp:P`` is forwarded there.
+rewritten to a free port of this host, and ``tcp:P`` is forwarded there. Its Wi-Fi is an address of
+its own in 127.0.0.0/8 (``ip addr`` shows it on ``wlan0``): a program listening on ``0.0.0.0:P`` (or on
+that address) is bound there on port P itself, so the stand-ins' programs reach each other at
+``ADDRESS:P`` as phones on one Wi-Fi do, and ``tcp:P`` reaches it too.
+
+The programs it starts are this host's processes in their own sessions; they are stopped with the
+phone (:meth:`FakePhone.stop`, also at interpreter exit and on SIGTERM/SIGHUP of this process), and
+each exits by itself within a second once this process is gone (a watchdog in the ``sitecustomize``
+the stand-in gives them), so none outlives a killed test run.
 
 Fault knobs (:class:`Knobs`, and methods :meth:`FakePhone.unplug`, :meth:`replug`,
 :meth:`authorize`): unplugged mid-run, a slow USB link, unauthorised, Termux missing, Termux's
@@ -25,6 +33,7 @@ import hashlib
 import os
 import posixpath
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -46,6 +55,7 @@ from llsim.adb.shell import IO, Ctx, execute, run_script
 SDK_OF_RELEASE = {"9": 28, "10": 29, "11": 30, "12": 31, "13": 33, "14": 34, "15": 35}
 FEATURES = "shell_v2,cmd,stat_v2,fixed_push_mkdir"
 PHONE_ROOTS = ("/data/", "/sdcard", "/storage/", "/proc/", "/sys/", "/system/", "/dev/")
+WIFI_NET = "127.64.0.0/10"  # the stand-ins' Wi-Fi: each phone an address of its own
 RUN_COMMAND_SERVICE = "com.termux/com.termux.app.RunCommandService"
 RUN_COMMAND_PERMISSION = "com.termux.permission.RUN_COMMAND"
 _BLOCKER = '''import os, sys
@@ -56,6 +66,40 @@ class _Missing:
             raise ModuleNotFoundError(f"No module named {name!r}", name=name)
         return None
 sys.meta_path.insert(0, _Missing())
+_parent = int(os.environ.get("LLSIM_FAKEPHONE_PARENT", "0") or 0)
+if _parent:  # the stand-in phone's process is this program's parent: when it is gone, so is the phone
+    import signal as _signal, threading as _threading, time as _time
+    def _watch():
+        while os.getppid() == _parent:
+            _time.sleep(0.25)
+        try:
+            os.killpg(0, _signal.SIGTERM)  # this program and anything it started (its own session)
+        except OSError:
+            pass
+        _time.sleep(2.0)
+        os._exit(143)
+    _threading.Thread(target=_watch, name="llsim-fakephone-watchdog", daemon=True).start()
+if "LLSIM_FAKEPHONE_WIFI" in os.environ:  # a phone off the stand-ins' Wi-Fi (or isolated) reaches none of it
+    import errno as _errno, ipaddress as _ip, socket as _socket
+    _net, _own = _ip.ip_network("127.64.0.0/10"), os.environ["LLSIM_FAKEPHONE_WIFI"]
+    def _check(addr):
+        try:
+            a = _ip.ip_address(addr[0])
+        except (ValueError, TypeError, IndexError):
+            return
+        if a in _net and not _own:
+            raise OSError(_errno.ENETUNREACH, "Network is unreachable")
+    _connect, _connect_ex = _socket.socket.connect, _socket.socket.connect_ex
+    def _c(self, addr):
+        _check(addr)
+        return _connect(self, addr)
+    def _cx(self, addr):
+        try:
+            _check(addr)
+        except OSError as e:
+            return e.errno
+        return _connect_ex(self, addr)
+    _socket.socket.connect, _socket.socket.connect_ex = _c, _cx
 '''
 
 
@@ -73,7 +117,11 @@ class Knobs:
     onnxruntime: bool = True           # pkg install python-onnxruntime
     battery_level: int = 85
     charging: bool = True
-    thermal_readable: bool = True
+    thermal_readable: bool = True      # thermal zones readable by the adb shell and by Termux's programs
+    battery_readable: bool = True      # /sys/class/power_supply/battery readable by Termux's programs
+    wifi: bool = True                  # on a Wi-Fi (wlan0 has an address other stand-ins reach)
+    wifi_isolated: bool = False        # ... but the access point isolates clients: nobody reaches its address
+    wifi_ip: str | None = None         # default: a random address of 127.0.0.0/8 of its own
     unauthorized: bool = False         # the "Allow USB debugging?" dialog is not accepted
     usb_mbps: float | None = None      # link bandwidth cap, MB/s each way (None: as fast as loopback)
     storage_gb: float = 128.0
@@ -139,7 +187,9 @@ class FakePhone:
         self.procs: dict[int, Proc] = {}
         self._next_pid = 4000
         self._pid_lock = threading.Lock()
-        self.port_map: dict[int, int] = {}
+        self.port_map: dict[int, tuple[str, int]] = {}  # phone port -> where its listener is on this host
+        self.wifi_ip = self.knobs.wifi_ip or (f"127.{secrets.randbelow(64) + 64}.{secrets.randbelow(256)}."
+                                              f"{secrets.randbelow(253) + 1}")  # in WIFI_NET
         self.pushed_bytes = 0
         self.log: list[str] = []
         self.authorized = not self.knobs.unauthorized
@@ -216,6 +266,10 @@ class FakePhone:
             fs.put(f"/sys/class/thermal/thermal_zone{i}/type", typ + "\n")
             fs.put(f"/sys/class/thermal/thermal_zone{i}/temp", f"{milli}\n",
                    mode=0o444 if k.thermal_readable else 0o600)
+        bat = "/sys/class/power_supply/battery"
+        for f, v in (("type", "Battery"), ("capacity", str(k.battery_level)),
+                     ("status", "Charging" if k.charging else "Discharging"), ("temp", "305")):
+            fs.put(f"{bat}/{f}", v + "\n", mode=0o444 if k.battery_readable else 0o440)
         fs.put("/system/bin/sh", "#!/system/bin/sh (stand-in)\n", mode=0o755)
         fs.put_dir("/data", ROOT, 0o771)
         fs.put_dir("/data/local", ROOT, 0o751)
@@ -323,9 +377,9 @@ class FakePhone:
         out = []
         prev = ""
         for a in argv:
-            m = re.fullmatch(r"(127\.0\.0\.1|localhost|0\.0\.0\.0):(\d+)", a)
+            m = re.fullmatch(r"(127\.0\.0\.1|localhost|0\.0\.0\.0|" + re.escape(self.wifi_ip) + r"):(\d+)", a)
             if m:
-                a = f"127.0.0.1:{self.host_port(int(m.group(2)))}"
+                a = self.listen_address(m.group(1), int(m.group(2)))
             elif prev == "--port" and a.isdigit():
                 a = str(self.host_port(int(a)))
             elif a.startswith("--port=") and a[7:].isdigit():
@@ -345,11 +399,50 @@ class FakePhone:
         return out
 
     def host_port(self, phone_port: int) -> int:
-        if phone_port not in self.port_map:
+        """The port of this host that stands for the phone's loopback port ``phone_port``."""
+        if phone_port not in self.port_map or self.port_map[phone_port][0] != "127.0.0.1":
             with socket.socket() as s:
                 s.bind(("127.0.0.1", 0))
-                self.port_map[phone_port] = s.getsockname()[1]
-        return self.port_map[phone_port]
+                self.port_map[phone_port] = ("127.0.0.1", s.getsockname()[1])
+        return self.port_map[phone_port][1]
+
+    def listen_address(self, host: str, phone_port: int) -> str:
+        """Where a program asked to listen on ``host:phone_port`` listens on this host: the phone's
+        loopback is a free port of this host's; every interface (or the Wi-Fi address) is the Wi-Fi
+        address and the same port, unless there is no Wi-Fi or the access point isolates its clients
+        (then the phone's Wi-Fi address reaches nothing)."""
+        k = self.knobs
+        if host in ("0.0.0.0", self.wifi_ip) and k.wifi and not k.wifi_isolated:
+            self.port_map[phone_port] = (self.wifi_ip, phone_port)
+            return f"{self.wifi_ip}:{phone_port}"
+        return f"127.0.0.1:{self.host_port(phone_port)}"
+
+    def interfaces(self) -> list[tuple[str, str, int]]:
+        """(name, IPv4 address, prefix length) as ``ip addr`` lists them."""
+        out = [("lo", "127.0.0.1", 8)]
+        if self.knobs.wifi:
+            out.append(("wlan0", self.wifi_ip, 24))
+        return out
+
+    def sysfs_view(self, uid: int) -> Path:
+        """A directory holding the /sys files ``uid`` may read (links into the sandbox): the root a
+        program started here reads thermal zones and the battery from (``LLSIM_SYSFS_ROOT``), since it
+        runs as this host's user, who could read them all."""
+        view = self.sandbox / "host" / f"sysfs-{uid}"
+        for base in ("/sys/class/thermal", "/sys/class/power_supply"):
+            if not self.fs.is_dir(base):
+                continue
+            for sub in sorted(os.listdir(self.fs.host(base))):
+                for f in ("type", "temp", "capacity", "status"):
+                    p = f"{base}/{sub}/{f}"
+                    dst = view / p.lstrip("/")
+                    if self.fs.exists(p) and self.fs.access(uid, p, 4):
+                        if not dst.is_symlink():  # updated in place: programs already running read it
+                            dst.parent.mkdir(parents=True, exist_ok=True)
+                            os.symlink(self.fs.host(p), dst)
+                    elif dst.is_symlink():
+                        dst.unlink()
+        return view
 
     def exec_file(self, ctx: Ctx, path: str, argv: list[str], io: IO) -> int:
         fs = self.fs
@@ -388,6 +481,10 @@ class FakePhone:
         env["PYTHONPATH"] = str(self.sandbox / "host" / "pyblock")
         env["LLSIM_FAKEPHONE_MISSING"] = ",".join(m for m, ok in (("numpy", k.numpy),
                                                                    ("onnxruntime", k.onnxruntime)) if not ok)
+        env["LLSIM_FAKEPHONE_PARENT"] = str(os.getpid())
+        env["LLSIM_SYSFS_ROOT"] = str(self.sysfs_view(ctx.uid))
+        env["LLSIM_PHONE_ROOT"] = str(self.fs.root)  # llsim's worker reads the phone paths it is sent in here
+        env["LLSIM_FAKEPHONE_WIFI"] = self.wifi_ip if k.wifi and not k.wifi_isolated else ""
         cwd = self.fs.host(ctx.cwd) if self.fs.is_dir(ctx.cwd) else self.fs.host(TERMUX_HOME)
         attach = getattr(ctx, "attach", False) and ctx.pid in self.procs and self.procs[ctx.pid].popen is None
         pid = ctx.pid if attach else self.new_pid()
@@ -533,6 +630,9 @@ class FakePhone:
         if err:
             self._thread = None
             raise err[0]
+        from llsim.hil.launcher import register_live
+
+        register_live(self)  # stopped at interpreter exit and on SIGTERM/SIGHUP, like local workers
         self._t0 = time.monotonic()
         k = self.knobs
         if k.unplug_after_s is not None:
@@ -590,6 +690,9 @@ class FakePhone:
         self._call(go)
 
     def stop(self) -> None:
+        from llsim.hil.launcher import unregister_live
+
+        unregister_live(self)
         for t in self._timers:
             t.cancel()
         if self._thread is not None:
@@ -823,7 +926,7 @@ class _Transport:
                 try:
                     if hp is None:
                         raise ConnectionRefusedError
-                    r, w = await asyncio.open_connection("127.0.0.1", hp)
+                    r, w = await asyncio.open_connection(*hp)
                 except OSError:
                     await self.send(P.Message(P.A_CLSE, 0, remote_id))
                     return
@@ -915,6 +1018,8 @@ class _Transport:
                         return
             except (ConnectionError, OSError):
                 return
+            finally:  # the program closed its end (or died): adbd closes the stream (CLSE), so must we
+                s.inbox.put_nowait(None)
 
         task = asyncio.get_running_loop().create_task(up())
         try:

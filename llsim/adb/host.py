@@ -262,5 +262,54 @@ def query(dev: adbutils.AdbDevice, state: str = "device") -> PhoneInfo:
     return info
 
 
+def battery(dev: adbutils.AdbDevice) -> int | None:
+    """The battery level in % (``dumpsys battery``, which the adb shell may always run), or None."""
+    bat = {}
+    for line in dev.shell("dumpsys battery 2>/dev/null", timeout=30).splitlines():
+        k, _, v = line.strip().partition(":")
+        bat[k.strip()] = v.strip()
+    if not bat.get("level", "").isdigit():
+        return None
+    scale = int(bat["scale"]) if bat.get("scale", "").isdigit() and int(bat["scale"]) > 0 else 100
+    return round(100 * int(bat["level"]) / scale)
+
+
 def list_phones(c: Client) -> list[tuple[str, str]]:
     return sorted(states(c).items())
+
+
+# ---- the phone's network addresses (phone-to-phone tensors) ---------------------------------------
+_WIFI_PREFIXES = ("wlan", "swlan", "p2p", "ap", "wifi")
+
+
+def parse_addresses(text: str) -> list[tuple[str, str]]:
+    """(interface, IPv4 address) of every interface but loopback, from ``ip -4 -o addr show`` (or
+    ``ip addr``); Wi-Fi interfaces (wlan*, p2p* for Wi-Fi Direct, ...) first."""
+    out: list[tuple[str, str]] = []
+    iface = None
+    for line in text.splitlines():
+        m = re.match(r"^\d+:\s+([^:\s]+):?\s+inet\s+(\d+\.\d+\.\d+\.\d+)/\d+", line)  # -o: one line each
+        if m:
+            iface, addr = m.group(1), m.group(2)
+        else:
+            h = re.match(r"^\d+:\s+([^:\s@]+)[:@]", line)
+            if h:
+                iface = h.group(1)
+                continue
+            m = re.match(r"^\s+inet\s+(\d+\.\d+\.\d+\.\d+)/\d+", line)
+            if not m or iface is None:
+                continue
+            addr = m.group(1)
+        if iface != "lo" and (iface, addr) not in out:
+            out.append((iface, addr))
+    return sorted(out, key=lambda x: (not x[0].startswith(_WIFI_PREFIXES), x[0]))
+
+
+_NOT_LAN = ("rmnet", "r_rmnet", "ccmni", "dummy", "tun", "ifb", "v4-", "clat", "ip6tnl", "sit", "gre", "erspan")
+
+
+def addresses(dev: adbutils.AdbDevice) -> list[tuple[str, str]]:
+    """The phone's IPv4 addresses other phones may reach it at: Wi-Fi (and Ethernet) first, never the
+    cellular, VPN or tunnel interfaces; [] when none is up."""
+    found = parse_addresses(dev.shell("ip -4 -o addr show 2>/dev/null || ip addr 2>/dev/null", timeout=30))
+    return [(i, a) for i, a in found if not i.startswith(_NOT_LAN)]

@@ -3,8 +3,9 @@ with Android's owners and permission bits emulated (the shell uid cannot read Te
 files; a Termux program cannot read a 0600 file that the shell uid pushed).
 
 Phone path ``/data/local/tmp/llsim/w.py`` lives at ``SANDBOX/root/data/local/tmp/llsim/w.py``.
-Owners and modes are kept beside the files (in memory): the host's own bits are those of this
-host's user and say nothing about the phone.
+Owners and modes are kept beside the files (in memory). A regular file's host group/other bits
+follow its emulated mode (owner bits: at least read and write), so a program started on the stand-in
+that checks its own file's mode (the worker refuses a secret file others may read) sees the phone's.
 """
 from __future__ import annotations
 
@@ -82,6 +83,16 @@ class PhoneFS:
             is_dir = self.host(path).is_dir()
             m = Meta(pm.uid, (pm.mode & 0o777) if is_dir else (pm.mode & 0o666))
         return m
+
+    def _mirror(self, path: str) -> None:
+        """The host file's group/other bits follow the emulated mode (see the module docstring)."""
+        h = self.host(path)
+        if h.is_file():
+            m = self._meta(path).mode
+            try:
+                os.chmod(h, 0o600 | (m & 0o177))
+            except OSError:
+                pass
 
     # ---- permission checks (owner bits for the owner, "other" bits for everyone else) ----------
     @staticmethod
@@ -164,6 +175,7 @@ class PhoneFS:
                 f.write(data)
             if new:
                 self.meta[norm(path)] = Meta(uid, mode & ~umask & 0o7777)
+                self._mirror(norm(path))
 
     def open_write(self, uid: int, path: str, mode: int, umask: int = 0):
         """For sync SEND: creates parent directories (the fixed_push_mkdir feature) and the file."""
@@ -173,6 +185,7 @@ class PhoneFS:
             h = self._check_create(uid, path)
             f = h.open("wb")
             self.meta[path] = Meta(uid, mode & ~umask & 0o7777)
+            self._mirror(path)
             return f
 
     def mkdir(self, uid: int, path: str, parents: bool = False, mode: int = 0o777, umask: int = 0o022,
@@ -234,6 +247,7 @@ class PhoneFS:
             if uid not in (ROOT, m.uid):
                 raise FSError(errno.EPERM, path)
             self.meta[path] = Meta(m.uid, mode & 0o7777)
+            self._mirror(path)
 
     def set_mtime(self, path: str, mtime: int) -> None:
         try:
@@ -248,6 +262,7 @@ class PhoneFS:
         h = self.host(path)
         h.write_bytes(data.encode() if isinstance(data, str) else data)
         self.meta[path] = Meta(uid, mode)
+        self._mirror(path)
 
     def put_dir(self, path: str, uid: int, mode: int) -> None:
         path = norm(path)

@@ -1077,6 +1077,32 @@ def b_run_as(ctx, argv, io):
     return execute(sub, argv[2:], io)
 
 
+def b_ip(ctx, argv, io):
+    """``ip [-4] [-o] addr [show [dev] IFACE]`` (iproute2's wording), the phone's interfaces."""
+    args = [a for a in argv[1:] if not a.startswith("-")]
+    one_line = "-o" in argv or "-oneline" in argv
+    if not args or args[0] not in ("a", "addr", "address"):
+        io.error("ip: unsupported by the llsim stand-in phone: " + " ".join(argv[1:]))
+        return 1
+    rest = [a for a in args[1:] if a not in ("show", "list", "dev")]
+    found = False
+    for k, (name, addr, plen) in enumerate(ctx.phone.interfaces(), 1):
+        if rest and rest[0] != name:
+            continue
+        found = True
+        scope = "host" if name == "lo" else "global"
+        if one_line:
+            io.write(f"{k}: {name}    inet {addr}/{plen} scope {scope} {name}\\       valid_lft forever "
+                     "preferred_lft forever\n")
+        else:
+            io.write(f"{k}: {name}: <{'LOOPBACK' if name == 'lo' else 'BROADCAST,MULTICAST'},UP,LOWER_UP> mtu "
+                     f"{65536 if name == 'lo' else 1500} state UP\n    inet {addr}/{plen} scope {scope} {name}\n")
+    if rest and not found:
+        io.error(f'Device "{rest[0]}" does not exist.')
+        return 1
+    return 0
+
+
 def b_dumpsys(ctx, argv, io):
     if argv[1:2] == ["battery"]:
         io.write(ctx.phone.battery_text())
@@ -1092,6 +1118,7 @@ BUILTINS: dict[str, Callable] = {
     "ps": b_ps, "id": b_id, "whoami": b_whoami, "which": b_which, "command": b_which, "nohup": b_nohup,
     "exec": b_exec, "sh": b_sh, "env": b_env, "uname": b_uname, "nproc": b_nproc, "df": b_df,
     "getprop": b_getprop, "pm": b_pm, "am": b_am, "run-as": b_run_as, "dumpsys": b_dumpsys,
+    "ip": b_ip,
 }
 
 

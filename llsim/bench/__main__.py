@@ -191,8 +191,16 @@ def bench_fidelity() -> None:
     fidelity_main([])
 
 
+def bench_profile_adb() -> None:
+    """`llsim profile adb` on a stand-in phone vs `llsim profile host` on held-out segments (llsim.bench.profile_adb)."""
+    from llsim.bench.profile_adb import main as profile_adb_main
+
+    profile_adb_main([])
+
+
 BENCHES = [bench_model_analysis, bench_onnx_ingestion, bench_simulator_speed, bench_costmodel_accuracy,
-           bench_allocator, bench_paper, bench_solve_time, bench_balancer, bench_worker_overhead, bench_fidelity]
+           bench_allocator, bench_paper, bench_solve_time, bench_balancer, bench_worker_overhead, bench_fidelity,
+           bench_profile_adb]
 
 
 def bench_names() -> list[str]:

@@ -51,7 +51,7 @@ def cmd_fidelity(args) -> int:
 
 
 def add_parser(sub) -> None:
-    m = sub.add_parser("fidelity", help="run a scenario simulated and with its real nodes (backend: local); "
+    m = sub.add_parser("fidelity", help="run a scenario simulated and with its real nodes (backend: local or adb); "
                        "print both and the errors")
     m.add_argument("scenario", help="path to a scenario YAML or a name from scenarios/")
     m.add_argument("--out", help="results directory of the real run (default runs/<name>-seed<N>-hil)")

@@ -186,6 +186,24 @@ def cmd_profile_host(args) -> int:
     return 0
 
 
+def cmd_profile_adb(args) -> int:
+    """`llsim profile adb SERIAL`: the profiler through llsim's worker on a phone (llsim/adb/profile.py)."""
+    from pathlib import Path
+
+    from llsim.adb.profile import profile_adb
+    from llsim.results.outdir import check_output_file
+
+    threads = _parse_threads(args.threads)
+    _positive(args.runs, "--runs", 10**4)
+    out = check_output_file(args.out)  # before profiling for minutes, not after
+    check_output_file(out.with_suffix(".samples.csv"))
+    prof, elapsed = profile_adb(args.serial, out, threads, runs=args.runs, quick=args.quick,
+                                phone_port=args.phone_port, log=lambda m: print(m, file=sys.stderr, flush=True))
+    stdout_console().print(f"wrote {args.out} (+ {Path(args.out).with_suffix('.samples.csv').name}) in {elapsed:.0f} "
+                           f"s: {prof.device}, {prof.soc}, measured")
+    return 0
+
+
 def cmd_profile_list(args) -> int:
     from llsim.device.profile import list_profiles, load_profile
 
@@ -545,8 +563,17 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--out", required=True, help="e.g. device_profiles/host.yaml")
     m.add_argument("--threads", default="1,2", help="thread counts to measure, e.g. 1,2,4")
     m.add_argument("--runs", type=int, default=10, help="timed runs per graph (median kept)")
-    m.add_argument("--quick", action="store_true", help="smaller micro-graph sweep")
+    m.add_argument("--quick", action="store_true", help="a smaller sweep (about a third of the time)")
     m.set_defaults(fn=cmd_profile_host)
+    m = psub.add_parser("adb", help="measure an Android phone (over adb, through llsim's worker in Termux) and "
+                        "write a profile")
+    m.add_argument("serial", help="the phone (`llsim devices`)")
+    m.add_argument("--out", required=True, help="e.g. device_profiles/my-phone.yaml")
+    m.add_argument("--threads", default="1,2", help="thread counts to measure, e.g. 1,2,4")
+    m.add_argument("--runs", type=int, default=10, help="timed runs per graph (median kept)")
+    m.add_argument("--quick", action="store_true", help="a smaller sweep (about a third of the time)")
+    m.add_argument("--phone-port", type=int, default=7071, help="the worker's port on the phone")
+    m.set_defaults(fn=cmd_profile_adb)
     m = psub.add_parser("list", help="profiles in device_profiles/")
     m.set_defaults(fn=cmd_profile_list)
     m = psub.add_parser("show", help="summary of a profile")

@@ -397,8 +397,9 @@ PHONES: dict[str, PhoneSpec] = {p.name: p for p in [
               "fit scaled by DRAM peak (14.4 / 34.1 GB/s). An estimate, not a measurement."),
 ]}
 
-REPLACE = ("llsim profile host --out device_profiles/{name}.yaml --threads 1,2,4 (run on the phone itself; not "
-           "automated yet, as llsim's profiler runs where llsim is installed and no phone-side executor exists)")
+REPLACE = ("llsim profile adb SERIAL --out device_profiles/{name}.yaml --threads 1,2,4 (the phone attached over adb "
+           "with Termux and python-onnxruntime: docs/real-phones.md; the profiler times every graph through "
+           "llsim's worker on the phone)")
 
 
 def phone_bandwidth(name: str) -> tuple[float, str]:

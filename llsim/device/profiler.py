@@ -1,6 +1,7 @@
 """The profiler: measure a device, fit the cost model, write a profile (+ its raw samples).
 
-Sweep (default, ~1-2 min on 2 cores):
+Sweep (default, ~1-2 min on 2 cores; ``quick``: fewer shapes, two sequence lengths, two passes and
+two rounds, about a third of that, for tests and a first look):
 
 1. **operator micro-graphs**: MatMul at transformer shapes (M = 1..256 tokens), batched attention
    MatMuls, Softmax, LayerNormalization, RMSNorm pieces, elementwise ops, Gather, Transpose/Concat/Slice;
@@ -43,6 +44,18 @@ SEGMENT_ROUNDS = 4
 
 def segment_runs(runs: int) -> int:
     return max(runs // 2, 5)
+
+
+def fit_seqs(quick: bool = False) -> tuple[int, ...]:
+    return (4, 64) if quick else FIT_SEQS
+
+
+def segment_rounds(quick: bool = False) -> int:
+    return 2 if quick else SEGMENT_ROUNDS
+
+
+def op_passes(quick: bool = False) -> int:
+    return 2 if quick else OP_PASSES
 
 
 @dataclass
@@ -172,7 +185,7 @@ def collect_samples(executor: Executor, threads: list[int], runs: int = RUNS, wa
     # optimised whole-graph timings calibrate the deployed (fused) latency: micro-graphs give op mixes
     # the zoo segments do not have
     seg_runs = [(src, model, feeds, [op for m in mg.modules for op in m.ops]) for src, model, feeds, _, mg in graphs]
-    for seq in FIT_SEQS:
+    for seq in fit_seqs(quick):
         b = onnx_bundle(FIT_MODEL, seq_len=seq)
         feeds = random_inputs(b.proto, b.om.dims, seed=0)
         graphs.append((f"zoo:{FIT_MODEL}@{seq}", b.proto.SerializeToString(), feeds, b.om, b.graph))
@@ -186,7 +199,7 @@ def collect_samples(executor: Executor, threads: list[int], runs: int = RUNS, wa
     for t in threads:
         t0 = time.perf_counter()
         meds = interleaved(lambda g, first: executor.profile_nodes(g[1], g[2], t, runs, warmup if first else 1),
-                           graphs, OP_PASSES)
+                           graphs, op_passes(quick))
         for (src, model, feeds, _, mg), med in zip(graphs, meds):
             # the ops a deployment runs: constant-folded ones are left out of the fit
             for cost in (op for m in mg.modules for op in m.ops if not op.const):
@@ -196,7 +209,8 @@ def collect_samples(executor: Executor, threads: list[int], runs: int = RUNS, wa
                                           cost.dims, t, med[cost.name]))
         log(f"  threads={t}: {len(graphs)} graphs profiled per op in {time.perf_counter() - t0:.1f}s")
         secs = interleaved(lambda j, first: executor.time_runs(j[1], j[2], t, segment_runs(runs),
-                                                               warmup if first else 1), seg_runs, SEGMENT_ROUNDS)
+                                                               warmup if first else 1), seg_runs,
+                           segment_rounds(quick))
         for (name, model, feeds, ops), sec in zip(seg_runs, secs):
             segments.append({"segment": name, "threads": t, "seconds": sec, "ops": ops})
         log(f"  threads={t}: {len(seg_runs)} optimised segment timings")
@@ -259,6 +273,19 @@ def write_samples(path: Path, samples: list[Sample], segments: list[dict]) -> No
                         s["threads"], f"{s['seconds']:.9f}"])
 
 
+def measure(executor: Executor, threads: list[int], runs: int = RUNS, warmup: int = 3, log=print,
+            quick: bool = False, tool: str = "llsim profile host") -> tuple[list[Sample], list[dict], dict, str]:
+    """The sweep on ``executor`` and the fit: (samples, segment timings, coefficients per thread count, how)."""
+    samples, segments = collect_samples(executor, threads, runs, warmup, log, quick)
+    coefs = fit_coefficients(samples, segments, threads)
+    how = (f"{tool}: onnxruntime per-op profiling (graph optimisations off) over micro-graphs and "
+           f"{FIT_MODEL} at seq {', '.join(map(str, fit_seqs(quick)))}; {warmup} warm-up runs discarded, per-op "
+           f"median of {runs} runs, best of {op_passes(quick)} interleaved passes; NNLS fit on relative error; "
+           f"fused_scale/run_overhead fitted on optimised whole-segment runs (min over {segment_rounds(quick)} "
+           f"interleaved rounds of median-of-{segment_runs(runs)})")
+    return samples, segments, coefs, how
+
+
 def profile_host(out: Path, threads: list[int], executor: Executor | None = None, runs: int = RUNS, warmup: int = 3,
                  name: str | None = None, log=print, quick: bool = False) -> tuple[DeviceProfile, float]:
     executor = executor or LocalExecutor()
@@ -266,18 +293,12 @@ def profile_host(out: Path, threads: list[int], executor: Executor | None = None
     info = executor.describe()
     log(f"profiling {info['host']} ({info['cpu']}, {info['cores']} cores), threads {threads}, "
         f"onnxruntime {info['onnxruntime_version']}")
-    samples, segments = collect_samples(executor, threads, runs, warmup, log, quick)
-    coefs = fit_coefficients(samples, segments, threads)
+    samples, segments, coefs, how = measure(executor, threads, runs, warmup, log, quick)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     samples_path = out.with_suffix(".samples.csv")
     write_samples(samples_path, samples, segments)
     today = dt.date.today().isoformat()
-    how = (f"llsim profile host: onnxruntime per-op profiling (graph optimisations off) over micro-graphs and "
-           f"{FIT_MODEL} at seq {', '.join(map(str, FIT_SEQS))}; {warmup} warm-up runs discarded, per-op median of {runs} "
-           f"runs, best of {OP_PASSES} interleaved passes; NNLS fit on relative error; fused_scale/run_overhead "
-           f"fitted on optimised whole-segment runs (min over {SEGMENT_ROUNDS} interleaved rounds of "
-           f"median-of-{segment_runs(runs)})")
     total, avail = info.get("ram_total_gb") or 1.0, info.get("ram_available_gb") or 1.0
     prof = DeviceProfile(
         name=name or out.stem, kind="host", device=info["host"], soc=info["cpu"],

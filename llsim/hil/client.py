@@ -53,12 +53,16 @@ class SegmentSpec:
     optimize: bool = True
     ranks: tuple[tuple[str, int], ...] = ()  # input ranks the worker checks (segment files may not declare them)
     spin: bool | None = None  # onnxruntime's allow_spinning (None: its default, on); see docs/hil-protocol.md
+    profile: bool = False  # onnxruntime's per-node profiler on (for WorkerClient.bench; feature "bench")
 
     def to_json(self, default_threads: int = 1) -> dict:
         threads = self.threads if self.threads is not None else default_threads
-        return {"segment": self.key, "path": self.path, "sha256": self.sha256, "threads": threads,
-                "state": [list(p) for p in self.state], "optimize": self.optimize, "ranks": dict(self.ranks),
-                "spin": self.spin}
+        out = {"segment": self.key, "path": self.path, "sha256": self.sha256, "threads": threads,
+               "state": [list(p) for p in self.state], "optimize": self.optimize, "ranks": dict(self.ranks),
+               "spin": self.spin}
+        if self.profile:
+            out["profile"] = True
+        return out
 
 
 
@@ -121,6 +125,8 @@ class Health:
     rss_bytes: int | None = None
     temp_c: dict | None = None
     temp_max_c: float | None = None
+    battery_pct: float | None = None
+    charging: bool | None = None
     busy: bool = False
     queued: int = 0
     pending: int = 0
@@ -185,6 +191,8 @@ _MONITOR = _Monitor()
 class WorkerClient:
     """A connection to one worker. ``WorkerClient.connect(address, secret)``; see the module docstring."""
 
+    on_this_host = True  # the worker listens on this host at ``address`` (see peer_address)
+
     def __init__(self, address: str, secret: bytes, *, heartbeat_s: float = 0.5, patience: int = 4,
                  connect_timeout_s: float = 10.0, floor_s: float = 2.0, slack: float = 3.0,
                  default_deadline_s: float = 60.0, send_stall_s: float = 10.0, name: str | None = None,
@@ -206,6 +214,8 @@ class WorkerClient:
         self._wlock = threading.Lock()
         self._closing = False
         self.info: dict = {}
+        self.telemetry: list[tuple[float, float | None, float | None]] = []  # see _record_telemetry
+        self.sim_clock: Callable[[], float | None] | None = None
         now = time.monotonic()
         self.health = Health(now, now)
         host, port = wire.split_address(address)
@@ -272,6 +282,17 @@ class WorkerClient:
     def has(self, feature: str) -> bool:
         return feature in self.info.get("features", [])
 
+    def peer_address(self, other) -> str | None:
+        """Where this worker's ``forward`` reaches ``other``'s worker, or None when it cannot (their
+        tensors then go through the coordinator). Workers on this host that share this run's secret
+        reach each other at the address the coordinator connects to; other backends say for themselves
+        (a phone's worker reaches another phone over their Wi-Fi, or not at all)."""
+        if other is self:
+            return self.address
+        if not getattr(other, "on_this_host", False) or not hmac.compare_digest(other._secret, self._secret):
+            return None
+        return other.address
+
     # -- calls
     def _deadline(self, predicted_s: float | None, slack: float | None, floor_s: float | None,
                   default: float | None = None) -> float:
@@ -321,8 +342,8 @@ class WorkerClient:
                 fut.set_exception(e)
         return fut
 
-    def _sync(self, header: dict, deadline_s: float) -> dict:
-        return self._call(header, deadline_s=deadline_s).result(timeout=deadline_s + 5.0)
+    def _sync(self, header: dict, deadline_s: float, tensors=()) -> dict:
+        return self._call(header, tensors, deadline_s=deadline_s).result(timeout=deadline_s + 5.0)
 
     def configure(self, **fields) -> dict:
         return self._sync({"type": "configure", **fields}, 10.0)
@@ -355,6 +376,14 @@ class WorkerClient:
 
     def status(self) -> dict:
         return self._sync({"type": "status"}, 10.0)
+
+    def bench(self, segment: str, feeds: dict[str, np.ndarray], *, runs: int, warmup: int, rounds: int = 1,
+              evict: bool = True, deadline_s: float = 900.0) -> dict:
+        """Time ``segment`` on the worker (``warmup`` runs, then ``rounds`` x ``runs`` timed ones): the
+        ``benched`` answer, ``times_s`` per timed run and, for a segment loaded with ``profile``, ``nodes``:
+        onnxruntime's kernel seconds per node and run (docs/hil-protocol.md)."""
+        return self._sync({"type": "bench", "segment": segment, "runs": int(runs), "warmup": int(warmup),
+                           "rounds": int(rounds), "evict": bool(evict)}, deadline_s, list(feeds.items()))
 
     def ping(self) -> float:
         t0 = time.perf_counter()
@@ -432,6 +461,8 @@ class WorkerClient:
             hb.heartbeats += 1
             hb.rss_bytes = h.get("rss_bytes", h.get("peak_rss_bytes"))
             hb.temp_c, hb.temp_max_c = h.get("temp_c"), h.get("temp_max_c")
+            hb.battery_pct, hb.charging = h.get("battery_pct"), h.get("charging")
+            self._record_telemetry(hb)
             hb.busy, hb.queued, hb.pending = bool(h.get("busy")), int(h.get("queued", 0)), int(h.get("pending", 0))
             hb.state_bytes, hb.runs = int(h.get("state_bytes", 0)), int(h.get("runs", 0))
             return
@@ -467,6 +498,21 @@ class WorkerClient:
             fut.set_result(res)
         else:
             call.future.set_result(h)
+
+    def _record_telemetry(self, hb: Health) -> None:
+        """Keep (time, hottest zone, battery level) when either changed or every 10 s (bounded): the run's
+        telemetry. ``time`` is ``sim_clock()`` when the runtime set one (the simulation's time at that
+        moment), else this process's monotonic clock."""
+        t = self.sim_clock() if self.sim_clock is not None else time.monotonic()
+        if t is None:
+            return
+        row = (float(t), hb.temp_max_c, hb.battery_pct)
+        tl = self.telemetry
+        if tl and tl[-1][1:] == row[1:] and row[0] - tl[-1][0] < 10.0:
+            return
+        if len(tl) >= 100_000:
+            del tl[: len(tl) // 2]
+        tl.append(row)
 
     # -- failure
     def _tail(self) -> str | None:

@@ -108,6 +108,19 @@ def _install_hooks() -> None:
         signal.signal(sig, handler)
 
 
+def register_live(obj) -> None:
+    """Have ``obj.stop()`` called at interpreter exit and on SIGTERM/SIGHUP, as for worker pools (other
+    things that start processes: phones' workers over adb, the stand-in phone)."""
+    _install_hooks()
+    with _LIVE_LOCK:
+        _LIVE.add(obj)
+
+
+def unregister_live(obj) -> None:
+    with _LIVE_LOCK:
+        _LIVE.discard(obj)
+
+
 class WorkerPool:
     """Local worker processes and a connected client for each (``pool.workers[i]``)."""
 
@@ -252,4 +265,4 @@ class WorkerPool:
         return id(self)
 
 
-__all__ = ["WorkerPool", "WorkerProcess", "write_secret", "WORKER_PY"]
+__all__ = ["WorkerPool", "WorkerProcess", "write_secret", "WORKER_PY", "register_live", "unregister_live"]

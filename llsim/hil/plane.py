@@ -17,9 +17,9 @@ run is reproducible given its measurements.
   stages' executors under the key ``e<epoch>/<segment>`` when the epoch's first stage runs; the
   previous epoch's sessions are unloaded then. The seconds each load took are kept per epoch
   (:attr:`load_s`), next to the balancer's predicted session cost in ``rebalances.csv``.
-* **Routes.** A tensor from a real worker to a real worker goes straight between them (the
-  worker's ``forward``); every other route goes through this process (the producer replies it,
-  the consumer is sent it).
+* **Routes.** A tensor from a real worker to a real worker that reaches it goes straight between
+  them (the worker's ``forward``, to the address :func:`route` gives); every other route goes
+  through this process (the producer replies it, the consumer is sent it).
 * **Steps.** ``recompute`` mode: each step runs a request's whole context with empty past
   tensors. ``kv_cache``: the first step (or a re-prefill after a lost KV cache) runs the whole
   context with empty past tensors and keeps the state; a decode step sends one token. When a
@@ -47,6 +47,16 @@ from llsim.model.segment import empty_state
 
 def is_real(node) -> bool:
     return getattr(node, "address", None) is not None
+
+
+def route(src, dst) -> str | None:
+    """The address ``src``'s worker forwards tensors for ``dst``'s worker to, or None: they go through
+    this process (an end is simulated, or the workers cannot reach each other, e.g. two phones on
+    different networks)."""
+    if not (is_real(src) and is_real(dst)):
+        return None
+    f = getattr(src, "peer_address", None)
+    return dst.address if f is None else f(dst)
 
 
 @dataclass
@@ -180,8 +190,8 @@ class DataPlane:
         for s, n in enumerate(nodes):
             if not is_real(n):
                 continue
-            dsts = {nodes[d].address for o in plan["segments"][s]["outputs"] for d in o["to"] if is_real(nodes[d])}
-            dsts.discard(n.address)
+            dsts = {route(n, nodes[d]) for o in plan["segments"][s]["outputs"] for d in o["to"]} - {None}
+            dsts.discard(route(n, n))
             if dsts:
                 n.connect_peers(sorted(dsts))
         self.split_s[epoch] = t1 - t0
@@ -289,7 +299,7 @@ class DataPlane:
             name, src = i["name"], i["from"]
             if src == "input" or (src == 0 and name in feeds):
                 direct[name] = feeds[name]
-            elif is_real(node) and is_real(nodes[src]):
+            elif route(nodes[src], node):
                 expect.append(name)
             else:
                 direct[name] = held.pop((name, s))
@@ -301,7 +311,7 @@ class DataPlane:
         for o in seg["outputs"]:
             via_here = False
             for d in o["to"]:
-                if is_real(node) and is_real(nodes[d]):
+                if route(node, nodes[d]):
                     forwards.setdefault(d, []).append(o["name"])
                 else:
                     via_here = True
@@ -310,7 +320,7 @@ class DataPlane:
         if s == tail and "logits" not in reply:
             raise LLSimError(f"the last segment of {plan.get('model')} has no 'logits' output")
         reduce = {"logits": "argmax_last"} if s == tail and node.has("reduce-argmax-last") else None
-        fw = [Forward(nodes[d].address, dep.key(d), tuple(names)) for d, names in sorted(forwards.items())]
+        fw = [Forward(route(node, nodes[d]), dep.key(d), tuple(names)) for d, names in sorted(forwards.items())]
         deadline = self.floor_s + self.slack * (predicted_s or 0.0)
         t0 = time.perf_counter()
         fut = node.submit(rid, max(step, 0), dep.key(s), direct, expect=expect, forward=fw, reply=reply,
@@ -330,12 +340,12 @@ class DataPlane:
         elapsed = (p.done_at or time.perf_counter()) - p.t0
         if res.forward_errors:  # the next worker is unreachable: it is the one lost, not this one
             fe = res.forward_errors[0]
-            dst = next((n for n in nodes if getattr(n, "address", None) == fe.get("to")), None)
+            dst = next((n for n in nodes if route(node, n) == fe.get("to")), None)
             raise WorkerDied(f"unreachable from {res.worker} ({fe.get('code')}: {fe.get('message')})",
                              getattr(dst, "name", fe.get("to")))
         for o in seg["outputs"]:
             for d in o["to"]:
-                if not (is_real(node) and is_real(nodes[d])):
+                if not route(node, nodes[d]):
                     held[(o["name"], d)] = res.outputs[o["name"]]
         if s == tail:
             out = res.outputs["logits"]

@@ -73,7 +73,7 @@ INLINE_RUN_S = 0.005  # a stage this short may run on the thread that completed 
 
 def features() -> list[str]:
     f = ["auth-hmac-sha256", "frames-json-raw", "load-path-sha256", "kv-state", "forward", "heartbeat",
-         "reduce-argmax-last", "drop", "unload", "pending-timeout", "shutdown", "status"]
+         "reduce-argmax-last", "drop", "unload", "pending-timeout", "shutdown", "status", "bench"]
     if hasattr(os, "sched_setaffinity"):
         f.append("affinity")
     return f
@@ -375,12 +375,12 @@ class Segment:
     """One loaded segment: its onnxruntime session and its input/output signature."""
 
     def __init__(self, key, path: str, sha256: str, threads: int = 1, state=(), optimize: bool = True,
-                 spin: bool | None = None, ranks: dict | None = None):
+                 spin: bool | None = None, ranks: dict | None = None, profile: bool = False):
         ort = _ort()
         t0 = time.perf_counter()
         h, size = hashlib.sha256(), 0
         try:
-            with open(path, "rb") as f:  # in chunks: a phone should not hold a large segment twice
+            with open(host_path(path), "rb") as f:  # in chunks: a phone should not hold a large segment twice
                 for chunk in iter(lambda: f.read(1 << 20), b""):
                     h.update(chunk)
                     size += len(chunk)
@@ -397,8 +397,14 @@ class Segment:
             so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         if spin is not None:
             so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+        self.profiling = bool(profile)  # onnxruntime's per-node profiler (for ``bench``; one use per load)
+        if self.profiling:
+            import tempfile
+            so.enable_profiling = True
+            so.profile_file_prefix = os.path.join(tempfile.gettempdir(),
+                                                  f"llsim-prof-{os.getpid()}-{_secrets.token_hex(4)}")
         try:
-            self.sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+            self.sess = ort.InferenceSession(host_path(path), so, providers=["CPUExecutionProvider"])
         except Exception as e:
             raise JobError("bad_model", f"segment {key}: onnxruntime cannot load {path}: {str(e)[:500]}",
                            traceback.format_exc()) from None
@@ -462,6 +468,30 @@ class Job:
         self.bytes_in, self.cancelled = bytes_in, False
 
 
+_EVICT: list = []
+
+
+def cache_bytes() -> int:
+    """This device's largest CPU cache (sysfs; 32 MiB where unreadable)."""
+    best = 0
+    base = "/sys/devices/system/cpu/cpu0/cache"
+    try:
+        for d in os.listdir(base):
+            with open(os.path.join(base, d, "size")) as f:
+                txt = f.read().strip()
+            mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(txt[-1:], 1)
+            best = max(best, int(txt.rstrip("KMG")) * mult)
+    except (OSError, ValueError):
+        pass
+    return best or (32 << 20)
+
+
+def evict_buffer() -> np.ndarray:
+    if not _EVICT:
+        _EVICT.append(np.ones(2 * cache_bytes() // 8, dtype=np.float64))
+    return _EVICT[0]
+
+
 def reduce_argmax_last(a: np.ndarray) -> np.ndarray:
     """Greedy token ids: argmax over the last axis at the last position of the one before it."""
     if a.ndim >= 3:
@@ -483,7 +513,45 @@ def read_rss() -> tuple[int | None, str]:
         return None, "unavailable"
 
 
-def read_temperatures(root: str = "/sys/class/thermal") -> dict[str, float]:
+#: llsim's stand-in phone (llsim/adb/fakephone.py) runs this file as a program of this host: it sets
+#: LLSIM_PHONE_ROOT (its sandbox: absolute paths in ``load`` messages are the phone's) and LLSIM_SYSFS_ROOT
+#: (the /sys files Termux's uid may read there). Unset on a real phone and for local workers.
+PHONE_ROOT = os.environ.get("LLSIM_PHONE_ROOT", "")
+SYSFS_ROOT = os.environ.get("LLSIM_SYSFS_ROOT", "")
+
+
+def host_path(path: str) -> str:
+    """Where a path named in a message is on this machine (itself, except on the stand-in phone)."""
+    return PHONE_ROOT + path if PHONE_ROOT and path.startswith("/") else path
+
+
+def read_battery(root: str = SYSFS_ROOT + "/sys/class/power_supply") -> tuple[float | None, bool | None]:
+    """(level %, charging) of the first battery under ``root`` where readable (often denied to apps on
+    phones, absent on most hosts: then (None, None))."""
+    try:
+        supplies = sorted(os.listdir(root))
+    except OSError:
+        return None, None
+    for name in supplies:
+        d = os.path.join(root, name)
+        try:
+            with open(os.path.join(d, "type")) as f:
+                if f.read().strip() != "Battery":
+                    continue
+            with open(os.path.join(d, "capacity")) as f:
+                level = float(f.read().strip())
+        except (OSError, ValueError):
+            continue
+        try:
+            with open(os.path.join(d, "status")) as f:
+                charging = f.read().strip() in ("Charging", "Full")
+        except OSError:
+            charging = None
+        return level, charging
+    return None, None
+
+
+def read_temperatures(root: str = SYSFS_ROOT + "/sys/class/thermal") -> dict[str, float]:
     """Degrees C per thermal zone type, where readable (often denied on phones: then empty)."""
     out: dict[str, float] = {}
     try:
@@ -558,7 +626,7 @@ class Core:
             if not isinstance(ranks, dict):
                 raise JobError("bad_request", f"segment {key}: 'ranks' must map input names to ranks")
             seg = Segment(key, spec["path"], spec.get("sha256"), threads, spec.get("state", []) or [],
-                          bool(spec.get("optimize", True)), spec.get("spin"), ranks)
+                          bool(spec.get("optimize", True)), spec.get("spin"), ranks, bool(spec.get("profile", False)))
             with self.lock:
                 if key in self.segments:  # reloaded: state kept for the old session is stale
                     for sk in [sk for sk in self.state if sk[1] == key]:
@@ -582,6 +650,65 @@ class Core:
     def state_bytes(self) -> int:
         with self.lock:
             return int(sum(a.nbytes for st in self.state.values() for a in st.values()))
+
+    def bench(self, msg: dict, tensors: list) -> dict:
+        """Time a loaded segment on the inputs sent (the profiler's executor on a device): ``warmup`` runs,
+        then ``rounds`` x ``runs`` timed runs (``perf_counter`` around ``session.run``), each run preceded,
+        with ``evict``, by a read of a buffer twice this device's largest CPU cache (weights then come
+        from DRAM, as for a segment of hundreds of MB). A segment loaded with ``profile: true`` also
+        gives onnxruntime's kernel time of every node in every run (its profiler's JSON, parsed here and
+        deleted); its profiler then stops, so profile with a fresh load. Holds the executor meanwhile."""
+        key = msg.get("segment")
+        with self.lock:
+            seg = self.segments.get(key)
+        if seg is None:
+            raise JobError("unknown_segment", f"no segment {key!r} is loaded")
+        runs, warmup, rounds = msg.get("runs", 10), msg.get("warmup", 3), msg.get("rounds", 1)
+        for name, v, hi in (("runs", runs, 10000), ("warmup", warmup, 1000), ("rounds", rounds, 100)):
+            if not isinstance(v, int) or isinstance(v, bool) or not (0 if name == "warmup" else 1) <= v <= hi:
+                raise JobError("bad_request", f"'{name}' must be an integer up to {hi}")
+        feeds = {}
+        for name, arr in tensors:
+            seg.check(name, arr)
+            feeds[name] = arr
+        missing = sorted(set(seg.inputs) - set(feeds))
+        if missing:
+            raise JobError("missing_input", f"segment {key}: no value for input(s) {', '.join(missing)}")
+        evict = evict_buffer() if msg.get("evict", True) else None
+        import gc
+        gc.collect()  # no garbage collection during the timed runs
+        times = []
+        try:
+            with self.exec_lock:
+                for i in range(warmup + rounds * runs):
+                    if evict is not None:
+                        evict.sum()  # a read-only sweep: evicts without dirty lines to write back
+                    t0 = time.perf_counter()
+                    seg.sess.run(None, feeds)
+                    if i >= warmup:
+                        times.append(time.perf_counter() - t0)
+        except Exception as e:
+            raise JobError("run_failed", f"segment {key}: {str(e)[:500]}", traceback.format_exc()) from None
+        out = {"segment": key, "times_s": times, "warmup": warmup, "runs": runs, "rounds": rounds}
+        if seg.profiling:
+            path = seg.sess.end_profiling()
+            seg.profiling = False
+            per: dict = {}
+            try:
+                with open(path) as f:
+                    for ev in json.load(f):
+                        name = ev.get("name", "")
+                        if ev.get("cat") == "Node" and name.endswith("_kernel_time"):
+                            per.setdefault(name[: -len("_kernel_time")], []).append(ev.get("dur", 0) * 1e-6)
+            except (OSError, ValueError) as e:
+                raise JobError("run_failed", f"segment {key}: onnxruntime's profile could not be read: {e}") from None
+            finally:
+                try:
+                    os.unlink(path)
+                except OSError:
+                    pass
+            out["nodes"] = per  # node name -> kernel seconds per run, warm-up runs first
+        return out
 
     # -- jobs
     def submit(self, owner, msg: dict, tensors: list, t_recv: float | None = None) -> None:
@@ -976,7 +1103,7 @@ def split_address(address: str) -> tuple[str, int]:
 class Server:
     def __init__(self, secret: bytes, host: str = "127.0.0.1", port: int = 0, max_payload: int = DEFAULT_MAX_PAYLOAD,
                  heartbeat_s: float = 0.5, pending_timeout_s: float = 120.0, frame_timeout_s: float = FRAME_TIMEOUT_S,
-                 thermal_root: str = "/sys/class/thermal", name: str | None = None, log=None):
+                 thermal_root: str = SYSFS_ROOT + "/sys/class/thermal", name: str | None = None, log=None):
         self.secret = secret
         self.max_payload = max_payload
         self.heartbeat_s = heartbeat_s
@@ -1121,11 +1248,11 @@ class Server:
         if mid is not None and (not isinstance(mid, (int, str)) or isinstance(mid, bool)):
             raise ProtocolViolation("malformed", "'id' must be an integer or a string")
         allowed = ("tensors", "ping") if conn.role == "peer" else (
-            "configure", "load", "unload", "submit", "tensors", "drop", "peers", "ping", "status", "shutdown")
+            "configure", "load", "unload", "submit", "tensors", "drop", "peers", "ping", "status", "shutdown", "bench")
         if t not in allowed:
             raise ProtocolViolation("malformed", f"unknown message type '{t}' for a {conn.role} connection "
                                     f"(expected one of {', '.join(allowed)})")
-        if t not in ("submit", "tensors") and tensors:
+        if t not in ("submit", "tensors", "bench") and tensors:
             raise ProtocolViolation("malformed", f"'{t}' carries no tensors")
         try:
             if t == "submit":
@@ -1149,6 +1276,8 @@ class Server:
                 conn.send({"type": "configured", "id": mid, **self._configure(h)})
             elif t == "status":
                 conn.send({"type": "status", "id": mid, **self._status()})
+            elif t == "bench":
+                conn.send({"type": "benched", "id": mid, **self.core.bench(h, tensors)})
             elif t == "shutdown":
                 conn.send({"type": "bye", "id": mid})
                 self.log("shutdown requested by the coordinator")
@@ -1249,8 +1378,10 @@ class Server:
             self.hb_seq += 1
             rss, kind = read_rss()
             temps = read_temperatures(self.thermal_root)
+            battery, charging = read_battery(os.path.join(os.path.dirname(self.thermal_root), "power_supply"))
             hb = {"type": "heartbeat", "seq": self.hb_seq, "t": time.time(), rss_key(kind): rss,
                   "temp_c": temps or None, "temp_max_c": max(temps.values()) if temps else None,
+                  "battery_pct": battery, "charging": charging,
                   "busy": self.core.busy is not None, "queued": self.core.ready.qsize(),
                   "pending": len(self.core.pending), "state_bytes": self.core.state_bytes(), "runs": self.core.runs}
             for c in targets:
@@ -1312,7 +1443,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="a started frame must make progress within this long")
     ap.add_argument("--parent-pid", type=int, help="exit when this process is gone (set by llsim's launcher)")
     ap.add_argument("--name", help="name shown in hello and logs")
-    ap.add_argument("--thermal-root", default="/sys/class/thermal", help=argparse.SUPPRESS)
+    ap.add_argument("--thermal-root", default=SYSFS_ROOT + "/sys/class/thermal", help=argparse.SUPPRESS)
     ap.add_argument("--fault-stall-after", type=int, help=argparse.SUPPRESS)  # tests: wedge after N runs
     ap.add_argument("--allow-shared-secret-file", action="store_true",
                     help="accept a secret file readable by others (e.g. pushed by adb to a phone)")

@@ -32,7 +32,7 @@ METRICS = (("TTFT ms (mean)", "ttft_ms"), ("per-token latency ms (mean)", ("toke
 
 
 def all_simulated(sc: Scenario) -> Scenario:
-    devs = [d.model_copy(update={"backend": "sim", "affinity": None}) for d in sc.devices]
+    devs = [d.model_copy(update={"backend": "sim", "affinity": None, "serial": None}) for d in sc.devices]
     return sc.model_copy(update={"devices": devs, "hil": sc.hil.model_copy(update={"tensors": False})})
 
 

@@ -59,9 +59,18 @@ def _start_local(sc: Scenario, devs: list) -> Started:
                    info={"kill": lambda d, sig, _p=pool, _i={x.index: k for k, x in enumerate(devs)}: _p.kill(_i[d], sig)})
 
 
+def _start_adb(sc: Scenario, devs: list) -> Started:
+    """``backend: adb``: llsim's worker on Android phones over adb (:mod:`llsim.adb.backend`)."""
+    from llsim.adb.backend import AdbBackend
+
+    b = AdbBackend(sc, devs).start()
+    return Started(dict(b.clients), b.stop, stage_file={d.index: b.stager(d.index) for d in devs},
+                   info={"backend": b, "kill": b.kill})
+
+
 #: backend name -> starter(scenario, its devices of that backend) -> Started. A new real backend is one
 #: entry here (plus its name in the scenario schema's ``DeviceSpec.backend``).
-BACKENDS = {"local": _start_local}
+BACKENDS = {"local": _start_local, "adb": _start_adb}
 
 
 def real_devices(devices) -> list[int]:
@@ -169,6 +178,9 @@ class HilRuntime:
             self.started.append(st)
             executors.update(st.clients)
             stage_file.update(st.stage_file)
+        from llsim.judge.hilfiles import attach_clock
+
+        attach_clock(self, executors)  # heartbeats' telemetry stamped with the simulation's time
         self._tmp = tempfile.mkdtemp(prefix="llsim-segments-")
         self.plane = DataPlane(bundle, executors, w.mode, self.prompts, self._tmp,
                                threads={d.index: d.threads for d in devices if d.backend != "sim"},
@@ -289,3 +301,6 @@ def write_hil_files(out: Path, rt: HilRuntime, res) -> None:
 
     write_csv(out / "fidelity.csv", fidelity_rows(rt.plane, rt.devices, res.link_rows, rt.nodes.real_links))
     write_json(out / "hil.json", rt.info(res), indent=2, sort_keys=True)
+    from llsim.judge.hilfiles import annotate_run_dir
+
+    annotate_run_dir(out, rt, res)  # links.csv tensor_path, devices.csv telemetry, timeline counters
