@@ -266,9 +266,14 @@ def fidelity_rows(plane, devices, link_rows: list[dict], real_links: dict | None
     for r in plane.runs:
         if r.real:
             sends[r.device].append(r.send_s)
+    from llsim.hil.plane import route
+
+    ex = plane.executors
     for lk in link_rows:
         if lk["src"] in real and lk["dst"] in real:
-            meas = sends.get(lk["src"], [])
+            # the worker's forwarding time when it sends to that peer itself; via this host: not measured
+            direct = route(ex[lk["src"]], ex[lk["dst"]]) is not None
+            meas = sends.get(lk["src"], []) if direct else []
             rows.append({"what": "link", "device": "", "epoch": "", "stage": "", "kind": "",
                          "src": lk["src_name"], "dst": lk["dst_name"], "n": lk["transfers"],
                          "predicted_ms": lk["mean_time_s"] * 1e3,

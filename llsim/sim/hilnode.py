@@ -50,10 +50,15 @@ class HilNodes:
         itself, inside its stage's measured time)."""
         if self.shape == "model":
             return send
-        real = self.real
+        from llsim.hil.plane import route
+
+        real, ex = self.real, self.plane.executors
+
+        def direct(src: int, dst: int) -> bool:  # the two workers forward to each other (not via this host)
+            return src in real and dst in real and route(ex[src], ex[dst]) is not None
 
         def real_send(src: int, dst: int, nbytes: int, tag: str = ""):
-            if src in real and dst in real:
+            if direct(src, dst):
                 secs = 0.0 if self.realtime else self.last_send.get(src, 0.0)
                 rec = self.real_links.setdefault((src, dst), [0, 0, 0.0])
                 rec[0] += 1
@@ -98,6 +103,8 @@ class HilNodes:
     def _failed(self, node: Node, s: int, work: StepWork, e: Exception) -> None:
         if isinstance(e, (WorkerLost, DeadlineExceeded)):
             who = self.blame(getattr(e, "worker", None), node, work.epoch)
+            if who is not None and self.sim.nodes[who].dead:
+                return  # already gone (another stage to the same worker failed first): recorded once
             self.lost.append({"device": who, "time_s": node.env.now, "reason": str(e)})
             if who is not None:
                 self.sim.leave(who, f"worker lost: {e}")
