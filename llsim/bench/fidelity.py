@@ -34,6 +34,55 @@ def _network(sc) -> str:
     return f"{n.kind} {getattr(n, 'standard', '')}".strip()
 
 
+_REF: dict = {}
+
+
+def reference_ms() -> float:
+    """This host's speed now: the median of 60 back-to-back runs of one fixed segment (small-gpt2's
+    blocks, one decode token after 32 cached, 1 thread), in ms. Taken right after profiling and before
+    each scenario, its ratio says how much faster or slower the host runs than when it was profiled (a
+    shared VM drifts by tens of percent within minutes): the drift column."""
+    import statistics
+    import time
+
+    import numpy as np
+    import onnxruntime as ort
+
+    if "sess" not in _REF:
+        from llsim.model.load import onnx_bundle
+        from llsim.model.segment import empty_state, split_model
+
+        b = onnx_bundle("small-gpt2", seq_len=1, kv_cache=True, past_len=32)
+        d = Path(tempfile.mkdtemp(prefix="llsim-fidelity-ref-"))
+        plan = split_model(b.om, b.cuts, b.graph, b.graph.even_boundaries(2), d, b.proto).plan
+        seg = plan["segments"][1]
+        so = ort.SessionOptions()
+        so.intra_op_num_threads, so.log_severity_level = 1, 3
+        sess = ort.InferenceSession(str(d / seg["file"]), so, providers=["CPUExecutionProvider"])
+        rng = np.random.default_rng(0)
+        feeds = {}
+        for i in seg["inputs"]:
+            shape = [1 if not isinstance(x, int) or x <= 0 else x for x in i["shape"]]
+            feeds[i["name"]] = rng.standard_normal(shape).astype(np.float32) if i["dtype"] == "float32" else \
+                np.ones(shape, dtype=np.int64)
+        for st in seg.get("state", []):
+            z = empty_state(st, 1)
+            shape = list(z.shape)
+            shape[st["axis"]] = 32
+            feeds[st["input"]] = rng.standard_normal(shape).astype(np.float32)
+        names = {x.name for x in sess.get_inputs()}
+        _REF["sess"], _REF["feeds"] = sess, {k: v for k, v in feeds.items() if k in names}
+    sess, feeds = _REF["sess"], _REF["feeds"]
+    for _ in range(5):
+        sess.run(None, feeds)
+    ts = []
+    for _ in range(60):
+        t0 = time.perf_counter()
+        sess.run(None, feeds)
+        ts.append(time.perf_counter() - t0)
+    return statistics.median(ts) * 1e3
+
+
 def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
 
@@ -54,12 +103,14 @@ def main(argv: list[str] | None = None) -> int:
         _, took = profile_host(prof_path, [1, 2], log=lambda m: print(m, file=sys.stderr, flush=True))
         print(f"host profiled in {took:.0f} s", file=sys.stderr)
         profile = str(prof_path)
+    ref0 = reference_ms()
     reports, rows = [], []
     for f in scenarios():
         raw = load_scenario(f)
         sets = [f"devices[{i}].profile={profile}" for i, d in enumerate(raw.devices) if d.backend != "sim"]
         sc = load_scenario(f, sets)
         print(f"fidelity: {sc.name} ...", file=sys.stderr, flush=True)
+        drift = (reference_ms() / ref0 - 1) * 100  # + : the host runs slower now than when it was profiled
         rep = compare(sc, tmp / sc.name, timeline=False)
         reports.append(rep)
         lat = {r["metric"]: r for r in rep["metrics"]}
@@ -74,18 +125,21 @@ def main(argv: list[str] | None = None) -> int:
                      "tokens_per_s_error_pct": lat["tokens/s"]["error_pct"],
                      "compute_term_pct": t["compute_pct"], "queueing_term_pct": t["queueing_pct"],
                      "transfer_term_pct": t["transfer_pct"], "overhead_ms_per_token": t["overhead_ms"],
-                     "profile": "shipped" if shipped else "same sitting"})
+                     "host_drift_pct": drift, "profile": "shipped" if shipped else "same sitting"})
     s = summary(reports)
     f = lambda v, nd=2: "-" if v is None else f"{v:.{nd}f}"  # noqa: E731
     p = lambda v: "-" if v is None else f"{v:+.1f}%"  # noqa: E731
-    con.print(fit_table([("scenario", "key"), ("real", "num"), ("sim ms", "num"), ("real ms", "num"),
-                         ("error", "num"), ("compute", "num"), ("queue", "num"), ("ovh ms", "num")],
-                        [[r["scenario"].removeprefix("fid-"), f"{r['real_workers']}/{r['devices']}",
+    con.print(fit_table([("scenario", "key"), ("sim", "num"), ("real", "num"),
+                         ("error", "num"), ("comp.", "num"), ("xfer", "num"), ("queue", "num"),
+                         ("drift", "num")],
+                        [[r["scenario"].removeprefix("fid-"),
                           f(r["sim_ms_per_token"]), f(r["real_ms_per_token"]), p(r["error_pct"]),
-                          p(r["compute_term_pct"]), p(r["queueing_term_pct"]), f(r["overhead_ms_per_token"])]
+                          p(r["compute_term_pct"]), p(r["transfer_term_pct"]), p(r["queueing_term_pct"]),
+                          p(r["host_drift_pct"])]
                          for r in rows], con.width,
                         title="per-token latency (ms), simulated vs real workers; error = sim vs real, split into "
-                              "compute and queueing; ovh: the workers' protocol overhead per token (in neither)"))
+                              "compute, transfer (xfer) and queueing; drift: the host's speed on a reference "
+                              "segment before the scenario vs right after profiling (+: slower now)"))
     con.print(f"median |error| {f(s['median_abs_error_pct'], 1)}%, worst {f(s['max_abs_error_pct'], 1)}% over "
               f"{s['scenarios']} scenarios (target: median <= 5%, max <= 10%); "
               f"host profile: {'shipped' if shipped else 'measured in this sitting'}")

@@ -78,6 +78,7 @@ class StageRun:
     bytes_out: int
     send_s: float  # the worker forwarding its outputs to the next real worker(s)
     predicted_s: float | None = None  # the cost model's time for this stage on this device (filled by the node)
+    forwarded_bytes: int = 0  # of bytes_out, those the worker forwarded to other workers (the rest: replies)
 
 
 @dataclass
@@ -357,6 +358,7 @@ class DataPlane:
                 req.kv = (dep.tag, att["ctx"])
         run = StageRun(dep.epoch, rid, step, s, dep.devs[s], att["kind"], len(att["ids"]), att["past"], is_real(node),
                        res.compute_s, elapsed, res.bytes_in, res.bytes_out, res.send_s, predicted_s)
+        run.forwarded_bytes = max(0, res.bytes_out - sum(int(a.nbytes) for a in res.outputs.values()))
         if step >= 0:
             self.runs.append(run)
         return run

@@ -32,7 +32,7 @@ class HilNodes:
         self.plane, self.real, self.shape = plane, set(real), shape
         self.sim = None
         self.lost: list[dict] = []  # workers lost during the run: device, time, reason
-        self.last_send: dict[int, float] = {}  # device -> the forwarding seconds its last real stage measured
+        self.last_send: dict[int, tuple[float, int]] = {}  # device -> its last real stage's (forwarding s, bytes)
         self.real_links: dict[tuple[int, int], list] = {}  # (src, dst) -> [transfers, bytes, seconds] (shape none)
 
     def bind(self, sim) -> None:
@@ -46,7 +46,7 @@ class HilNodes:
     def wrap_send(self, send):
         """The engine's send: the network model's (``hil.shape: model``), or, with ``shape: none``, for a
         tensor between two real workers the time it really took: on the virtual clock the producer's
-        measured forwarding time, on the real-time clock none (the next worker waits for the tensor
+        measured forwarding time (shared among its routes by their bytes), on the real-time clock none (the next worker waits for the tensor
         itself, inside its stage's measured time)."""
         if self.shape == "model":
             return send
@@ -59,7 +59,10 @@ class HilNodes:
 
         def real_send(src: int, dst: int, nbytes: int, tag: str = ""):
             if direct(src, dst):
-                secs = 0.0 if self.realtime else self.last_send.get(src, 0.0)
+                secs = 0.0
+                if not self.realtime:  # the producer's measured forwarding time, shared by bytes among its routes
+                    send_s, fwd = self.last_send.get(src, (0.0, 0))
+                    secs = send_s * min(1.0, nbytes / fwd) if fwd else send_s
                 rec = self.real_links.setdefault((src, dst), [0, 0, 0.0])
                 rec[0] += 1
                 rec[1] += int(nbytes)
@@ -97,7 +100,7 @@ class HilNodes:
             self._failed(node, p.s, p.work, e)
             return None
         if r.real:
-            self.last_send[r.device] = r.send_s
+            self.last_send[r.device] = (r.send_s, r.forwarded_bytes)
         return r
 
     def _failed(self, node: Node, s: int, work: StepWork, e: Exception) -> None:
