@@ -26,6 +26,23 @@ def pid_gone(pid: int) -> bool:
         return True
 
 
+def workers_of(parent: int) -> set[int]:
+    """Live worker processes started with ``--parent-pid parent`` (from /proc/*/cmdline)."""
+    out = set()
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            argv = (d / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if any(a.endswith(b"worker.py") for a in argv) and b"--parent-pid" in argv:
+            i = argv.index(b"--parent-pid")
+            if i + 1 < len(argv) and argv[i + 1] == str(parent).encode() and not pid_gone(int(d.name)):
+                out.add(int(d.name))
+    return out
+
+
 def wait_gone(pids, timeout_s: float = 5.0) -> list[int]:
     """The pids still running after ``timeout_s``."""
     end = time.monotonic() + timeout_s

@@ -13,28 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from hil_helpers import wait_gone
+from hil_helpers import wait_gone, workers_of
 from llsim.hil.errors import WorkerDied
 from llsim.hil.launcher import WorkerPool
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _workers_of(parent: int) -> list[int]:
-    """Worker processes started with --parent-pid ``parent`` (from /proc/*/cmdline)."""
-    out = []
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            argv = (d / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if any(a.endswith(b"worker.py") for a in argv) and b"--parent-pid" in argv:
-            i = argv.index(b"--parent-pid")
-            if argv[i + 1] == str(parent).encode():
-                out.append(int(d.name))
-    return [p for p in out if wait_gone([p], 0)]  # still running
 
 
 def test_with_block_stops_every_worker():
@@ -63,7 +46,7 @@ def test_a_failed_start_leaves_nothing(tmp_path):
         WorkerPool.start(2, cpus=[[], [4096]])
     assert "local-1" in str(ei.value) and "cpus" in str(ei.value)
     time.sleep(0.2)
-    assert _workers_of(os.getpid()) == []
+    assert workers_of(os.getpid()) == set()
 
 
 SCRIPT = textwrap.dedent("""

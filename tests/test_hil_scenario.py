@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from hil_helpers import pid_gone, wait_gone
+from hil_helpers import pid_gone, wait_gone, workers_of
 from llsim.cluster import expand_devices
 from llsim.errors import LLSimError
 from llsim.hil.runner import greedy_reference
@@ -218,10 +218,10 @@ def test_what_a_real_node_cannot_do_is_refused_before_any_worker_starts(edit, me
     for k, v in edit.items():
         doc[k] = {**doc[k], **v} if isinstance(v, dict) else v
     bad = Scenario.model_validate(doc)
-    before = _workers_of(os.getpid())
+    before = workers_of(os.getpid())
     with pytest.raises(LLSimError, match=message):
         run_to_dir(bad, tmp_path / "run")
-    assert _workers_of(os.getpid()) == before
+    assert workers_of(os.getpid()) == before
 
 
 def test_a_user_onnx_file_without_kv_inputs_runs_recompute_only(tmp_path):
@@ -249,21 +249,6 @@ def test_affinity_needs_a_real_backend():
         Scenario.model_validate(doc)
 
 
-def _workers_of(parent: int) -> set[int]:
-    """Live worker processes started by ``parent`` (their command line names it as --parent-pid)."""
-    out = set()
-    for p in Path("/proc").iterdir():
-        if not p.name.isdigit():
-            continue
-        try:
-            argv = (p / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if any(a.endswith(b"worker.py") for a in argv) and str(parent).encode() in argv and not pid_gone(int(p.name)):
-            out.add(int(p.name))
-    return out
-
-
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_ctrl_c_or_sigterm_during_a_run_leaves_no_worker(sig, tmp_path):
     """`llsim run` of a long HIL scenario, interrupted once its workers run: none is left."""
@@ -277,9 +262,9 @@ def test_ctrl_c_or_sigterm_during_a_run_leaves_no_worker(sig, tmp_path):
                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT)
     try:
         end = time.monotonic() + 60
-        while len(_workers_of(p.pid)) < 2 and time.monotonic() < end and p.poll() is None:
+        while len(workers_of(p.pid)) < 2 and time.monotonic() < end and p.poll() is None:
             time.sleep(0.1)
-        pids = _workers_of(p.pid)
+        pids = workers_of(p.pid)
         assert len(pids) == 2, p.stderr.read().decode() if p.poll() is not None else "workers did not start"
         time.sleep(3.0)  # mid-run (after the segments were cut and loaded)
         p.send_signal(sig)

@@ -45,6 +45,23 @@ from llsim.hil.errors import DeadlineExceeded, WorkerDied, WorkerError
 from llsim.model.segment import empty_state
 
 
+def graph_feeds(plan: dict, ids: list[int], total: int, past: int) -> dict[str, np.ndarray]:
+    """The graph inputs of one step (``plan.json``'s ``graph_inputs``): ``ids`` fed after ``past``
+    cached tokens, ``total`` tokens of context."""
+    feeds = {}
+    for name in plan["graph_inputs"]:
+        if name == "input_ids":
+            feeds[name] = np.asarray([ids], dtype=np.int64)
+        elif name == "attention_mask":
+            feeds[name] = np.ones((1, total), dtype=np.int64)
+        elif name == "position_ids":
+            feeds[name] = np.arange(past, past + len(ids), dtype=np.int64)[None]
+        else:
+            raise LLSimError(f"graph input {name} of {plan.get('model')}: real nodes are fed input_ids, "
+                             "attention_mask and position_ids only")
+    return feeds
+
+
 def is_real(node) -> bool:
     return getattr(node, "address", None) is not None
 
@@ -217,18 +234,7 @@ class DataPlane:
 
     # ---- a stage ----------------------------------------------------------------------------------------
     def _feeds(self, plan: dict, ids: list[int], total: int, past: int) -> dict[str, np.ndarray]:
-        feeds = {}
-        for name in plan["graph_inputs"]:
-            if name == "input_ids":
-                feeds[name] = np.asarray([ids], dtype=np.int64)
-            elif name == "attention_mask":
-                feeds[name] = np.ones((1, total), dtype=np.int64)
-            elif name == "position_ids":
-                feeds[name] = np.arange(past, past + len(ids), dtype=np.int64)[None]
-            else:
-                raise LLSimError(f"graph input {name} of {plan.get('model')}: real nodes are fed input_ids, "
-                                 "attention_mask and position_ids only")
-        return feeds
+        return graph_feeds(plan, ids, total, past)
 
     def _begin(self, dep: _Dep, rid: int, step: int, reprefill: bool, timed: bool = True) -> dict:
         req = self.reqs[rid]

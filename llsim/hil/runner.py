@@ -37,7 +37,6 @@ from llsim.hil.client import Forward, SegmentSpec, StageResult, plan_segment_spe
 from llsim.hil.errors import DeadlineExceeded, Dropped, InputsTimeout, WorkerDied, WorkerError, WorkerLost
 from llsim.model.segment import empty_state
 
-GRAPH_INPUTS = ("input_ids", "attention_mask", "position_ids")
 
 
 @dataclass
@@ -210,19 +209,9 @@ class GreedyRunner:
 
     # -- one step
     def _graph_feeds(self, dep: Deployment, ids: list[int], total: int, past: int) -> dict[str, np.ndarray]:
-        feeds = {}
-        for name in dep.plan["graph_inputs"]:
-            if name == "input_ids":
-                feeds[name] = np.asarray([ids], dtype=np.int64)
-            elif name == "attention_mask":
-                feeds[name] = np.ones((1, total), dtype=np.int64)
-            elif name == "position_ids":
-                feeds[name] = np.arange(past, past + len(ids), dtype=np.int64)[None]
-            else:
-                from llsim.errors import LLSimError
-                raise LLSimError(f"graph input {name} of {dep.plan.get('model')}: the runner feeds "
-                                 f"{', '.join(GRAPH_INPUTS)} only")
-        return feeds
+        from llsim.hil.plane import graph_feeds
+
+        return graph_feeds(dep.plan, ids, total, past)
 
     def _launch(self, req: _Req) -> None:
         dep = self.dep
