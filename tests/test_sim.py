@@ -354,6 +354,6 @@ def test_an_exception_inside_the_simulation_fails_the_run_as_with_simpy_step(tmp
     for cls in (Simulation, _SteppedSimulation):
         devices = expand_devices(sc)
         sim = cls(sc, devices, make_plan(sc, devices))
-        sim.net.send = lambda *a, **k: 1 / 0
+        sim.send = sim.net.send = lambda *a, **k: 1 / 0  # the engine sends through sim.send
         with pytest.raises(ZeroDivisionError):
             sim.run()
