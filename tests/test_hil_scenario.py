@@ -386,3 +386,16 @@ def test_a_local_worker_joining_mid_run_is_taken_up_by_the_balancer(tmp_path):
     assert set(fid[fid["what"] == "compute"]["device"]) == {"host-0"}
     info = json.loads((tmp_path / "run" / "hil.json").read_text())
     assert wait_gone(worker_pids(info)) == []
+
+
+def test_a_zoo_model_too_large_for_one_onnx_file_is_refused_before_any_worker_starts(tmp_path):
+    """bloom-560m's fp32 weights (2.2 GB, its embedding alone 1 GB) exceed one ONNX protobuf: a clear error
+    (it was an internal error from protobuf's serializer), and no worker started."""
+    sc = scenario("tiny-gpt2", "kv_cache", ["sim", "local"], seed=1, requests=1, new=2,
+                  stages=[{"device": 0, "start_module": 0, "end_module": 12},
+                          {"device": 1, "start_module": 13, "end_module": 25}])
+    sc = sc.model_copy(update={"model": "bloom-560m"})
+    before = workers_of(os.getpid())
+    with pytest.raises(LLSimError, match="too large to materialise"):
+        run_to_dir(sc, tmp_path / "run")
+    assert workers_of(os.getpid()) == before

@@ -56,9 +56,12 @@ def onnx_bundle(model: str, seq_len: int = 16, batch: int = 1, seed: int = 0, kv
     else:
         from llsim.model.builder import build_model
         cfg = get_config(model)
-        if cfg.layers * cfg.hidden * cfg.hidden > 2e9 / 4 / 12:
-            raise LLSimError(f"{model} is too large to materialise as ONNX here (> ~2 GB of weights); "
-                             "use a tiny-* or small-* zoo model, or pass your own .onnx file")
+        params = getattr(cfg, "published_params", None) or (
+            cfg.layers * 12 * cfg.hidden * cfg.hidden + cfg.vocab * cfg.hidden)  # blocks + embedding
+        if params * 4 > 1.9e9:  # fp32 weights inside one protobuf, whose limit is 2 GB
+            raise LLSimError(f"{model} is too large to materialise as ONNX here ({params * 4 / 1e9:.1f} GB of fp32 "
+                             "weights; one ONNX protobuf holds at most 2 GB): use a tiny-* or small-* zoo model, "
+                             "or pass your own .onnx file (external weights)")
         path = None
         proto = build_model(cfg, seed, kv_cache=kv_cache)
     overrides = kv_dim_overrides(proto, batch, seq_len, past_len) if has_kv_cache(proto) else None
