@@ -210,13 +210,18 @@ def test_a_worker_lost_mid_run_fails_over_and_every_token_is_exact_and_once(how,
     ({"events": [{"kind": "noise", "sigma": 0.1}]}, "a simulated dynamic"),
     ({"workload": {"batch": 2}}, "real nodes run batch 1"),
     ({"weight_dtype": "int8"}, "fp32 weights"),
+    ({"devices": {1: {"affinity": [4095]}}}, "affinity CPU 4095 is not available on this host"),
     ({"workload": {"prompt_tokens": 100, "new_tokens": 40}}, "positions of tiny-gpt2"),
 ])
 def test_what_a_real_node_cannot_do_is_refused_before_any_worker_starts(edit, message, tmp_path):
     sc = scenario("tiny-gpt2", "kv_cache", ["sim", "local", "sim"], seed=1)
     doc = sc.model_dump(exclude={"path"})
     for k, v in edit.items():
-        doc[k] = {**doc[k], **v} if isinstance(v, dict) else v
+        if k == "devices":  # {index: fields}
+            for i, fields in v.items():
+                doc["devices"][i].update(fields)
+        else:
+            doc[k] = {**doc[k], **v} if isinstance(v, dict) else v
     bad = Scenario.model_validate(doc)
     before = workers_of(os.getpid())
     with pytest.raises(LLSimError, match=message):

@@ -90,6 +90,14 @@ def check_hil(sc: Scenario, devices) -> None:
         problems.append(f"weight_dtype: real nodes run the zoo model's fp32 weights (got {sc.weight_dtype}); "
                         "set weight_dtype: fp32 or pass a quantized .onnx file as model")
     real = set(real_devices(devices))
+    import os
+
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    for d in devices:
+        bad = [c for c in (d.affinity or ()) if cpus is not None and c not in cpus]
+        if d.backend == "local" and bad:
+            problems.append(f"{d.name}: affinity CPU {bad[0]} is not available on this host (CPUs "
+                            f"{', '.join(map(str, cpus))})")
     names = {d.name: d.index for d in devices}
     for i, ev in enumerate(sc.events):
         if ev.kind_name not in SIM_ONLY:
