@@ -62,6 +62,39 @@ def graph_feeds(plan: dict, ids: list[int], total: int, past: int) -> dict[str, 
     return feeds
 
 
+def stage_outputs(plan: dict, nodes: list, s: int, key) -> tuple[list[Forward], list[str]]:
+    """Where segment ``s``'s outputs go (``plan.json``'s routes, segment i on ``nodes[i]``, loaded under
+    ``key(i)``): the forwards its worker sends straight to the next workers (:func:`route`), and the
+    outputs it replies to this process (a consumer that is not reached directly; the tail's logits)."""
+    segs = plan["segments"]
+    node, tail = nodes[s], len(segs) - 1
+    forwards: dict[int, list[str]] = {}
+    reply = []
+    for o in segs[s]["outputs"]:
+        via_here = False
+        for d in o["to"]:
+            if route(node, nodes[d]):
+                forwards.setdefault(d, []).append(o["name"])
+            else:
+                via_here = True
+        if via_here or (s == tail and o["name"] == "logits"):
+            reply.append(o["name"])
+    if s == tail and "logits" not in reply:
+        raise LLSimError(f"the last segment of {plan.get('model')} has no 'logits' output")
+    return [Forward(route(node, nodes[d]), key(d), tuple(names)) for d, names in sorted(forwards.items())], reply
+
+
+def connect_peers(plan: dict, nodes: list) -> None:
+    """Have each real worker open its links to the workers it forwards to (segment i on ``nodes[i]``)."""
+    for s, n in enumerate(nodes):
+        if not is_real(n):
+            continue
+        dsts = {route(n, nodes[d]) for o in plan["segments"][s]["outputs"] for d in o["to"]} - {None}
+        dsts.discard(route(n, n))
+        if dsts:
+            n.connect_peers(sorted(dsts))
+
+
 def is_real(node) -> bool:
     return getattr(node, "address", None) is not None
 
@@ -205,13 +238,7 @@ class DataPlane:
             by_node.setdefault(id(n), (n, []))[1].append(spec)
         for n, specs in by_node.values():
             n.load(specs)
-        for s, n in enumerate(nodes):
-            if not is_real(n):
-                continue
-            dsts = {route(n, nodes[d]) for o in plan["segments"][s]["outputs"] for d in o["to"]} - {None}
-            dsts.discard(route(n, n))
-            if dsts:
-                n.connect_peers(sorted(dsts))
+        connect_peers(plan, nodes)
         self.split_s[epoch] = t1 - t0
         self.load_s[epoch] = time.perf_counter() - t1
         self._deps[epoch] = dep
@@ -313,21 +340,8 @@ class DataPlane:
         if att["fresh"]:
             for st in seg.get("state", []):
                 direct[st["input"]] = empty_state(st, 1)
-        forwards: dict[int, list[str]] = {}
-        reply = []
-        for o in seg["outputs"]:
-            via_here = False
-            for d in o["to"]:
-                if route(node, nodes[d]):
-                    forwards.setdefault(d, []).append(o["name"])
-                else:
-                    via_here = True
-            if via_here or (s == tail and o["name"] == "logits"):
-                reply.append(o["name"])
-        if s == tail and "logits" not in reply:
-            raise LLSimError(f"the last segment of {plan.get('model')} has no 'logits' output")
+        fw, reply = stage_outputs(plan, nodes, s, dep.key)
         reduce = {"logits": "argmax_last"} if s == tail and node.has("reduce-argmax-last") else None
-        fw = [Forward(route(node, nodes[d]), dep.key(d), tuple(names)) for d, names in sorted(forwards.items())]
         deadline = self.floor_s + self.slack * (predicted_s or 0.0)
         t0 = time.perf_counter()
         fut = node.submit(rid, max(step, 0), dep.key(s), direct, expect=expect, forward=fw, reply=reply,

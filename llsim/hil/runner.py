@@ -33,8 +33,9 @@ from typing import Callable
 
 import numpy as np
 
-from llsim.hil.client import Forward, SegmentSpec, StageResult, plan_segment_specs
+from llsim.hil.client import SegmentSpec, StageResult, plan_segment_specs
 from llsim.hil.errors import DeadlineExceeded, Dropped, InputsTimeout, WorkerDied, WorkerError, WorkerLost
+from llsim.hil.plane import connect_peers, graph_feeds, route, stage_outputs
 from llsim.model.segment import empty_state
 
 
@@ -78,10 +79,6 @@ class Deployment:
                 pass
 
 
-def is_real(node) -> bool:
-    return getattr(node, "address", None) is not None
-
-
 def deploy(seg_dir: str | Path, nodes: list, tag: str = "d0", threads: int | None = None) -> Deployment:
     """Load segment i of ``seg_dir`` on ``nodes[i]`` (one node may hold several), and open the links
     between real workers that forward to each other."""
@@ -97,13 +94,7 @@ def deploy(seg_dir: str | Path, nodes: list, tag: str = "d0", threads: int | Non
         mine = [specs[s] for s, m in enumerate(nodes) if m is n]
         for k, d in n.load(mine).items():
             dep.load_s[k] = d.get("load_s")
-    for s, n in enumerate(nodes):
-        if not is_real(n):
-            continue
-        dsts = {nodes[d].address for o in plan["segments"][s]["outputs"] for d in o["to"] if is_real(nodes[d])}
-        dsts.discard(n.address)
-        if dsts:
-            n.connect_peers(sorted(dsts))
+    connect_peers(plan, nodes)
     return dep
 
 
@@ -209,8 +200,6 @@ class GreedyRunner:
 
     # -- one step
     def _graph_feeds(self, dep: Deployment, ids: list[int], total: int, past: int) -> dict[str, np.ndarray]:
-        from llsim.hil.plane import graph_feeds
-
         return graph_feeds(dep.plan, ids, total, past)
 
     def _launch(self, req: _Req) -> None:
@@ -238,22 +227,9 @@ class GreedyRunner:
             if fresh_state:
                 for st in seg.get("state", []):
                     direct[st["input"]] = empty_state(st, 1)
-            forwards: dict[int, list[str]] = {}
-            reply = []
-            for o in seg["outputs"]:
-                via_coordinator = False
-                for d in o["to"]:
-                    if is_real(node) and is_real(dep.nodes[d]):
-                        forwards.setdefault(d, []).append(o["name"])
-                    else:
-                        via_coordinator = True
-                if via_coordinator or (o["graph_output"] and s == tail and o["name"] == "logits"):
-                    reply.append(o["name"])
-            if s == tail and "logits" not in reply:
-                raise WorkerError(f"the last segment of {dep.plan.get('model')} has no 'logits' output")
+            fw, reply = stage_outputs(dep.plan, dep.nodes, s, dep.key)
             reduce = {"logits": "argmax_last"} if (s == tail and self.reduce_on_worker
                                                   and node.has("reduce-argmax-last")) else None
-            fw = [Forward(dep.nodes[d].address, dep.key(d), tuple(names)) for d, names in sorted(forwards.items())]
             deadline = None
             if self.predict:  # a stage waits for the ones before it: its deadline counts their time too, so
                 cum += self.predict(s, kind, len(ids), past)  # a later stage never expires before an earlier one
@@ -289,7 +265,7 @@ class GreedyRunner:
         node = dep.nodes[s]
         for o in seg["outputs"]:
             for d in o["to"]:
-                if not (is_real(node) and is_real(dep.nodes[d])):
+                if not route(node, dep.nodes[d]):  # not forwarded by the worker: fed from here
                     try:
                         dep.nodes[d].feed(step.req.rid, step.position, dep.key(d), {o["name"]: res.outputs[o["name"]]})
                     except WorkerError as e:
