@@ -6,10 +6,11 @@ process (:class:`~llsim.hil.local.LocalNode`) when it is simulated. So every sta
 tensors its segment reads, and the tail's greedy token is the whole model's.
 
 :class:`DataPlane` is called by the engine's nodes (:mod:`llsim.sim.hilnode`) one stage at a time,
-in the order the simulation reaches them (``stage``), and synchronously: the simulation stops at the
-point where a stage's result is needed, waits for it, and goes on (the virtual clock's
-measured-time injection). Real workers therefore never run two stages at once on this host, and a
-run is reproducible given its measurements.
+in the order the simulation reaches them (``start_stage``, then ``finish_stage``). On the virtual
+clock that is synchronous: the simulation stops at the point where a stage's result is needed,
+waits for it, and goes on (measured-time injection), so real workers never run two stages at once
+on this host and a run is reproducible given its measurements; on the real-time clock the result
+is delivered to the simulation when it arrives.
 
 * **Segments per plan.** A plan in force (an epoch of the simulation) is cut into real ONNX
   segment files at its boundaries (:func:`llsim.model.segment.split_model`, under
@@ -42,6 +43,7 @@ import numpy as np
 from llsim.errors import LLSimError
 from llsim.hil.client import Forward, StageResult, plan_segment_specs
 from llsim.hil.errors import DeadlineExceeded, WorkerDied, WorkerError
+from llsim.model.kv import has_kv_cache
 from llsim.model.segment import empty_state
 
 
@@ -180,7 +182,7 @@ class DataPlane:
     def __init__(self, bundle, executors: dict, mode: str, prompts: list[list[int]], workdir: str | Path,
                  threads: dict[int, int] | None = None, deadline_slack: float = 5.0, deadline_floor_s: float = 5.0,
                  stage_file: dict | None = None):
-        if mode == "kv_cache" and not _has_state(bundle):
+        if mode == "kv_cache" and not has_kv_cache(bundle.proto):
             raise LLSimError(f"{bundle.om.name}: the model has no KV-cache inputs, so real nodes run it in recompute "
                              "mode only (workload.mode: recompute)")
         self.bundle, self.executors, self.mode = bundle, executors, mode
@@ -263,7 +265,7 @@ class DataPlane:
     def _feeds(self, plan: dict, ids: list[int], total: int, past: int) -> dict[str, np.ndarray]:
         return graph_feeds(plan, ids, total, past)
 
-    def _begin(self, dep: _Dep, rid: int, step: int, reprefill: bool, timed: bool = True) -> dict:
+    def _begin(self, dep: _Dep, rid: int, step: int, reprefill: bool) -> dict:
         req = self.reqs[rid]
         if len(req.tokens) != step:
             raise LLSimError(f"internal: request {rid} step {step} with {len(req.tokens)} tokens recorded")
@@ -297,16 +299,11 @@ class DataPlane:
             self._execute(dep, rid, -1, s, att, None)
         self.reqs[rid].kv = (dep.tag, len(prefix))
 
-    def stage(self, epoch: int, bounds: list[int], devs: list[int], rid: int, step: int, s: int,
-              reprefill: bool, predicted_s: float | None) -> StageRun:
-        """Execute stage ``s`` of step ``step`` of request ``rid`` under epoch ``epoch``; blocks until done.
-        Raises the executor's :class:`~llsim.hil.errors.WorkerError` (a lost worker, a missed deadline)."""
-        return self.finish_stage(self.start_stage(epoch, bounds, devs, rid, step, s, reprefill, predicted_s))
-
     def start_stage(self, epoch: int, bounds: list[int], devs: list[int], rid: int, step: int, s: int,
                     reprefill: bool, predicted_s: float | None) -> "PendingStage":
-        """Submit the stage (as :meth:`stage`) without waiting: :meth:`finish_stage` collects it once
-        ``pending.future`` is done (the real-time clock delivers that to the simulation)."""
+        """Submit stage ``s`` of step ``step`` of request ``rid`` under epoch ``epoch`` (boundaries ``bounds``,
+        stage i on device ``devs[i]``) without waiting: :meth:`finish_stage` collects it once ``pending.future``
+        is done (at once on the virtual clock; the real-time clock delivers it to the simulation)."""
         dep = self.deployment(epoch, bounds, devs)
         req = self.reqs[rid]
         att = req.attempt
@@ -315,6 +312,8 @@ class DataPlane:
         return self._submit(dep, rid, step, s, att, predicted_s)
 
     def finish_stage(self, p: "PendingStage") -> StageRun:
+        """Wait for a submitted stage and take its outputs; raises the executor's
+        :class:`~llsim.hil.errors.WorkerError` (a lost worker, a missed deadline)."""
         run = self._collect(p)
         if self.on_stage is not None and p.step >= 0:
             self.on_stage(run)
@@ -412,12 +411,6 @@ class DataPlane:
         if self._current is not None:
             self._unload(self._current)
             self._current = None
-
-
-def _has_state(bundle) -> bool:
-    from llsim.model.load import has_kv_cache
-
-    return has_kv_cache(bundle.proto)
 
 
 def _unique(nodes: list) -> list:

@@ -102,7 +102,7 @@ def check_hil(sc: Scenario, devices) -> None:
     for i, ev in enumerate(sc.events):
         if ev.kind_name not in SIM_ONLY:
             continue
-        refs = getattr(ev, "devices", None) if hasattr(ev, "devices") else [ev.device]
+        refs = ev.devices if hasattr(ev, "devices") else [ev.device]
         targets = set(range(len(devices))) if refs is None else {names.get(r, r) for r in refs}
         hit = sorted(devices[t].name for t in targets if isinstance(t, int) and t in real)
         if hit:
