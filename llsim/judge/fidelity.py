@@ -81,8 +81,9 @@ def compare(sc: Scenario, out: Path, timeline: bool = True) -> dict:
 
         raise LLSimError(f"{sc.path or 'scenario'}: no device has a real backend (backend: local), so there is "
                          "nothing to compare the simulation with")
-    plan = make_plan(all_simulated(sc), expand_devices(all_simulated(sc)))
-    sim_res, _, _ = simulate(all_simulated(sc), plan=plan, timeline=False)
+    sim_sc = all_simulated(sc)
+    plan = make_plan(sim_sc, expand_devices(sim_sc))
+    sim_res, _, _ = simulate(sim_sc, plan=plan, timeline=False)
     real_res, devices, _ = run_to_dir(sc, out, plan=plan, timeline=timeline)
     rows = []
     for label, key in METRICS:

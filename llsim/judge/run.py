@@ -55,11 +55,7 @@ def simulate(sc: Scenario, plan: Plan | None = None, progress=None, timeline: bo
         from llsim.judge.hil import HilRuntime
 
         with HilRuntime(sc, devices) as rt:
-            sim = Simulation(sc, devices, plan, progress=progress, timeline=timeline, hil=rt.nodes, clock=rt.clock)
-            rt.load(plan)
-            res = sim.run()
-            res.hil = rt
-            return res, devices, plan
+            return _simulate_hil(rt, sc, devices, plan, progress, timeline), devices, plan
     sim = Simulation(sc, devices, plan, progress=progress, timeline=timeline)
     return sim.run(), devices, plan
 
@@ -98,21 +94,30 @@ def run_to_dir(sc: Scenario, out: Path, progress=None, plan: Plan | None = None,
 def _run_hil_to_dir(sc: Scenario, devices, plan: Plan, manifest: dict, out: Path, progress, timeline: bool):
     """A run with real nodes (:mod:`llsim.judge.hil`): workers started first, stopped whatever happens;
     real devices' timeline tracks are named ``<name> (real)``; plus ``fidelity.csv`` and ``hil.json``."""
-    from llsim.judge.hil import HilRuntime, add_measured_sessions, write_hil_files
+    from llsim.judge.hil import HilRuntime, write_hil_files
 
     Simulation(sc, devices, plan, timeline=False)  # refuses a plan that does not fit before any worker starts
     with HilRuntime(sc, devices) as rt:
-        sim = Simulation(sc, devices, plan, progress=progress, timeline=timeline, hil=rt.nodes, clock=rt.clock)
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "manifest.json", manifest, indent=2, sort_keys=True)
-        rt.load(plan)
-        res = sim.run()
-        add_measured_sessions(rt, res)
-        if rt.clock is not None:  # how far the simulation fell behind the wall clock
-            res.metrics["realtime_lag_max_ms"] = rt.clock.lag_max_s * 1e3
-            res.metrics["realtime_lag_mean_ms"] = rt.clock.lag_mean_s * 1e3
+        res = _simulate_hil(rt, sc, devices, plan, progress, timeline)
         names = [d.name + (" (real)" if d.backend != "sim" else "") for d in devices]
         write_run(out, manifest, res, names, token_bytes=token_bytes(sc.workload.batch), timeline=timeline)
         write_hil_files(out, rt, res)
-        res.hil = rt
     return res, devices, plan
+
+
+def _simulate_hil(rt, sc: Scenario, devices, plan: Plan, progress, timeline: bool) -> SimResult:
+    """The simulation on ``rt``'s real nodes and clock (the initial plan's segments loaded first); the
+    result carries the measured session costs, the real-time lag, and ``res.hil`` (the runtime)."""
+    from llsim.judge.hil import add_measured_sessions
+
+    sim = Simulation(sc, devices, plan, progress=progress, timeline=timeline, hil=rt.nodes, clock=rt.clock)
+    rt.load(plan)
+    res = sim.run()
+    add_measured_sessions(rt, res)
+    if rt.clock is not None:  # how far the simulation fell behind the wall clock
+        res.metrics["realtime_lag_max_ms"] = rt.clock.lag_max_s * 1e3
+        res.metrics["realtime_lag_mean_ms"] = rt.clock.lag_mean_s * 1e3
+    res.hil = rt
+    return res
