@@ -32,6 +32,8 @@ since they only append to the same heap the loop pops from.
 from __future__ import annotations
 
 from heapq import heappop, heappush
+from queue import Empty, SimpleQueue
+from time import monotonic
 from typing import Callable, Generator, Iterable
 
 import simpy
@@ -372,11 +374,8 @@ class RealtimeClock(VirtualClock):
     a run with no event left waits for those instead of ending."""
 
     def __init__(self, env: simpy.Environment | None = None):
-        import queue as _queue
-
         super().__init__(env)
-        self._inbox: _queue.SimpleQueue = _queue.SimpleQueue()
-        self._empty = _queue.Empty
+        self._inbox: SimpleQueue = SimpleQueue()
         self.outstanding = 0
         self.wall0: float | None = None
         self.lag_max_s = 0.0
@@ -397,22 +396,18 @@ class RealtimeClock(VirtualClock):
         self._inbox.put((ev, value))
 
     def _take(self, item) -> None:
-        import time as _time
-
         ev, value = item
         self.outstanding -= 1
         env = self.env
-        wall = _time.monotonic() - self.wall0
+        wall = monotonic() - self.wall0
         if wall > env.now:  # simulated time catches up with the wall clock, never past the next event
             env.now = min(wall, env.peek())
         ev.succeed(value)
 
     def run_until(self, done: Event, limit: int, max_t: float) -> tuple[int, str | None]:
-        import time as _time
-
         env = self.env
         if self.wall0 is None:
-            self.wall0 = _time.monotonic() - env.now
+            self.wall0 = monotonic() - env.now
         n = 0
         while n < limit:
             if done._value is not PENDING:
@@ -420,18 +415,18 @@ class RealtimeClock(VirtualClock):
             while True:  # completions that arrived meanwhile, first
                 try:
                     self._take(self._inbox.get_nowait())
-                except self._empty:
+                except Empty:
                     break
             t = env.peek()
             if t == INF and not self.outstanding:
                 return n, "deadlock" if max_t == INF else "stalled"
             if t > max_t and not self.outstanding:
                 return n, "max_sim_s"
-            wait = (self.wall0 + t - _time.monotonic()) if t != INF else 0.5
+            wait = (self.wall0 + t - monotonic()) if t != INF else 0.5
             if wait > 0:
                 try:
                     self._take(self._inbox.get(timeout=min(wait, 0.5)))
-                except self._empty:
+                except Empty:
                     pass
                 continue
             if t > max_t:
