@@ -260,3 +260,45 @@ def test_a_class_with_only_the_narrow_term_is_not_all_zero(tmp_path):
     data = _set(BASE, "compute.threads.1.classes.matmul", {"overhead_us": 0})
     with pytest.raises(LLSimError, match="all coefficients are zero"):
         _profile(tmp_path, data, "all-zero.yaml")
+
+def test_interleaved_median_is_the_typical_round():
+    """combine="median" (whole-segment latencies): one slow round of three is dropped as by the
+    minimum, but a host that is fast in only one round of three does not set the figure, which the
+    minimum would (a moment faster than the runs that follow)."""
+    from llsim.device.executor import interleaved
+
+    slow_spell = iter([1.0, 1.5, 1.0])  # one disturbed round
+    assert interleaved(lambda j, f: next(slow_spell), ["a"], 3, combine="median") == [1.0]
+    fast_moment = iter([1.2, 0.8, 1.2])  # one unusually fast round
+    assert interleaved(lambda j, f: next(fast_moment), ["a"], 3, combine="median") == [1.2]
+    fast_moment = iter([1.2, 0.8, 1.2])
+    assert interleaved(lambda j, f: next(fast_moment), ["a"], 3) == [0.8]
+    seq = iter([{"x": 2.0}, {"x": 1.0, "y": 3.0}, {"x": 4.0, "y": 5.0}])  # per key, over the rounds that have it
+    assert interleaved(lambda j, f: next(seq), ["g"], 3, combine="median") == [{"x": 2.0, "y": 4.0}]
+    with pytest.raises(ValueError, match="combine"):
+        interleaved(lambda j, f: 1.0, ["a"], 1, combine="mean")
+
+
+def test_time_runs_is_the_median_of_all_runs(monkeypatch):
+    """LocalExecutor.time_runs: the median of rounds x runs timed runs (warm-ups not timed)."""
+    from llsim.device import executor as ex
+
+    class Sess:
+        def run(self, *_):
+            pass
+
+    e = ex.LocalExecutor(evict_cache=False)
+    monkeypatch.setattr(e, "_session", lambda *a, **k: Sess())
+    durations = iter([5.0, 1.0, 2.0, 9.0, 3.0, 4.0])  # each timed run's duration
+    clock = {"t": 0.0, "start": True}
+
+    def perf_counter():
+        if clock["start"]:
+            clock["start"] = False
+            return clock["t"]
+        clock["start"] = True
+        clock["t"] += next(durations)
+        return clock["t"]
+
+    monkeypatch.setattr(ex.time, "perf_counter", perf_counter)
+    assert e.time_runs(b"", {}, 1, runs=3, warmup=2, rounds=2) == 3.5  # median of 5, 1, 2, 9, 3, 4

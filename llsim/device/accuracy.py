@@ -57,8 +57,8 @@ def measure_holdout(threads: list[int], executor: Executor | None = None, models
                     seqs=HOLDOUT_SEQS, runs: int = segment_runs(RUNS), rounds: int = SEGMENT_ROUNDS,
                     log=None) -> list[Measured]:
     """Each held-out model at each sequence length, cut into three segments, timed per thread count
-    with the protocol the profiler's segment timings use (the minimum over interleaved rounds of
-    ``time_runs``): the same estimator on both sides, so its bias cancels."""
+    with the protocol the profiler's segment timings use (the median over interleaved rounds of
+    ``time_runs``): the typical latency, as a deployment sees it, on both sides."""
     from llsim.model.builder import build_model
     from llsim.model.cuts import analyse_cuts, model_graph_from_onnx
     from llsim.model.onnx_graph import analyse, random_inputs
@@ -82,7 +82,7 @@ def measure_holdout(threads: list[int], executor: Executor | None = None, models
                                           g.modules[bounds[j]:bounds[j + 1]], 0.0), sp.SerializeToString(), f))
     # interleaved rounds: a slow spell of the host spoils one round, not one model's rows
     secs = interleaved(lambda j, first: executor.time_runs(j[1], j[2], j[0].threads, runs, 3 if first else 1),
-                       jobs, rounds)
+                       jobs, rounds, combine="median")
     for (m, _, _), sec in zip(jobs, secs):
         m.measured_ms = sec * 1e3
     if log:

@@ -28,22 +28,30 @@ class Executor(Protocol):
         """Median wall time (seconds) of one session.run, default graph optimisations on."""
 
 
-def interleaved(measure, jobs: list, rounds: int) -> list:
-    """``measure(job, first)`` for every job, ``rounds`` times round-robin; per job the minimum (per key
+def interleaved(measure, jobs: list, rounds: int, combine: str = "min") -> list:
+    """``measure(job, first)`` for every job, ``rounds`` times round-robin, combined per job (per key
     when ``measure`` returns a dict). A host slowed for a while (a noisy neighbour on a shared VM, a
-    phone's governor) then spoils one round of many jobs, not all rounds of a few: the minimum
-    drops it, where measuring each job in one block would bias that block."""
-    best: list = [None] * len(jobs)
+    phone's governor) then spoils one round of many jobs, not all rounds of a few, where measuring
+    each job in one block would bias that block.
+
+    ``combine``: ``"min"`` (the fastest round: per-op kernel times, a lower bound the fit scales) or
+    ``"median"`` (the typical round: whole-segment latencies, which a deployment sees as they come;
+    the minimum of many rounds on a noisy host is a moment faster than any run that follows)."""
+    if combine not in ("min", "median"):
+        raise ValueError(f"combine must be 'min' or 'median', not {combine!r}")
+    got: list[list] = [[] for _ in jobs]
     for r in range(rounds):
         for i, job in enumerate(jobs):
-            v = measure(job, r == 0)
-            if best[i] is None:
-                best[i] = v
-            elif isinstance(v, dict):
-                best[i] = {k: min(x, best[i].get(k, x)) for k, x in v.items()}
-            else:
-                best[i] = min(best[i], v)
-    return best
+            got[i].append(measure(job, r == 0))
+    red = min if combine == "min" else statistics.median
+
+    def one(vals):
+        if isinstance(vals[0], dict):
+            keys = {k for v in vals for k in v}
+            return {k: red([v[k] for v in vals if k in v]) for k in keys}
+        return red(vals)
+
+    return [one(v) for v in got]
 
 
 def _host_cpu() -> str:
@@ -135,22 +143,20 @@ class LocalExecutor:
                 per.setdefault(ev["name"][: -len("_kernel_time")], []).append(ev["dur"] * 1e-6)
         return {k: statistics.median(v[warmup:] if len(v) > warmup else v) for k, v in per.items()}
 
-    def time_runs(self, model, feeds, threads, runs, warmup, rounds: int = 3):
-        """Minimum over ``rounds`` of the median of ``runs`` timed runs: the median drops outliers within
-        a round, the minimum drops rounds disturbed by other load on the machine (2 shared vCPUs)."""
+    def time_runs(self, model, feeds, threads, runs, warmup, rounds: int = 1):
+        """The median of ``rounds`` x ``runs`` timed runs (seconds), caches evicted before each: the
+        typical latency of the segment, as a deployment that runs it over and over sees it (a
+        minimum over rounds would be the host's fastest moment, which no later run repeats)."""
         import gc
 
         gc.collect()  # no idle session's thread pool may compete for the cores
         sess = self._session(model, threads, optimized=True)
         for _ in range(warmup):
             sess.run(None, feeds)
-        meds = []
-        for _ in range(rounds):
-            ts = []
-            for _ in range(runs):
-                self._flush()
-                t0 = time.perf_counter()
-                sess.run(None, feeds)
-                ts.append(time.perf_counter() - t0)
-            meds.append(statistics.median(ts))
-        return min(meds)
+        ts = []
+        for _ in range(rounds * runs):
+            self._flush()
+            t0 = time.perf_counter()
+            sess.run(None, feeds)
+            ts.append(time.perf_counter() - t0)
+        return statistics.median(ts)

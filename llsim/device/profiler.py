@@ -5,7 +5,8 @@ two rounds, about a third of that, for tests and a first look):
 
 1. **operator micro-graphs**: MatMul at transformer shapes (M = 1..256 tokens), batched attention
    MatMuls, Softmax, LayerNormalization, RMSNorm pieces, elementwise ops, Gather, Transpose/Concat/Slice;
-2. **real zoo segments**: the ``small-gpt2`` model at several sequence lengths.
+2. **real zoo segments**: the ``small-gpt2`` model at several sequence lengths (recompute steps), and
+   KV-cache decode steps (one new token after 16 and 96 cached).
 
 Per-op latencies come from onnxruntime's profiler (``enable_profiling``, graph optimisations off so
 node names match the graph llsim analysed), warm-up runs discarded, medians kept. The per-class
@@ -34,9 +35,11 @@ from llsim.model.onnx_graph import analyse
 
 FIT_MODEL = "small-gpt2"
 FIT_SEQS = (2, 4, 16, 64, 128)
+FIT_PASTS = (16, 96)  # KV-cache decode steps: one new token after this many cached
 #: timing protocol (the accuracy bench times its held-out segments the same way): per-op medians of
-#: RUNS runs, the best of OP_PASSES interleaved passes; whole segments, the minimum over
-#: SEGMENT_ROUNDS interleaved rounds of LocalExecutor.time_runs with segment_runs(RUNS) runs
+#: RUNS runs, the best of OP_PASSES interleaved passes; whole segments, the median over
+#: SEGMENT_ROUNDS interleaved rounds of LocalExecutor.time_runs with segment_runs(RUNS) runs (the
+#: typical latency a deployment sees: the fitted run overhead and fused scales predict it)
 RUNS = 10
 OP_PASSES = 3
 SEGMENT_ROUNDS = 4
@@ -48,6 +51,11 @@ def segment_runs(runs: int) -> int:
 
 def fit_seqs(quick: bool = False) -> tuple[int, ...]:
     return (4, 64) if quick else FIT_SEQS
+
+
+def fit_pasts(quick: bool = False) -> tuple[int, ...]:
+    """Cache lengths of the KV-cache decode steps in the sweep."""
+    return (32,) if quick else FIT_PASTS
 
 
 def segment_rounds(quick: bool = False) -> int:
@@ -185,16 +193,20 @@ def collect_samples(executor: Executor, threads: list[int], runs: int = RUNS, wa
     # optimised whole-graph timings calibrate the deployed (fused) latency: micro-graphs give op mixes
     # the zoo segments do not have
     seg_runs = [(src, model, feeds, [op for m in mg.modules for op in m.ops]) for src, model, feeds, _, mg in graphs]
-    for seq in fit_seqs(quick):
-        b = onnx_bundle(FIT_MODEL, seq_len=seq)
+    # recompute steps at several lengths, and KV-cache decode steps (one new token after P cached: the
+    # step a deployment runs most, weight-streaming matmuls of one row and attention over the cache)
+    steps = [(seq, 0) for seq in fit_seqs(quick)] + [(1, past) for past in fit_pasts(quick)]
+    for seq, past in steps:
+        b = onnx_bundle(FIT_MODEL, seq_len=seq, kv_cache=past > 0, past_len=past)
         feeds = random_inputs(b.proto, b.om.dims, seed=0)
-        graphs.append((f"zoo:{FIT_MODEL}@{seq}", b.proto.SerializeToString(), feeds, b.om, b.graph))
+        tag = f"{FIT_MODEL}@{seq}" + (f"+{past}kv" if past else "")
+        graphs.append((f"zoo:{tag}", b.proto.SerializeToString(), feeds, b.om, b.graph))
         n = b.graph.n_modules
         bounds = [0, 1, 2, n // 2, n - 1, n]
         segs = segment_protos(b.om, b.cuts, b.graph, bounds, b.proto)
         sfeeds = segment_feeds(b.proto, segs, feeds)
         for j, ((proto, _, _), f) in enumerate(zip(segs, sfeeds)):
-            seg_runs.append((f"{FIT_MODEL}@{seq}:seg{j}", proto.SerializeToString(), f,
+            seg_runs.append((f"{tag}:seg{j}", proto.SerializeToString(), f,
                              [op for m in b.graph.modules[bounds[j]:bounds[j + 1]] for op in m.ops]))
     for t in threads:
         t0 = time.perf_counter()
@@ -210,7 +222,7 @@ def collect_samples(executor: Executor, threads: list[int], runs: int = RUNS, wa
         log(f"  threads={t}: {len(graphs)} graphs profiled per op in {time.perf_counter() - t0:.1f}s")
         secs = interleaved(lambda j, first: executor.time_runs(j[1], j[2], t, segment_runs(runs),
                                                                warmup if first else 1), seg_runs,
-                           segment_rounds(quick))
+                           segment_rounds(quick), combine="median")
         for (name, model, feeds, ops), sec in zip(seg_runs, secs):
             segments.append({"segment": name, "threads": t, "seconds": sec, "ops": ops})
         log(f"  threads={t}: {len(seg_runs)} optimised segment timings")
@@ -279,9 +291,10 @@ def measure(executor: Executor, threads: list[int], runs: int = RUNS, warmup: in
     samples, segments = collect_samples(executor, threads, runs, warmup, log, quick)
     coefs = fit_coefficients(samples, segments, threads)
     how = (f"{tool}: onnxruntime per-op profiling (graph optimisations off) over micro-graphs and "
-           f"{FIT_MODEL} at seq {', '.join(map(str, fit_seqs(quick)))}; {warmup} warm-up runs discarded, per-op "
+           f"{FIT_MODEL} at seq {', '.join(map(str, fit_seqs(quick)))} and KV-cache decode after "
+           f"{', '.join(map(str, fit_pasts(quick)))} cached; {warmup} warm-up runs discarded, per-op "
            f"median of {runs} runs, best of {op_passes(quick)} interleaved passes; NNLS fit on relative error; "
-           f"fused_scale/run_overhead fitted on optimised whole-segment runs (min over {segment_rounds(quick)} "
+           f"fused_scale/run_overhead fitted on optimised whole-segment runs (median over {segment_rounds(quick)} "
            f"interleaved rounds of median-of-{segment_runs(runs)})")
     return samples, segments, coefs, how
 
