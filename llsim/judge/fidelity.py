@@ -111,3 +111,40 @@ def summary(reports: list[dict]) -> dict:
     errs = [abs(e) for e in (latency_error(r) for r in reports) if e is not None]
     return {"median_abs_error_pct": float(np.median(errs)) if errs else None,
             "max_abs_error_pct": float(max(errs)) if errs else None, "scenarios": len(reports)}
+
+
+def fit_forwarding(runs) -> dict:
+    """The workers' tensor forwarding as a link model: ``send_s = per_message_s + bytes / bytes_per_s``,
+    least squares over the real stages that forwarded one message each (a chain of two workers), with
+    both terms kept non-negative. Returns the fit, its inputs' spread and the equivalent ``fixed``
+    link (``rtt_ms`` = 2 x per-message time, ``goodput_mbps`` from the rate)."""
+    pts = [(float(r.forwarded_bytes), float(r.send_s)) for r in runs if r.real and r.forwarded_bytes > 0]
+    if len(pts) < 4:
+        from llsim.errors import LLSimError
+
+        raise LLSimError("link calibration: fewer than 4 forwarded stages of 2 sizes (is hil.shape none and are "
+                         "two real workers next to each other?)")
+    x = np.array([b for b, _ in pts])
+    y = np.array([s for _, s in pts])
+    # per size class (bytes within a factor of 2: a decode step's tensors grow by a few bytes per token)
+    # the median of sizes and times (robust to a stray slow send), then a line through the class medians
+    cls = np.floor(np.log2(x)).astype(int)
+    keys = sorted(set(cls.tolist()))
+    if len(keys) < 2:
+        from llsim.errors import LLSimError
+
+        raise LLSimError("link calibration: the forwarded tensors are all of one size class; the workload needs "
+                         "a prefill and decode steps")
+    sizes = [float(np.median(x[cls == k])) for k in keys]
+    med = np.array([np.median(y[cls == k]) for k in keys])
+    A = np.vstack([np.ones(len(sizes)), np.array(sizes)]).T
+    (a, b), *_ = np.linalg.lstsq(A, med, rcond=None)
+    if b <= 0:  # no measurable per-byte cost: a per-message time only
+        a, b = float(np.median(y)), 0.0
+    elif a < 0:  # a line through the origin
+        a, b = 0.0, float(np.dot(sizes, med) / np.dot(sizes, sizes))
+    goodput = min(8.0 / b / 1e6, 1e6) if b > 0 else 1e6
+    a, b = float(a), float(b)
+    return {"per_message_ms": a * 1e3, "mb_per_s": (1.0 / b / 1e6) if b > 0 else None,
+            "rtt_ms": 2 * a * 1e3, "goodput_mbps": float(goodput), "stages": len(pts),
+            "sizes": [int(s) for s in sizes], "median_ms": [float(m) * 1e3 for m in med]}
