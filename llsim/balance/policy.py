@@ -70,6 +70,9 @@ class ClusterState:
     present: dict[int, frozenset[int]]  # device -> modules whose weights it holds now
     remaining_tokens: int | None  # tokens still to generate (None: an open workload, not known)
     cached_tokens: int = 0  # KV-cache tokens held per stage (all in-flight requests)
+    # a staged plan's KV-cache pre-copy (live migration): of ``cached_tokens``, those already copied to
+    # its phones in the background (None: no pre-copy has completed); only the rest moves in the stall
+    kv_copied: int | None = None
 
 
 @dataclass
@@ -85,7 +88,7 @@ class Move:
 class Decision:
     t: float
     trigger: str  # e.g. "slowdown kirin-990-0 x1.8", "left tensor-g3-0", "join ..."
-    kind: str  # shift | replan | stage | failover | terminal
+    kind: str  # shift | replan | stage | precopy | failover | terminal
     plan: Plan | None
     old_value_s: float | None = None  # predicted seconds per token of the current plan (observed state)
     new_value_s: float | None = None
@@ -307,6 +310,7 @@ class Pending:
     keys: list
     t: float
     background_s: float
+    precopy: bool = False  # the KV-cache pre-copy was asked for (a ``precopy`` decision)
 
 
 class Balancer:
@@ -328,6 +332,7 @@ class Balancer:
         self.evaluations = 0
         self.skipped = 0  # evaluations not repeated (same state as a rejected one)
         self._rejected = None  # the state a rejected evaluation saw (see _unchanged)
+        self._rejected_cond = math.inf  # ... and its condition estimate
         self._skip_t = -float("inf")
         self.episodes = Episodes(cfg.threshold)  # how long past conditions lasted (the payback horizon)
         self.pending: Pending | None = None  # a plan being staged in the background
@@ -352,6 +357,18 @@ class Balancer:
         alive = frozenset(d for d, a in snap.alive.items() if a)
         held = tuple(sorted((d, m) for d, m in cs.present.items()))
         return cs.plan.stages, alive, held, dict(self.slowdown), dict(snap.link_mbps)
+
+    def _recovery(self, trig: list) -> bool:
+        """Every trigger is a phone of the plan's assumptions getting faster again (its slowdown back
+        below what the plan in force was made for), after an action: the plan in force is answering a
+        condition that is ending, and switching back to weights already present is cheap, so it may
+        be evaluated within ``min_interval_s``."""
+        if not math.isfinite(self.last_action):
+            return False
+        for _, k in trig:
+            if k is None or k[0] != "speed" or self.slowdown.get(k[1], 1.0) >= self.assumed.get(k[1], 1.0):
+                return False
+        return True
 
     def _unchanged(self, state: tuple) -> bool:
         """``state`` is the rejected evaluation's, up to observations within ``threshold`` of it."""
@@ -455,11 +472,19 @@ class Balancer:
         if self.pending is not None:
             return self._staged_switch(snap, cs)
         trig = self.triggers(snap, cs)
-        if not trig or t - max(self.last_action, self.last_eval) < self.cfg.min_interval_s:
+        if not trig:
+            return None
+        early = t - max(self.last_action, self.last_eval) < self.cfg.min_interval_s
+        if early and not self._recovery(trig):
             return None
         self.revisit = None
         state = self._state(snap, cs)
-        if self._unchanged(state):  # the same evaluation was made and rejected: its answer stands
+        keys = [k for _, k in trig]
+        cond = self.episodes.condition_remaining([k for k in keys if k is not None], t)
+        grown = math.isfinite(self._rejected_cond) and cond >= 2 * self._rejected_cond
+        if self._unchanged(state) and not grown:
+            # the same evaluation was made and rejected: its answer stands (unless the condition has
+            # since proved to last twice as long as was expected then)
             if t - max(self.last_eval, self._skip_t) >= self.cfg.min_interval_s:
                 self.skipped += 1
                 self._skip_t = t
@@ -471,13 +496,15 @@ class Balancer:
         v_old = per_token_s(pb, cs.plan)
         drain = pb.evaluate(cs.plan).ring_s
         text = "; ".join(x for x, _ in trig)
-        keys = [k for _, k in trig]
         cands = self._candidates(pb, cs, alive, drain)
+        if early:  # a recovery within min_interval_s: only changes that move no weights (switching back)
+            cands = [c for c in cands if c.kind != "stage" and not any(m.what == "weights" for m in c.moves)]
+            text += " (recovery: weights present only)"
         n, h_s, basis = self.horizon(t, cs, keys, v_old)
         pick = self._choose(cands, t, text, v_old, n, h_s, basis)
         self._record(t, text, pick, cands)
         if pick is None:
-            self._rejected = state
+            self._rejected, self._rejected_cond = state, cond
             return None
         self.last_action = t
         if pick.kind == "stage":
@@ -562,21 +589,39 @@ class Balancer:
                          "taken": pick.kind if pick else "none", "candidates": cands})
 
     def _staged_switch(self, snap: Snapshot, cs: ClusterState) -> Decision | None:
-        """While a plan is staged: nothing until its weights are all present; then the switch, if it
-        still pays (re-priced with what is observed now)."""
+        """While a plan is staged: nothing until its weights are all present; then, if in-flight
+        requests hold KV cache that the switch would move, a ``precopy`` of it in the background (live
+        migration: the stall then moves only what was generated since); then the switch, if it still
+        pays (re-priced with what is observed now)."""
         p, t = self.pending, snap.t
         missing = sum(1 for s in p.plan.stages for m in range(s.start_module, s.end_module + 1)
                       if m not in cs.present.get(s.device, ()))
-        if missing and t - p.t <= 3 * p.background_s + 4 * self.cfg.min_interval_s:
+        late = t - p.t > 3 * p.background_s + 4 * self.cfg.min_interval_s
+        if missing and not late:
             return None
+        pb = self.problem(snap)
+        alive = {d for d, a in snap.alive.items() if a}
+        sess = self.cfg.session_ms_per_module / 1e3
+        if not missing and not p.precopy:
+            full = switch_cost(pb, cs.plan, p.plan, cs.present, alive, cs.cached_tokens, 0.0, sess)
+            kv = [mv for mv in full.moves if mv.what == "kv"]
+            if kv:
+                p.precopy = True
+                self.evaluations += 1
+                text = f"staged ({p.trigger})"
+                dec = Decision(t, text, "precopy", p.plan, moves=kv, background_s=moves_time(pb, kv),
+                               verdict="chosen", evaluation=self.evaluations,
+                               reason="the KV cache copied in the background before the switch")
+                self._record(t, text, dec, [dec])
+                return dec
+        if not missing and p.precopy and cs.kv_copied is None and not late:
+            return None  # the pre-copy is under way
         self.pending = None
         self.evaluations += 1
         self.last_eval = t
-        pb = self.problem(snap)
-        alive = {d for d, a in snap.alive.items() if a}
         v_old = per_token_s(pb, cs.plan)
-        c = switch_cost(pb, cs.plan, p.plan, cs.present, alive, cs.cached_tokens, pb.evaluate(cs.plan).ring_s,
-                        self.cfg.session_ms_per_module / 1e3)
+        delta = max(cs.cached_tokens - (cs.kv_copied or 0), 0)
+        c = switch_cost(pb, cs.plan, p.plan, cs.present, alive, delta, pb.evaluate(cs.plan).ring_s, sess)
         c.kind, c.new_value_s = "replan", per_token_s(pb, p.plan)
         n, h_s, basis = self.horizon(t, cs, p.keys, v_old)
         text = f"staged ({p.trigger})"
