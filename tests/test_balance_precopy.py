@@ -126,3 +126,20 @@ def test_join_end_to_end_precopy_cuts_the_stall_and_loses_nothing():
     assert sw[0]["actual_stall_s"] == pytest.approx(sw[0]["predicted_cost_s"], rel=0.25)
     keys = [(t["request"], t["token"]) for t in res.tokens]
     assert len(keys) == len(set(keys)) == sc.workload.requests * sc.workload.new_tokens
+
+
+def test_expected_useful_time_and_end_probability_match_monte_carlo():
+    import math
+
+    import numpy as np
+
+    from llsim.balance.horizon import ends_within, expected_useful
+
+    rng = np.random.default_rng(7)
+    for m, w, b in [(10.0, 30.0, 0.0), (10.0, 5.0, 0.0), (20.0, 60.0, 12.0), (5.0, 100.0, 30.0), (8.0, 4.0, 6.0)]:
+        tt = rng.exponential(m, 400_000)
+        mc = np.maximum(0.0, np.minimum(tt, w) - b).mean()
+        assert expected_useful(m, w, b) == pytest.approx(mc, rel=0.01, abs=1e-3)
+        assert ends_within(m, w) == pytest.approx((tt < w).mean(), abs=0.005)
+    assert expected_useful(math.inf, 30.0, 10.0) == 20.0 and ends_within(math.inf, 30.0) == 0.0
+    assert expected_useful(10.0, math.inf) == pytest.approx(10.0)

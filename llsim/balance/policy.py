@@ -59,7 +59,7 @@ from llsim.alloc.adjust import adjusted_problem  # noqa: F401 - the balancer re-
 from llsim.alloc.plan import Plan, StagePlan
 from llsim.alloc.problem import AllocProblem
 from llsim.alloc.search import best_neighbours, order_neighbours
-from llsim.balance.horizon import Episodes
+from llsim.balance.horizon import Episodes, ends_within, expected_useful
 from llsim.balance.monitor import Snapshot
 
 
@@ -358,6 +358,16 @@ class Balancer:
         held = tuple(sorted((d, m) for d, m in cs.present.items()))
         return cs.plan.stages, alive, held, dict(self.slowdown), dict(snap.link_mbps)
 
+    def _nominal_problem(self, snap: Snapshot, keys: list) -> AllocProblem:
+        """The problem as it will be when the condition that triggered ends: each triggering phone's
+        slowdown back to what the plan in force was made for."""
+        slow = dict(self.slowdown)
+        for k in keys:
+            if k is not None and k[0] == "speed":
+                slow[k[1]] = self.assumed.get(k[1], 1.0)
+        alive = {d for d, a in snap.alive.items() if a}
+        return adjusted_problem(self.pb, slow, self._link_scale(snap), alive)
+
     def _recovery(self, trig: list) -> bool:
         """Every trigger is a phone of the plan's assumptions getting faster again (its slowdown back
         below what the plan in force was made for), after an action: the plan in force is answering a
@@ -441,8 +451,15 @@ class Balancer:
         return out
 
     # ---- the payback window ------------------------------------------------------------------------
-    def horizon(self, t: float, cs: ClusterState, keys: list, v_old: float) -> tuple[float, float, str]:
-        """(tokens a change would speed up, the same in seconds at ``v_old``, what bounds it)."""
+    def horizon(self, t: float, cs: ClusterState, keys: list, v_old: float,
+                expected: bool = False) -> tuple[float, float, str]:
+        """(tokens a change would speed up, the same in seconds at ``v_old``, what bounds it).
+
+        The window ``W`` is the work left (or ``horizon_s``). With ``expected`` and a finite condition
+        estimate ``m`` (exponential durations), the change is useful while the condition lasts and the
+        work goes on: ``E[min(T, W)] = m (1 - exp(-W / m))``; otherwise the smaller of the two. The
+        window and the estimate are kept for :meth:`_choose` (staging delay, switching back)."""
+        self._window = (math.inf, math.inf)
         if not (np.isfinite(v_old) and v_old > 0):
             n = cs.remaining_tokens if cs.remaining_tokens is not None else math.inf
             return n, math.inf, "remaining work"
@@ -450,11 +467,19 @@ class Balancer:
             opts = [(float(cs.remaining_tokens), "remaining work")]
         else:  # an open workload: it goes on as long again as it has run (nothing else is known)
             opts = [(t / v_old, "open workload: as long again as the run so far")]
-        cond = self.episodes.condition_remaining([k for k in keys if k is not None], t)
-        if math.isfinite(cond):
-            opts.append((cond / v_old, f"condition estimate {cond:.1f} s"))
         if self.cfg.horizon_s:
             opts.append((self.cfg.horizon_s / v_old, "horizon_s"))
+        cond = self.episodes.condition_remaining([k for k in keys if k is not None], t)
+        if expected:
+            w_n, w_basis = min(opts, key=lambda x: x[0])
+            w_s = w_n * v_old
+            self._window = (w_s, cond)
+            if not math.isfinite(cond):
+                return w_n, w_s, w_basis
+            h_s = expected_useful(cond, w_s)
+            return h_s / v_old, h_s, f"condition estimate {cond:.1f} s, expected within {w_basis} ({w_s:.0f} s)"
+        if math.isfinite(cond):
+            opts.append((cond / v_old, f"condition estimate {cond:.1f} s"))
         n, basis = min(opts, key=lambda x: x[0])
         return n, n * v_old, basis
 
@@ -494,13 +519,15 @@ class Balancer:
         pb = self.problem(snap)
         alive = {d for d, a in snap.alive.items() if a}
         v_old = per_token_s(pb, cs.plan)
+        self._plan_in_force = cs.plan
         drain = pb.evaluate(cs.plan).ring_s
         text = "; ".join(x for x, _ in trig)
         cands = self._candidates(pb, cs, alive, drain)
         if early:  # a recovery within min_interval_s: only changes that move no weights (switching back)
             cands = [c for c in cands if c.kind != "stage" and not any(m.what == "weights" for m in c.moves)]
             text += " (recovery: weights present only)"
-        n, h_s, basis = self.horizon(t, cs, keys, v_old)
+        n, h_s, basis = self.horizon(t, cs, keys, v_old, expected=True)
+        self._nominal = self._nominal_problem(snap, keys)
         pick = self._choose(cands, t, text, v_old, n, h_s, basis)
         self._record(t, text, pick, cands)
         if pick is None:
@@ -551,16 +578,26 @@ class Balancer:
                 basis: str) -> Decision | None:
         """Gain, payback and verdict of every candidate; the one taken (None: nothing pays)."""
         cfg = self.cfg
-        bounded = not basis.startswith("remaining work")  # the change may have to be undone
+        w_s, m = getattr(self, "_window", (math.inf, math.inf))
+        # the condition may end within the window: then the change is undone (a drain and sessions) after
+        # running, until the end is seen (smoothing_s + sustain_s), where it may be worse than the old plan
+        p_end = ends_within(m, w_s)
+        lag = cfg.smoothing_s + cfg.sustain_s
+        nom = getattr(self, "_nominal", None)
         for c in cands:
             c.t, c.trigger, c.old_value_s, c.evaluation = t, text, v_old, self.evaluations
             c.horizon_tokens, c.horizon_s, c.horizon_basis = n, h_s, basis
             c.gain = (v_old - c.new_value_s) / v_old if v_old > 0 and np.isfinite(v_old) else 1.0
             tokens = n
-            if c.kind == "stage":  # the gain starts once the weights are there
-                tokens = max(0.0, n - c.background_s / v_old) if np.isfinite(v_old) and v_old > 0 else n
+            if c.kind == "stage" and np.isfinite(v_old) and v_old > 0:  # the gain starts once the weights are there
+                tokens = expected_useful(m, w_s, c.background_s) / v_old
             c.gain_s = tokens * (v_old - c.new_value_s) if np.isfinite(v_old) else float("inf")
-            c.return_s = (c.drain_s + c.session_s) if bounded else 0.0
+            after = 0.0
+            if p_end and nom is not None and c.plan is not None:
+                vo, vn = per_token_s(nom, self._plan_in_force), per_token_s(nom, c.plan)
+                if np.isfinite(vo) and np.isfinite(vn) and vn > vo:
+                    after = lag * (1.0 - vo / vn)
+            c.return_s = p_end * (c.drain_s + c.session_s + after)
             if c.gain < cfg.min_gain:
                 c.verdict = f"gain {c.gain:.1%} < min_gain {cfg.min_gain:.0%}"
             elif c.gain_s < cfg.gain_cost_margin * (c.cost_s + c.return_s):
@@ -620,10 +657,12 @@ class Balancer:
         self.evaluations += 1
         self.last_eval = t
         v_old = per_token_s(pb, cs.plan)
+        self._plan_in_force = cs.plan
         delta = max(cs.cached_tokens - (cs.kv_copied or 0), 0)
         c = switch_cost(pb, cs.plan, p.plan, cs.present, alive, delta, pb.evaluate(cs.plan).ring_s, sess)
         c.kind, c.new_value_s = "replan", per_token_s(pb, p.plan)
-        n, h_s, basis = self.horizon(t, cs, p.keys, v_old)
+        n, h_s, basis = self.horizon(t, cs, p.keys, v_old, expected=True)
+        self._nominal = self._nominal_problem(snap, p.keys)
         text = f"staged ({p.trigger})"
         pick = self._choose([c], t, text, v_old, n, h_s, basis)
         if missing:
