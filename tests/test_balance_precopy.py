@@ -143,3 +143,18 @@ def test_expected_useful_time_and_end_probability_match_monte_carlo():
         assert ends_within(m, w) == pytest.approx((tt < w).mean(), abs=0.005)
     assert expected_useful(math.inf, 30.0, 10.0) == 20.0 and ends_within(math.inf, 30.0) == 0.0
     assert expected_useful(10.0, math.inf) == pytest.approx(10.0)
+
+
+def test_a_phone_that_just_appeared_is_only_staged_and_a_rejected_staging_does_not_hold_back_the_join():
+    """Before join_after_s only stage candidates are priced; if none pays (here: three tokens left),
+    the regular join evaluation still follows at join_after_s, with every kind of candidate."""
+    devs, pb, joiner, plan, present = _join_setup()
+    bal, mon = _balancer(pb, min_interval_s=5.0)
+    _feed(bal, mon, plan, present, lambda t: {d: 1.0 for d in range(len(devs)) if d != joiner or t >= 10}, 20,
+          remaining=3, alive=lambda d, t: d != joiner or t >= 10)
+    young = [e for e in bal.log if e["trigger"].startswith("joining")]
+    late = [e for e in bal.log if e["trigger"].startswith("join ")]
+    assert len(young) == 1 and young[0]["t"] < 10 + bal.cfg.join_after_s and young[0]["taken"] == "none"
+    assert young[0]["candidates"] and all(c.kind == "stage" for c in young[0]["candidates"])
+    assert late and late[0]["t"] >= 10 + bal.cfg.join_after_s
+    assert {c.kind for c in late[0]["candidates"]} > {"stage"}  # re-plans switched at once are priced too

@@ -333,6 +333,7 @@ class Balancer:
         self.skipped = 0  # evaluations not repeated (same state as a rejected one)
         self._rejected = None  # the state a rejected evaluation saw (see _unchanged)
         self._rejected_cond = math.inf  # ... and its condition estimate
+        self._young_seen: set[int] = set()  # phones whose arrival (before join_after_s) was evaluated once
         self._skip_t = -float("inf")
         self.episodes = Episodes(cfg.threshold)  # how long past conditions lasted (the payback horizon)
         self.pending: Pending | None = None  # a plan being staged in the background
@@ -446,6 +447,11 @@ class Balancer:
             for d, since in snap.alive_since.items():
                 if d not in self.known and t - since >= self.cfg.join_after_s:
                     out.append((f"join {self.names[d]}", ("presence", d)))
+                elif d not in self.known and d not in self._young_seen:
+                    # a phone just appeared: its weights may be streamed at once (no stall; the switch
+                    # comes after the streaming, when it has long passed join_after_s)
+                    self._young_seen.add(d)
+                    out.append((f"joining {self.names[d]}", ("presence", d)))
         if self.revisit is not None and t >= self.revisit:
             out.append(("after the failover", None))
         return out
@@ -488,6 +494,7 @@ class Balancer:
         if self.known is None:
             self.adopt(snap, cs.plan)
         self.known = {d for d in self.known if snap.alive.get(d)}  # a phone that left and returns is a join
+        self._young_seen = {d for d in self._young_seen if snap.alive.get(d)}
         self.observe(snap)
         t = snap.t
         gone = [d for d in cs.plan.devices if not snap.alive.get(d, False)]
@@ -499,8 +506,9 @@ class Balancer:
         trig = self.triggers(snap, cs)
         if not trig:
             return None
+        young = all(x.startswith("joining ") for x, _ in trig)  # only phones that just appeared: stage only
         early = t - max(self.last_action, self.last_eval) < self.cfg.min_interval_s
-        if early and not self._recovery(trig):
+        if early and not young and not self._recovery(trig):
             return None
         self.revisit = None
         state = self._state(snap, cs)
@@ -514,7 +522,8 @@ class Balancer:
                 self.skipped += 1
                 self._skip_t = t
             return None
-        self.last_eval = t
+        if not young:  # a young join's evaluation (stage only) does not hold back the regular one
+            self.last_eval = t
         self.evaluations += 1
         pb = self.problem(snap)
         alive = {d for d, a in snap.alive.items() if a}
@@ -523,7 +532,10 @@ class Balancer:
         drain = pb.evaluate(cs.plan).ring_s
         text = "; ".join(x for x, _ in trig)
         cands = self._candidates(pb, cs, alive, drain)
-        if early:  # a recovery within min_interval_s: only changes that move no weights (switching back)
+        if young:  # a phone that just appeared: only streaming weights to it in the background
+            cands = [c for c in cands if c.kind == "stage"]
+            text += " (stage only: joined under join_after_s ago)"
+        elif early:  # a recovery within min_interval_s: only changes that move no weights (switching back)
             cands = [c for c in cands if c.kind != "stage" and not any(m.what == "weights" for m in c.moves)]
             text += " (recovery: weights present only)"
         n, h_s, basis = self.horizon(t, cs, keys, v_old, expected=True)
@@ -531,7 +543,8 @@ class Balancer:
         pick = self._choose(cands, t, text, v_old, n, h_s, basis)
         self._record(t, text, pick, cands)
         if pick is None:
-            self._rejected, self._rejected_cond = state, cond
+            if not young:
+                self._rejected, self._rejected_cond = state, cond
             return None
         self.last_action = t
         if pick.kind == "stage":
@@ -631,6 +644,9 @@ class Balancer:
         migration: the stall then moves only what was generated since); then the switch, if it still
         pays (re-priced with what is observed now)."""
         p, t = self.pending, snap.t
+        if any(not snap.alive.get(s.device, False) for s in p.plan.stages):  # a phone of it left: drop it
+            self.pending = None
+            return None
         missing = sum(1 for s in p.plan.stages for m in range(s.start_module, s.end_module + 1)
                       if m not in cs.present.get(s.device, ()))
         late = t - p.t > 3 * p.background_s + 4 * self.cfg.min_interval_s
