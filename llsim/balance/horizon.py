@@ -37,6 +37,30 @@ from dataclasses import dataclass, field
 SIGNALS = ("speed", "link", "presence")
 
 
+def expected_useful(m: float, w: float, b: float = 0.0) -> float:
+    """Expected seconds a change is useful when it starts after ``b`` seconds (a staging), the work
+    ends after ``w`` and the condition it answers after an exponential time of mean ``m``:
+    ``E[max(0, min(T, w) - b)] = m exp(-b/m) (1 - exp(-(w - b)/m))`` (``w - b`` if ``m`` is infinite)."""
+    if w <= b:
+        return 0.0
+    if not math.isfinite(m):
+        return w - b
+    if m <= 0:
+        return 0.0
+    if not math.isfinite(w):
+        return m * math.exp(-b / m)
+    return m * math.exp(-b / m) * -math.expm1(-(w - b) / m)
+
+
+def ends_within(m: float, w: float) -> float:
+    """Probability that a condition of exponential duration (mean ``m``) ends within ``w`` seconds."""
+    if not math.isfinite(m):
+        return 0.0
+    if m <= 0 or not math.isfinite(w):
+        return 1.0
+    return -math.expm1(-w / m)
+
+
 @dataclass
 class Episodes:
     threshold: float = 0.2

@@ -59,7 +59,7 @@ from llsim.alloc.adjust import adjusted_problem  # noqa: F401 - the balancer re-
 from llsim.alloc.plan import Plan, StagePlan
 from llsim.alloc.problem import AllocProblem
 from llsim.alloc.search import best_neighbours, order_neighbours
-from llsim.balance.horizon import Episodes
+from llsim.balance.horizon import Episodes, ends_within, expected_useful
 from llsim.balance.monitor import Snapshot
 
 
@@ -70,6 +70,9 @@ class ClusterState:
     present: dict[int, frozenset[int]]  # device -> modules whose weights it holds now
     remaining_tokens: int | None  # tokens still to generate (None: an open workload, not known)
     cached_tokens: int = 0  # KV-cache tokens held per stage (all in-flight requests)
+    # a staged plan's KV-cache pre-copy (live migration): of ``cached_tokens``, those already copied to
+    # its phones in the background (None: no pre-copy has completed); only the rest moves in the stall
+    kv_copied: int | None = None
 
 
 @dataclass
@@ -85,7 +88,7 @@ class Move:
 class Decision:
     t: float
     trigger: str  # e.g. "slowdown kirin-990-0 x1.8", "left tensor-g3-0", "join ..."
-    kind: str  # shift | replan | stage | failover | terminal
+    kind: str  # shift | replan | stage | precopy | failover | terminal
     plan: Plan | None
     old_value_s: float | None = None  # predicted seconds per token of the current plan (observed state)
     new_value_s: float | None = None
@@ -307,6 +310,7 @@ class Pending:
     keys: list
     t: float
     background_s: float
+    precopy: bool = False  # the KV-cache pre-copy was asked for (a ``precopy`` decision)
 
 
 class Balancer:
@@ -328,6 +332,8 @@ class Balancer:
         self.evaluations = 0
         self.skipped = 0  # evaluations not repeated (same state as a rejected one)
         self._rejected = None  # the state a rejected evaluation saw (see _unchanged)
+        self._rejected_cond = math.inf  # ... and its condition estimate
+        self._young_seen: set[int] = set()  # phones whose arrival (before join_after_s) was evaluated once
         self._skip_t = -float("inf")
         self.episodes = Episodes(cfg.threshold)  # how long past conditions lasted (the payback horizon)
         self.pending: Pending | None = None  # a plan being staged in the background
@@ -352,6 +358,28 @@ class Balancer:
         alive = frozenset(d for d, a in snap.alive.items() if a)
         held = tuple(sorted((d, m) for d, m in cs.present.items()))
         return cs.plan.stages, alive, held, dict(self.slowdown), dict(snap.link_mbps)
+
+    def _nominal_problem(self, snap: Snapshot, keys: list) -> AllocProblem:
+        """The problem as it will be when the condition that triggered ends: each triggering phone's
+        slowdown back to what the plan in force was made for."""
+        slow = dict(self.slowdown)
+        for k in keys:
+            if k is not None and k[0] == "speed":
+                slow[k[1]] = self.assumed.get(k[1], 1.0)
+        alive = {d for d, a in snap.alive.items() if a}
+        return adjusted_problem(self.pb, slow, self._link_scale(snap), alive)
+
+    def _recovery(self, trig: list) -> bool:
+        """Every trigger is a phone of the plan's assumptions getting faster again (its slowdown back
+        below what the plan in force was made for), after an action: the plan in force is answering a
+        condition that is ending, and switching back to weights already present is cheap, so it may
+        be evaluated within ``min_interval_s``."""
+        if not math.isfinite(self.last_action):
+            return False
+        for _, k in trig:
+            if k is None or k[0] != "speed" or self.slowdown.get(k[1], 1.0) >= self.assumed.get(k[1], 1.0):
+                return False
+        return True
 
     def _unchanged(self, state: tuple) -> bool:
         """``state`` is the rejected evaluation's, up to observations within ``threshold`` of it."""
@@ -419,13 +447,25 @@ class Balancer:
             for d, since in snap.alive_since.items():
                 if d not in self.known and t - since >= self.cfg.join_after_s:
                     out.append((f"join {self.names[d]}", ("presence", d)))
+                elif d not in self.known and d not in self._young_seen:
+                    # a phone just appeared: its weights may be streamed at once (no stall; the switch
+                    # comes after the streaming, when it has long passed join_after_s)
+                    self._young_seen.add(d)
+                    out.append((f"joining {self.names[d]}", ("presence", d)))
         if self.revisit is not None and t >= self.revisit:
             out.append(("after the failover", None))
         return out
 
     # ---- the payback window ------------------------------------------------------------------------
-    def horizon(self, t: float, cs: ClusterState, keys: list, v_old: float) -> tuple[float, float, str]:
-        """(tokens a change would speed up, the same in seconds at ``v_old``, what bounds it)."""
+    def horizon(self, t: float, cs: ClusterState, keys: list, v_old: float,
+                expected: bool = False) -> tuple[float, float, str]:
+        """(tokens a change would speed up, the same in seconds at ``v_old``, what bounds it).
+
+        The window ``W`` is the work left (or ``horizon_s``). With ``expected`` and a finite condition
+        estimate ``m`` (exponential durations), the change is useful while the condition lasts and the
+        work goes on: ``E[min(T, W)] = m (1 - exp(-W / m))``; otherwise the smaller of the two. The
+        window and the estimate are kept for :meth:`_choose` (staging delay, switching back)."""
+        self._window = (math.inf, math.inf)
         if not (np.isfinite(v_old) and v_old > 0):
             n = cs.remaining_tokens if cs.remaining_tokens is not None else math.inf
             return n, math.inf, "remaining work"
@@ -433,11 +473,19 @@ class Balancer:
             opts = [(float(cs.remaining_tokens), "remaining work")]
         else:  # an open workload: it goes on as long again as it has run (nothing else is known)
             opts = [(t / v_old, "open workload: as long again as the run so far")]
-        cond = self.episodes.condition_remaining([k for k in keys if k is not None], t)
-        if math.isfinite(cond):
-            opts.append((cond / v_old, f"condition estimate {cond:.1f} s"))
         if self.cfg.horizon_s:
             opts.append((self.cfg.horizon_s / v_old, "horizon_s"))
+        cond = self.episodes.condition_remaining([k for k in keys if k is not None], t)
+        if expected:
+            w_n, w_basis = min(opts, key=lambda x: x[0])
+            w_s = w_n * v_old
+            self._window = (w_s, cond)
+            if not math.isfinite(cond):
+                return w_n, w_s, w_basis
+            h_s = expected_useful(cond, w_s)
+            return h_s / v_old, h_s, f"condition estimate {cond:.1f} s, expected within {w_basis} ({w_s:.0f} s)"
+        if math.isfinite(cond):
+            opts.append((cond / v_old, f"condition estimate {cond:.1f} s"))
         n, basis = min(opts, key=lambda x: x[0])
         return n, n * v_old, basis
 
@@ -446,6 +494,7 @@ class Balancer:
         if self.known is None:
             self.adopt(snap, cs.plan)
         self.known = {d for d in self.known if snap.alive.get(d)}  # a phone that left and returns is a join
+        self._young_seen = {d for d in self._young_seen if snap.alive.get(d)}
         self.observe(snap)
         t = snap.t
         gone = [d for d in cs.plan.devices if not snap.alive.get(d, False)]
@@ -455,29 +504,47 @@ class Balancer:
         if self.pending is not None:
             return self._staged_switch(snap, cs)
         trig = self.triggers(snap, cs)
-        if not trig or t - max(self.last_action, self.last_eval) < self.cfg.min_interval_s:
+        if not trig:
+            return None
+        young = all(x.startswith("joining ") for x, _ in trig)  # only phones that just appeared: stage only
+        early = t - max(self.last_action, self.last_eval) < self.cfg.min_interval_s
+        if early and not young and not self._recovery(trig):
             return None
         self.revisit = None
         state = self._state(snap, cs)
-        if self._unchanged(state):  # the same evaluation was made and rejected: its answer stands
+        keys = [k for _, k in trig]
+        cond = self.episodes.condition_remaining([k for k in keys if k is not None], t)
+        grown = math.isfinite(self._rejected_cond) and cond >= 2 * self._rejected_cond
+        if self._unchanged(state) and not grown:
+            # the same evaluation was made and rejected: its answer stands (unless the condition has
+            # since proved to last twice as long as was expected then)
             if t - max(self.last_eval, self._skip_t) >= self.cfg.min_interval_s:
                 self.skipped += 1
                 self._skip_t = t
             return None
-        self.last_eval = t
+        if not young:  # a young join's evaluation (stage only) does not hold back the regular one
+            self.last_eval = t
         self.evaluations += 1
         pb = self.problem(snap)
         alive = {d for d, a in snap.alive.items() if a}
         v_old = per_token_s(pb, cs.plan)
+        self._plan_in_force = cs.plan
         drain = pb.evaluate(cs.plan).ring_s
         text = "; ".join(x for x, _ in trig)
-        keys = [k for _, k in trig]
         cands = self._candidates(pb, cs, alive, drain)
-        n, h_s, basis = self.horizon(t, cs, keys, v_old)
+        if young:  # a phone that just appeared: only streaming weights to it in the background
+            cands = [c for c in cands if c.kind == "stage"]
+            text += " (stage only: joined under join_after_s ago)"
+        elif early:  # a recovery within min_interval_s: only changes that move no weights (switching back)
+            cands = [c for c in cands if c.kind != "stage" and not any(m.what == "weights" for m in c.moves)]
+            text += " (recovery: weights present only)"
+        n, h_s, basis = self.horizon(t, cs, keys, v_old, expected=True)
+        self._nominal = self._nominal_problem(snap, keys)
         pick = self._choose(cands, t, text, v_old, n, h_s, basis)
         self._record(t, text, pick, cands)
         if pick is None:
-            self._rejected = state
+            if not young:
+                self._rejected, self._rejected_cond = state, cond
             return None
         self.last_action = t
         if pick.kind == "stage":
@@ -524,16 +591,26 @@ class Balancer:
                 basis: str) -> Decision | None:
         """Gain, payback and verdict of every candidate; the one taken (None: nothing pays)."""
         cfg = self.cfg
-        bounded = not basis.startswith("remaining work")  # the change may have to be undone
+        w_s, m = getattr(self, "_window", (math.inf, math.inf))
+        # the condition may end within the window: then the change is undone (a drain and sessions) after
+        # running, until the end is seen (smoothing_s + sustain_s), where it may be worse than the old plan
+        p_end = ends_within(m, w_s)
+        lag = cfg.smoothing_s + cfg.sustain_s
+        nom = getattr(self, "_nominal", None)
         for c in cands:
             c.t, c.trigger, c.old_value_s, c.evaluation = t, text, v_old, self.evaluations
             c.horizon_tokens, c.horizon_s, c.horizon_basis = n, h_s, basis
             c.gain = (v_old - c.new_value_s) / v_old if v_old > 0 and np.isfinite(v_old) else 1.0
             tokens = n
-            if c.kind == "stage":  # the gain starts once the weights are there
-                tokens = max(0.0, n - c.background_s / v_old) if np.isfinite(v_old) and v_old > 0 else n
+            if c.kind == "stage" and np.isfinite(v_old) and v_old > 0:  # the gain starts once the weights are there
+                tokens = expected_useful(m, w_s, c.background_s) / v_old
             c.gain_s = tokens * (v_old - c.new_value_s) if np.isfinite(v_old) else float("inf")
-            c.return_s = (c.drain_s + c.session_s) if bounded else 0.0
+            after = 0.0
+            if p_end and nom is not None and c.plan is not None:
+                vo, vn = per_token_s(nom, self._plan_in_force), per_token_s(nom, c.plan)
+                if np.isfinite(vo) and np.isfinite(vn) and vn > vo:
+                    after = lag * (1.0 - vo / vn)
+            c.return_s = p_end * (c.drain_s + c.session_s + after)
             if c.gain < cfg.min_gain:
                 c.verdict = f"gain {c.gain:.1%} < min_gain {cfg.min_gain:.0%}"
             elif c.gain_s < cfg.gain_cost_margin * (c.cost_s + c.return_s):
@@ -562,23 +639,46 @@ class Balancer:
                          "taken": pick.kind if pick else "none", "candidates": cands})
 
     def _staged_switch(self, snap: Snapshot, cs: ClusterState) -> Decision | None:
-        """While a plan is staged: nothing until its weights are all present; then the switch, if it
-        still pays (re-priced with what is observed now)."""
+        """While a plan is staged: nothing until its weights are all present; then, if in-flight
+        requests hold KV cache that the switch would move, a ``precopy`` of it in the background (live
+        migration: the stall then moves only what was generated since); then the switch, if it still
+        pays (re-priced with what is observed now)."""
         p, t = self.pending, snap.t
+        if any(not snap.alive.get(s.device, False) for s in p.plan.stages):  # a phone of it left: drop it
+            self.pending = None
+            return None
         missing = sum(1 for s in p.plan.stages for m in range(s.start_module, s.end_module + 1)
                       if m not in cs.present.get(s.device, ()))
-        if missing and t - p.t <= 3 * p.background_s + 4 * self.cfg.min_interval_s:
+        late = t - p.t > 3 * p.background_s + 4 * self.cfg.min_interval_s
+        if missing and not late:
             return None
+        pb = self.problem(snap)
+        alive = {d for d, a in snap.alive.items() if a}
+        sess = self.cfg.session_ms_per_module / 1e3
+        if not missing and not p.precopy:
+            full = switch_cost(pb, cs.plan, p.plan, cs.present, alive, cs.cached_tokens, 0.0, sess)
+            kv = [mv for mv in full.moves if mv.what == "kv"]
+            if kv:
+                p.precopy = True
+                self.evaluations += 1
+                text = f"staged ({p.trigger})"
+                dec = Decision(t, text, "precopy", p.plan, moves=kv, background_s=moves_time(pb, kv),
+                               verdict="chosen", evaluation=self.evaluations,
+                               reason="the KV cache copied in the background before the switch")
+                self._record(t, text, dec, [dec])
+                return dec
+        if not missing and p.precopy and cs.kv_copied is None and not late:
+            return None  # the pre-copy is under way
         self.pending = None
         self.evaluations += 1
         self.last_eval = t
-        pb = self.problem(snap)
-        alive = {d for d, a in snap.alive.items() if a}
         v_old = per_token_s(pb, cs.plan)
-        c = switch_cost(pb, cs.plan, p.plan, cs.present, alive, cs.cached_tokens, pb.evaluate(cs.plan).ring_s,
-                        self.cfg.session_ms_per_module / 1e3)
+        self._plan_in_force = cs.plan
+        delta = max(cs.cached_tokens - (cs.kv_copied or 0), 0)
+        c = switch_cost(pb, cs.plan, p.plan, cs.present, alive, delta, pb.evaluate(cs.plan).ring_s, sess)
         c.kind, c.new_value_s = "replan", per_token_s(pb, p.plan)
-        n, h_s, basis = self.horizon(t, cs, p.keys, v_old)
+        n, h_s, basis = self.horizon(t, cs, p.keys, v_old, expected=True)
+        self._nominal = self._nominal_problem(snap, p.keys)
         text = f"staged ({p.trigger})"
         pick = self._choose([c], t, text, v_old, n, h_s, basis)
         if missing:

@@ -86,6 +86,7 @@ def _coordinator(sim):
     names = [d.name for d in sim.devices]
     logged = 0
     stream = None  # the background staging of a ``stage`` decision
+    precopy = None  # its KV-cache pre-copy: [the in-flight requests' cached tokens when it began, done]
     while not sim.done.triggered:
         yield env.timeout(tick)
         now = env.now
@@ -99,12 +100,16 @@ def _coordinator(sim):
             for d, node in sim.nodes.items():
                 if d not in running and not node.dead:
                     mon.stage_time(d, now, node.probe_seconds(1.0), 1.0)  # the probe's time as the phone reports it
-        if sim.switching or now < next_decide - 1e-9:
+        # while a plan is staged the policy is asked every tick: the switch follows its weights' arrival
+        if sim.switching or (now < next_decide - 1e-9 and pol.pending is None):
             continue
         next_decide = now + cfg.interval_s
         snap = mon.snapshot(now)
+        copied = None
+        if precopy is not None and precopy[1]:  # what of each request's KV cache was copied and is still needed
+            copied = sum(min(n, precopy[0].get(r, 0)) for r, n in sim.req_cached.items())
         cs = ClusterState(now, sim.epoch.plan, dict(sim.present), None if w.arrival_rate else total - len(sim.tokens),
-                          sim.inflight_cached_tokens())
+                          sim.inflight_cached_tokens(), copied)
         dec = pol.decide(snap, cs)
         chosen = None
         for entry in pol.log[logged:]:
@@ -114,8 +119,13 @@ def _coordinator(sim):
         logged = len(pol.log)
         if stream is not None and pol.pending is None:
             stream[0] = False  # the staging ended (switched, abandoned or a failover): stop streaming
-            stream = None
+            stream, precopy = None, None
         if dec is None:
+            continue
+        if dec.kind == "precopy":
+            precopy = [dict(sim.req_cached), False]
+            sim.mark(f"KV pre-copy: {dec.trigger}", None, background_s=dec.background_s)
+            env.process(_precopy(sim, dec.moves, precopy, stream))
             continue
         if dec.kind == "stage":
             stream = [True]
@@ -170,6 +180,17 @@ def _stream(sim, dst: int, moves, alive: list):
         yield from _fetch(sim, mv)
         if not sim.nodes[dst].dead:
             sim.add_weights(dst, mv.module)  # on the phone's storage; opened as a session at the switch
+
+
+def _precopy(sim, moves, state: list, alive: list):
+    """Copy the KV cache of the in-flight requests to the staged plan's phones (phone to phone, over the
+    medium, all at once); ``state[1]`` is set when it is there, unless the staging ended meanwhile."""
+    evs = [sim.net.transfer(mv.src, mv.dst, int(mv.nbytes), f"kv precopy m{mv.module}") for mv in moves
+           if mv.src is not None and not sim.nodes[mv.src].dead]
+    if evs:
+        yield simpy.AllOf(sim.env, evs)
+    if alive is not None and alive[0]:
+        state[1] = True
 
 
 def _apply(sim, dec, row: dict):
@@ -285,4 +306,4 @@ def dynamic_metrics(sim, makespan: float) -> dict:
 
 def taken(rows: list[dict]) -> list[dict]:
     """The rebalances.csv rows of the actions taken (plan switches and terminal decisions)."""
-    return [r for r in rows if r["chosen"] and r["kind"] != "stage"]
+    return [r for r in rows if r["chosen"] and r["kind"] not in ("stage", "precopy")]
