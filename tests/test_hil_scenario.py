@@ -404,38 +404,3 @@ def test_a_zoo_model_too_large_for_one_onnx_file_is_refused_before_any_worker_st
     with pytest.raises(LLSimError, match="too large to materialise"):
         run_to_dir(sc, tmp_path / "run")
     assert workers_of(os.getpid()) == before
-
-
-def test_fit_forwarding_recovers_a_link_and_refuses_too_little():
-    """fit_forwarding: per-message time and rate of synthetic stages (two size classes, a stray slow
-    send in each) come back from the class medians (to the few bytes the medians of sizes and times
-    differ by); one size class or too few stages is a
-    clear error; no measurable per-byte cost gives a per-message time only."""
-    from types import SimpleNamespace as NS
-
-    from llsim.errors import LLSimError
-    from llsim.judge.fidelity import fit_forwarding
-
-    a, rate = 0.25e-3, 200e6  # 0.25 ms per message, 200 MB/s
-    runs = []
-    for nb in (1300, 1304, 1308, 1312, 1316):  # a decode step's tensors grow a little per token
-        runs.append(NS(real=True, forwarded_bytes=nb, send_s=a + nb / rate))
-    runs.append(NS(real=True, forwarded_bytes=1304, send_s=a + 1304 / rate + 5e-3))  # stray slow send
-    for _ in range(5):
-        runs.append(NS(real=True, forwarded_bytes=81920, send_s=a + 81920 / rate))
-    runs.append(NS(real=True, forwarded_bytes=81920, send_s=1.0))
-    runs.append(NS(real=False, forwarded_bytes=4096, send_s=9.0))  # a simulated stage: ignored
-    runs.append(NS(real=True, forwarded_bytes=0, send_s=9.0))  # nothing forwarded: ignored
-    fit = fit_forwarding(runs)
-    assert fit["per_message_ms"] == pytest.approx(a * 1e3, rel=1e-3)
-    assert fit["mb_per_s"] == pytest.approx(rate / 1e6, rel=1e-3)
-    assert fit["rtt_ms"] == pytest.approx(2 * a * 1e3, rel=1e-3)
-    assert fit["goodput_mbps"] == pytest.approx(rate * 8 / 1e6, rel=1e-3)
-    assert fit["sizes"] == [1306, 81920] and fit["stages"] == 12  # the real stages that forwarded
-    flat = [NS(real=True, forwarded_bytes=nb, send_s=0.3e-3) for nb in (1000, 1000, 90000, 90000)]
-    fit = fit_forwarding(flat)
-    assert fit["mb_per_s"] is None and fit["per_message_ms"] == pytest.approx(0.3)
-    with pytest.raises(LLSimError, match="one size class"):
-        fit_forwarding([NS(real=True, forwarded_bytes=1300 + i, send_s=1e-3) for i in range(6)])
-    with pytest.raises(LLSimError, match="fewer than 4"):
-        fit_forwarding(runs[:2])

@@ -83,22 +83,6 @@ def reference_ms() -> float:
     return statistics.median(ts) * 1e3
 
 
-def calibrate_link(profile: str, tmp: Path) -> dict:
-    """The loopback link between two local workers, measured now (scenarios/hil/link-loopback.yaml):
-    :func:`llsim.judge.fidelity.fit_forwarding` over its stages. Unshaped (``hil.shape: none``)
-    scenarios' real transfers take this link's time; their simulated side gets this model instead of
-    the scenario's nominal fixed link, as the compute gets the host's profile of this sitting."""
-    from llsim.judge.fidelity import fit_forwarding
-    from llsim.judge.run import run_to_dir
-    from llsim.scenario import load_scenario
-
-    f = ROOT / "scenarios" / "hil" / "link-loopback.yaml"
-    raw = load_scenario(f)
-    sc = load_scenario(f, [f"devices[{i}].profile={profile}" for i in range(len(raw.devices))])
-    res, _, _ = run_to_dir(sc, tmp / sc.name, timeline=False)
-    return fit_forwarding(res.hil.plane.runs)
-
-
 def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
 
@@ -119,18 +103,11 @@ def main(argv: list[str] | None = None) -> int:
         _, took = profile_host(prof_path, [1, 2], log=lambda m: print(m, file=sys.stderr, flush=True))
         print(f"host profiled in {took:.0f} s", file=sys.stderr)
         profile = str(prof_path)
-    link = calibrate_link(profile, tmp)
-    print(f"loopback link (workers forwarding to each other, {link['stages']} stages of "
-          f"{', '.join(f'{b} B' for b in link['sizes'])}): {link['per_message_ms']:.3f} ms per message"
-          + (f" + {link['mb_per_s']:.0f} MB/s" if link['mb_per_s'] else "") + " -> the unshaped scenarios' "
-          f"simulated links: fixed, rtt {link['rtt_ms']:.3f} ms, {link['goodput_mbps']:.0f} Mb/s", file=sys.stderr)
     ref0 = reference_ms()
     reports, rows = [], []
     for f in scenarios():
         raw = load_scenario(f)
         sets = [f"devices[{i}].profile={profile}" for i, d in enumerate(raw.devices) if d.backend != "sim"]
-        if raw.hil.shape == "none" and raw.network.kind == "fixed":
-            sets += [f"network.rtt_ms={link['rtt_ms']:.6g}", f"network.goodput_mbps={link['goodput_mbps']:.6g}"]
         sc = load_scenario(f, sets)
         print(f"fidelity: {sc.name} ...", file=sys.stderr, flush=True)
         drift = (reference_ms() / ref0 - 1) * 100  # + : the host runs slower now than when it was profiled
@@ -148,8 +125,7 @@ def main(argv: list[str] | None = None) -> int:
                      "tokens_per_s_error_pct": lat["tokens/s"]["error_pct"],
                      "compute_term_pct": t["compute_pct"], "queueing_term_pct": t["queueing_pct"],
                      "transfer_term_pct": t["transfer_pct"], "overhead_ms_per_token": t["overhead_ms"],
-                     "host_drift_pct": drift, "profile": "shipped" if shipped else "same sitting",
-                     "link_model": _network(sc) if sc.hil.shape == "none" else "shaped"})
+                     "host_drift_pct": drift, "profile": "shipped" if shipped else "same sitting"})
     s = summary(reports)
     f = lambda v, nd=2: "-" if v is None else f"{v:.{nd}f}"  # noqa: E731
     p = lambda v: "-" if v is None else f"{v:+.1f}%"  # noqa: E731
