@@ -445,9 +445,15 @@ def greedy_reference(proto, prompt: list[int], new_tokens: int, session=None) ->
     pairs = state_pairs(proto)
     seq = list(prompt)
     out = []
+    have = {i.name for i in sess.get_inputs()}  # exporters' graphs also take attention_mask (and position_ids)
     if not pairs:
         for _ in range(new_tokens):
-            logits = sess.run(["logits"], {"input_ids": np.asarray([seq], dtype=np.int64)})[0]
+            feeds = {"input_ids": np.asarray([seq], dtype=np.int64)}
+            if "attention_mask" in have:
+                feeds["attention_mask"] = np.ones((1, len(seq)), dtype=np.int64)
+            if "position_ids" in have:
+                feeds["position_ids"] = np.arange(len(seq), dtype=np.int64)[None]
+            logits = sess.run(["logits"], feeds)[0]
             t = int(np.argmax(logits[0, -1]))
             seq.append(t)
             out.append(t)
