@@ -87,8 +87,13 @@ def _coordinator(sim):
     logged = 0
     stream = None  # the background staging of a ``stage`` decision
     precopy = None  # its KV-cache pre-copy: [the in-flight requests' cached tokens when it began, done]
+    ends = []  # the staging's background work (its streams, its pre-copy): the coordinator wakes when it ends
     while not sim.done.triggered:
-        yield env.timeout(tick)
+        ends = [e for e in ends if not e.triggered]
+        if ends:  # a real coordinator is told when a transfer completes; it need not wait for the next tick
+            yield env.any_of([env.timeout(tick), simpy.AllOf(env, ends)])
+        else:
+            yield env.timeout(tick)
         now = env.now
         for d, node in sim.nodes.items():
             if not node.dead:
@@ -125,13 +130,12 @@ def _coordinator(sim):
         if dec.kind == "precopy":
             precopy = [dict(sim.req_cached), False]
             sim.mark(f"KV pre-copy: {dec.trigger}", None, background_s=dec.background_s)
-            env.process(_precopy(sim, dec.moves, precopy, stream))
+            ends = [env.process(_precopy(sim, dec.moves, precopy, stream))]
             continue
         if dec.kind == "stage":
             stream = [True]
             sim.mark(f"stage: {dec.trigger}", None, background_s=dec.background_s, plan=_plan_str(dec.plan, names))
-            for dst, mods in _by_receiver(dec.moves).items():
-                env.process(_stream(sim, dst, mods, stream))
+            ends = [env.process(_stream(sim, dst, mods, stream)) for dst, mods in _by_receiver(dec.moves).items()]
             continue
         yield from _apply(sim, dec, chosen if chosen is not None else {})
 
