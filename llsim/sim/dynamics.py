@@ -95,16 +95,7 @@ def _coordinator(sim):
         else:
             yield env.timeout(tick)
         now = env.now
-        for d, node in sim.nodes.items():
-            if not node.dead:
-                beat = math.floor(now / cfg.heartbeat_s + 1e-9) * cfg.heartbeat_s
-                mon.heartbeat(d, beat, sim.net.phy_rate_mbps(d))
-        if now >= next_probe:
-            next_probe = now + PROBE_S
-            running = set(sim.epoch.devs)
-            for d, node in sim.nodes.items():
-                if d not in running and not node.dead:
-                    mon.stage_time(d, now, node.probe_seconds(1.0), 1.0)  # the probe's time as the phone reports it
+        next_probe = _observe(sim, now, next_probe)
         # while a plan is staged the policy is asked every tick: the switch follows its weights' arrival
         if sim.switching or (now < next_decide - 1e-9 and pol.pending is None):
             continue
@@ -138,6 +129,23 @@ def _coordinator(sim):
             ends = [env.process(_stream(sim, dst, mods, stream)) for dst, mods in _by_receiver(dec.moves).items()]
             continue
         yield from _apply(sim, dec, chosen if chosen is not None else {})
+
+
+def _observe(sim, now: float, next_probe: float) -> float:
+    """Feed the monitor the phones' heartbeats (with their link rate) and, every ``PROBE_S``, the idle
+    phones' probe times; returns the next probe's time."""
+    cfg, mon = sim.sc.balancer, sim.monitor
+    for d, node in sim.nodes.items():
+        if not node.dead:
+            beat = math.floor(now / cfg.heartbeat_s + 1e-9) * cfg.heartbeat_s
+            mon.heartbeat(d, beat, sim.net.phy_rate_mbps(d))
+    if now >= next_probe:
+        next_probe = now + PROBE_S
+        running = set(sim.epoch.devs)
+        for d, node in sim.nodes.items():
+            if d not in running and not node.dead:
+                mon.stage_time(d, now, node.probe_seconds(1.0), 1.0)  # the probe's time as the phone reports it
+    return next_probe
 
 
 def _rows(entry: dict, old_plan, names) -> list[dict]:
