@@ -158,3 +158,25 @@ def test_a_phone_that_just_appeared_is_only_staged_and_a_rejected_staging_does_n
     assert young[0]["candidates"] and all(c.kind == "stage" for c in young[0]["candidates"])
     assert late and late[0]["t"] >= 10 + bal.cfg.join_after_s
     assert {c.kind for c in late[0]["candidates"]} > {"stage"}  # re-plans switched at once are priced too
+
+
+@pytest.mark.slow
+def test_the_coordinator_acts_when_the_staging_ends_not_at_the_next_tick():
+    """The staging's streams (here all from the model store: each receiver's downlink, deterministic)
+    end at the stage decision + its predicted streaming time; the pre-copy is asked for then, not at
+    the next heartbeat tick, and the switch follows the pre-copy's end."""
+    sc = load_scenario("balance-join", sets=["balancer.heartbeat_s=1.0", "balancer.interval_s=1.0"])
+    res, _, _ = simulate(sc, timeline=False)
+    rows = res.rebalances
+    st = [r for r in rows if r["kind"] == "stage" and r["chosen"]]
+    pre = [r for r in rows if r["kind"] == "precopy" and r["chosen"]]
+    sw = [r for r in taken(rows) if r["trigger"].startswith("staged")]
+    assert len(st) == len(pre) == len(sw) == 1
+    assert pre[0]["time_s"] == pytest.approx(st[0]["time_s"] + st[0]["predicted_background_s"], abs=0.02)
+    assert abs(pre[0]["time_s"] - round(pre[0]["time_s"])) > 0.02  # off the 1 s tick grid
+    # the pre-copy shares the medium with the pipeline: at least its predicted time, and the switch
+    # comes when it ends (within a fraction of the tick)
+    gap = sw[0]["time_s"] - pre[0]["time_s"]
+    assert pre[0]["predicted_background_s"] - 1e-6 <= gap < pre[0]["predicted_background_s"] + 0.5
+    keys = [(t["request"], t["token"]) for t in res.tokens]
+    assert len(keys) == len(set(keys)) == sc.workload.requests * sc.workload.new_tokens

@@ -87,19 +87,15 @@ def _coordinator(sim):
     logged = 0
     stream = None  # the background staging of a ``stage`` decision
     precopy = None  # its KV-cache pre-copy: [the in-flight requests' cached tokens when it began, done]
+    ends = []  # the staging's background work (its streams, its pre-copy): the coordinator wakes when it ends
     while not sim.done.triggered:
-        yield env.timeout(tick)
+        ends = [e for e in ends if not e.triggered]
+        if ends:  # a real coordinator is told when a transfer completes; it need not wait for the next tick
+            yield env.any_of([env.timeout(tick), simpy.AllOf(env, ends)])
+        else:
+            yield env.timeout(tick)
         now = env.now
-        for d, node in sim.nodes.items():
-            if not node.dead:
-                beat = math.floor(now / cfg.heartbeat_s + 1e-9) * cfg.heartbeat_s
-                mon.heartbeat(d, beat, sim.net.phy_rate_mbps(d))
-        if now >= next_probe:
-            next_probe = now + PROBE_S
-            running = set(sim.epoch.devs)
-            for d, node in sim.nodes.items():
-                if d not in running and not node.dead:
-                    mon.stage_time(d, now, node.probe_seconds(1.0), 1.0)  # the probe's time as the phone reports it
+        next_probe = _observe(sim, now, next_probe)
         # while a plan is staged the policy is asked every tick: the switch follows its weights' arrival
         if sim.switching or (now < next_decide - 1e-9 and pol.pending is None):
             continue
@@ -125,15 +121,31 @@ def _coordinator(sim):
         if dec.kind == "precopy":
             precopy = [dict(sim.req_cached), False]
             sim.mark(f"KV pre-copy: {dec.trigger}", None, background_s=dec.background_s)
-            env.process(_precopy(sim, dec.moves, precopy, stream))
+            ends = [env.process(_precopy(sim, dec.moves, precopy, stream))]
             continue
         if dec.kind == "stage":
             stream = [True]
             sim.mark(f"stage: {dec.trigger}", None, background_s=dec.background_s, plan=_plan_str(dec.plan, names))
-            for dst, mods in _by_receiver(dec.moves).items():
-                env.process(_stream(sim, dst, mods, stream))
+            ends = [env.process(_stream(sim, dst, mods, stream)) for dst, mods in _by_receiver(dec.moves).items()]
             continue
         yield from _apply(sim, dec, chosen if chosen is not None else {})
+
+
+def _observe(sim, now: float, next_probe: float) -> float:
+    """Feed the monitor the phones' heartbeats (with their link rate) and, every ``PROBE_S``, the idle
+    phones' probe times; returns the next probe's time."""
+    cfg, mon = sim.sc.balancer, sim.monitor
+    for d, node in sim.nodes.items():
+        if not node.dead:
+            beat = math.floor(now / cfg.heartbeat_s + 1e-9) * cfg.heartbeat_s
+            mon.heartbeat(d, beat, sim.net.phy_rate_mbps(d))
+    if now >= next_probe:
+        next_probe = now + PROBE_S
+        running = set(sim.epoch.devs)
+        for d, node in sim.nodes.items():
+            if d not in running and not node.dead:
+                mon.stage_time(d, now, node.probe_seconds(1.0), 1.0)  # the probe's time as the phone reports it
+    return next_probe
 
 
 def _rows(entry: dict, old_plan, names) -> list[dict]:
