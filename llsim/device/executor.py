@@ -78,17 +78,23 @@ def _host_ram_gb() -> tuple[float, float]:
     return total, avail
 
 
+CACHE_SYSFS = "/sys/devices/system/cpu/cpu0/cache"
+
+
 def _cache_bytes() -> int:
-    """Largest CPU cache on this host (sysfs), for eviction between timed runs."""
+    """Largest CPU cache on this host (sysfs; 32 MiB if unknown), for eviction between timed runs."""
     best = 0
-    base = "/sys/devices/system/cpu/cpu0/cache"
     try:
-        for d in os.listdir(base):
-            txt = open(os.path.join(base, d, "size")).read().strip()
+        entries = os.listdir(CACHE_SYSFS)
+    except OSError:
+        entries = []
+    for d in entries:  # index0..N, and files such as uevent that have no size: skipped, not fatal
+        try:
+            txt = open(os.path.join(CACHE_SYSFS, d, "size")).read().strip()
             mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(txt[-1], 1)
             best = max(best, int(txt.rstrip("KMG")) * mult)
-    except (OSError, ValueError):
-        pass
+        except (OSError, ValueError, IndexError):
+            continue
     return best or (32 << 20)
 
 
