@@ -172,7 +172,11 @@ class SyntheticExecutor:
         from llsim.model.cuts import model_graph_from_onnx
         from llsim.model.onnx_graph import analyse
 
-        om = analyse(onnx.load_from_string(model), input_shapes={k: v.shape for k, v in feeds.items()})
+        proto = onnx.load_from_string(model)
+        # every symbolic input dim bound to the size fed (a KV graph's past and past+seq dims apart)
+        sym = {d.dim_param: feeds[i.name].shape[k] for i in proto.graph.input if i.name in feeds
+               for k, d in enumerate(i.type.tensor_type.shape.dim) if d.dim_param}
+        om = analyse(proto, input_shapes={k: v.shape for k, v in feeds.items()}, dim_overrides=sym)
         return model_graph_from_onnx(om)
 
     def profile_nodes(self, model, feeds, threads, runs, warmup):
