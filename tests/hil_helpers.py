@@ -26,20 +26,25 @@ def pid_gone(pid: int) -> bool:
         return True
 
 
-def workers_of(parent: int) -> set[int]:
-    """Live worker processes started with ``--parent-pid parent`` (from /proc/*/cmdline)."""
-    out = set()
+def proc_argvs():
+    """(pid, argv as bytes) of every process whose /proc/PID/cmdline can be read."""
     for d in Path("/proc").iterdir():
         if not d.name.isdigit():
             continue
         try:
-            argv = (d / "cmdline").read_bytes().split(b"\0")
+            yield int(d.name), (d / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
+
+
+def workers_of(parent: int) -> set[int]:
+    """Live worker processes started with ``--parent-pid parent`` (from /proc/*/cmdline)."""
+    out = set()
+    for pid, argv in proc_argvs():
         if any(a.endswith(b"worker.py") for a in argv) and b"--parent-pid" in argv:
             i = argv.index(b"--parent-pid")
-            if i + 1 < len(argv) and argv[i + 1] == str(parent).encode() and not pid_gone(int(d.name)):
-                out.add(int(d.name))
+            if i + 1 < len(argv) and argv[i + 1] == str(parent).encode() and not pid_gone(pid):
+                out.add(pid)
     return out
 
 

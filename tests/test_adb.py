@@ -22,6 +22,7 @@ from pathlib import Path
 import adbutils
 import pytest
 
+from hil_helpers import proc_argvs
 from llsim.adb import protocol as P
 from llsim.adb.fakephone import FakePhone, Knobs
 from llsim.adb.phonefs import ROOT, SHELL, TERMUX, PhoneFS
@@ -46,17 +47,7 @@ def _listening(port: int) -> bool:
 
 def _server_pids(port: int) -> list[int]:
     """Processes of the adb server on ``port`` (``adb -L tcp:PORT fork-server server``)."""
-    pids = []
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            cmd = (d / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"fork-server" in cmd and f"tcp:{port}".encode() in cmd:
-            pids.append(int(d.name))
-    return pids
+    return [pid for pid, cmd in proc_argvs() if b"fork-server" in cmd and f"tcp:{port}".encode() in cmd]
 
 
 def _alive(pid: int) -> bool:
