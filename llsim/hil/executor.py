@@ -7,7 +7,7 @@ there with that sha256, so the profiler's later passes push nothing), loaded, ti
 worker's ``bench`` message, and unloaded. The timing protocol is LocalExecutor's, run on the
 device: per-op kernel times from onnxruntime's profiler with graph optimisations off (a fresh
 session per call, a cache-evicting read before every run, medians after the warm-up runs); whole
-graphs optimised, the minimum over ``rounds`` of the median of ``runs`` evicted runs.
+graphs optimised, the median of ``rounds`` x ``runs`` evicted runs.
 """
 from __future__ import annotations
 
