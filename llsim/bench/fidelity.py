@@ -92,15 +92,11 @@ def reference_ms() -> float:
 REPEATS = 3  # real runs per scenario, in interleaved rounds (the median one is kept)
 
 
-def _real_ms(rep: dict) -> float:
-    return next(m["real"] for m in rep["metrics"] if m["metric"] == "per-token latency ms (mean)")
-
-
 def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
 
     from llsim.cli.tables import fit_table
-    from llsim.judge.fidelity import compare, latency_error, summary
+    from llsim.judge.fidelity import compare, latency_error, latency_row, summary
     from llsim.results.writer import write_csv
     from llsim.scenario import load_scenario
 
@@ -138,9 +134,9 @@ def main(argv: list[str] | None = None) -> int:
             rep = compare(sc, tmp / f"{sc.name}-r{r}", timeline=False)
             runs[sc.name].append((rep, drift))
     for sc in scs:
-        reps = sorted(runs[sc.name], key=lambda x: _real_ms(x[0]))
+        reps = sorted(runs[sc.name], key=lambda x: latency_row(x[0])["real"])
         rep, drift = reps[len(reps) // 2]
-        spread = [_real_ms(x[0]) for x in reps]
+        spread = [latency_row(x[0])["real"] for x in reps]
         reports.append(rep)
         lat = {r["metric"]: r for r in rep["metrics"]}
         t = rep["terms"]

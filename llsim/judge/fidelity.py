@@ -101,10 +101,14 @@ def compare(sc: Scenario, out: Path, timeline: bool = True) -> dict:
             "tokens": len(real_res.tokens)}
 
 
+def latency_row(report: dict) -> dict:
+    """The report's per-token latency (mean) row: simulated, real and their error."""
+    return next(r for r in report["metrics"] if r["metric"] == "per-token latency ms (mean)")
+
+
 def latency_error(report: dict) -> float | None:
     """The per-token latency error (mean), simulated vs real, in % (the fidelity bench's figure)."""
-    row = next(r for r in report["metrics"] if r["metric"] == "per-token latency ms (mean)")
-    return row["error_pct"]
+    return latency_row(report)["error_pct"]
 
 
 def summary(reports: list[dict]) -> dict:
