@@ -177,6 +177,9 @@ class Balancer(_Strict):
     heartbeat_s: float = Field(0.5, ge=1e-3, le=3600)
     heartbeat_misses: int = Field(3, ge=1, le=10**6)  # missed heartbeats before a phone is declared gone
     session_ms_per_module: float = Field(30.0, ge=0, le=1e6)  # opening an onnxruntime session for a module
+    # a switch's drain is cut after max(this, 4 x its predicted time): the steps still in flight (on a
+    # phone slowed to a crawl, say) are retried under the new plan from their last completed token
+    drain_limit_s: float = Field(1.0, gt=0, le=1e6)
     join_after_s: float = Field(2.0, ge=0, le=1e9)  # a (re)joined phone must answer heartbeats this long
 
     @field_validator("strategy")

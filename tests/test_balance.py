@@ -209,6 +209,28 @@ def test_throttling_end_to_end_balancer_recovers_throughput():
     assert series and abs(sum(x["tokens_per_s"] for x in series) * 5.0 - 48 * 64) < 1e-6
 
 
+def test_a_drain_stuck_behind_a_crawling_phone_is_cut_and_its_steps_retried_once():
+    """A phone of the plan slows to a crawl just as the balancer switches away from it: the steps in
+    flight on it would hold the drain for seconds (the policy predicted a tenth of one). The drain is
+    cut at max(drain_limit_s, 4 x predicted); those steps are retried under the new plan, each token
+    still generated exactly once, and the run beats the same run waiting the drain out."""
+    base = ["workload.requests=24", "balancer.drain_limit_s=1000"]
+    first = taken(_metrics("balance-throttle", base).rebalances)[0]["time_s"]
+    crawl = ("events=[{at: 20, kind: throttle, device: 0, factor: 0.4}, "
+             f"{{at: {first - 0.05}, kind: throttle, device: 0, factor: 0.01, duration_s: 30}}]")
+    wait = _metrics("balance-throttle", base + [crawl])
+    cut = _metrics("balance-throttle", ["workload.requests=24", crawl])
+    a_wait, a_cut = taken(wait.rebalances)[0], taken(cut.rebalances)[0]
+    assert a_wait["time_s"] == a_cut["time_s"] == first  # the same decision, before the crawl is seen
+    limit = max(BalancerCfg().drain_limit_s, 4 * a_cut["predicted_drain_s"])
+    assert a_wait["actual_drain_s"] > 3 * limit  # the premise: waiting it out takes long
+    assert a_cut["actual_drain_s"] == pytest.approx(limit)
+    assert cut.metrics["retried_steps"] > 0 and wait.metrics["retried_steps"] == 0
+    for res in (wait, cut):
+        _check_every_token_once(res, 24, 64)
+    assert cut.metrics["tokens_per_s"] > wait.metrics["tokens_per_s"]
+
+
 def test_monitor_sees_the_throttle_factor_from_reported_times_only():
     from llsim.sim.engine import Simulation
     from llsim.judge.run import make_plan

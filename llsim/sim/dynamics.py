@@ -73,6 +73,7 @@ def _replicas(sim, plan, alive: set[int]) -> dict[int, tuple[int, int]]:
 
 # ---- the coordinator --------------------------------------------------------------------------------
 PROBE_S = 5.0  # idle phones run a one-module probe this often, so a recovered phone is noticed
+DRAIN_SLACK = 4.0  # a drain is cut at max(balancer.drain_limit_s, this x its predicted time)
 
 
 def _coordinator(sim):
@@ -221,7 +222,14 @@ def _apply(sim, dec, row: dict):
     else:
         drained = sim.drain()
         if drained is not None:
-            yield drained
+            # a drain waits for the steps in the pipeline, however slow the phone they are on (one in a
+            # burst may take tens of seconds); past the limit they are given up instead and retried
+            # under the new plan from their last completed token (their KV cache up to it is kept)
+            limit = max(sim.sc.balancer.drain_limit_s, DRAIN_SLACK * dec.drain_s)
+            yield env.any_of([drained, env.timeout(limit)])
+            if not drained.triggered:
+                n = sim.abandon_in_flight()
+                sim.mark(f"drain cut at {limit:.2f} s: {n} steps retried under the new plan", None)
     t_drained = env.now
     yield from _move(sim, dec)
     t_moved = env.now

@@ -250,6 +250,15 @@ class Simulation:
         if lose_kv:
             self.lost_kv.update(self.req_cached)
 
+    def abandon_in_flight(self) -> int:
+        """A drain took too long: the steps still in the pipeline are given up (each retried under the
+        next plan from its request's last completed token, the KV cache up to it kept); returns how
+        many. The plan's phones are all alive: unlike :meth:`abandon_plan` no cache is lost."""
+        n = self.active
+        self._drained = None
+        self.abandon_plan(lose_kv=False)
+        return n
+
     def end_run(self, error: str) -> None:
         """A terminal decision: the run ends with ``error``."""
         self.error = error
