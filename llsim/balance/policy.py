@@ -21,14 +21,19 @@ Policy:
    disarms it. A phone that (re)joined and kept answering for ``join_after_s`` is a trigger too,
    and so is the first evaluation ``min_interval_s`` after a failover (a better plan may now be
    staged in the background). Nothing happens within ``min_interval_s`` of the last action or
-   evaluation.
+   evaluation, except a recovery (a phone faster again than the plan assumed) or a new condition (a
+   trigger no action of the last ``min_interval_s`` answered), each answered by changes that move
+   no weights.
 3. **Candidates.** The allocation problem is re-priced with the observed slowdowns and link
    rates (:func:`llsim.alloc.adjust.adjusted_problem`): the best **boundary shift** within the
    replicas (same phones and order; each phone only takes modules whose weights it holds); the
    allocator's **re-plan**, the current plan's neighbours and the plans built around standby
    copies; and, for each re-plan that moves weights, the same plan **staged**: its weights
    streamed in the background while the current plan keeps running, the switch made once they
-   are all there (its cost is the stall only; its gain starts after the streaming).
+   are all there (its cost is the stall only; its gain starts after the streaming); and, for each
+   shift or re-plan whose weights are present but that moves KV cache, the same switch
+   **pre-copied**: the cache copied in the background first, only what was generated meanwhile
+   moved in the stall.
 4. **Gain vs cost over the work that remains.** A candidate is taken only if it promises
    ``min_gain`` relative speed-up and its time saved over the horizon exceeds
    ``gain_cost_margin`` x its cost (pipeline drain, weights and KV cache moved, sessions opened).
@@ -108,6 +113,7 @@ class Decision:
     horizon_s: float = 0.0  # the payback window, seconds at the current plan's speed
     horizon_basis: str = ""  # what bounds it: remaining work | condition estimate | horizon_s | ...
     evaluation: int = 0  # which evaluation priced it (Balancer.evaluations at the time)
+    then: str = ""  # kind precopy: the switch that follows the copy (shift | replan)
 
     @property
     def net_s(self) -> float:
@@ -245,6 +251,24 @@ def switch_cost(pb: AllocProblem, old: Plan, new: Plan, present: dict[int, froze
                     session_s=sess, moves=moves, sessions=sessions)
 
 
+def precopied(pb: AllocProblem, c: Decision, v_old: float, cached_tokens: int) -> Decision | None:
+    """``c`` (its weights all present) with the KV cache of the requests in flight copied in the
+    background first (live migration): the stall keeps the drain, the sessions and only the cache
+    generated during the copy (about ``background_s / v_old`` tokens of the ``cached_tokens``); the
+    gain starts after the copy. None: ``c`` moves weights (that is :func:`staged`) or no cache."""
+    if c.kind not in ("shift", "replan") or any(mv.what == "weights" for mv in c.moves):
+        return None
+    kv = [mv for mv in c.moves if mv.what == "kv"]
+    if not kv or cached_tokens <= 0:
+        return None
+    t_kv = moves_time(pb, kv)
+    grown = min(t_kv / v_old, cached_tokens) if np.isfinite(v_old) and v_old > 0 else cached_tokens
+    delta = [replace(mv, nbytes=mv.nbytes * grown / cached_tokens) for mv in kv]
+    t_delta = moves_time(pb, delta)
+    return replace(c, kind="precopy", then=c.kind, transfer_s=t_delta, cost_s=c.drain_s + t_delta + c.session_s,
+                   background_s=t_kv, reason=f"the KV cache copied in the background, then the {c.kind}")
+
+
 def staged(pb: AllocProblem, c: Decision) -> Decision | None:
     """``c`` with its weights streamed in the background first: the stall keeps the drain, the KV
     cache and the sessions; the weights' time becomes ``background_s``. None: nothing to stream."""
@@ -311,6 +335,7 @@ class Pending:
     t: float
     background_s: float
     precopy: bool = False  # the KV-cache pre-copy was asked for (a ``precopy`` decision)
+    kind: str = "replan"  # the switch made at the end (a pre-copied shift stays a shift)
 
 
 class Balancer:
@@ -338,6 +363,7 @@ class Balancer:
         self.episodes = Episodes(cfg.threshold)  # how long past conditions lasted (the payback horizon)
         self.pending: Pending | None = None  # a plan being staged in the background
         self.revisit: float | None = None  # after a failover: evaluate again at this time
+        self._answered: dict = {}  # (signal, device) condition -> when an action last answered it
         self.log: list[dict] = []  # every evaluation (taken or not) with its candidates, for the record
 
     # the state the current plan was made for
@@ -380,6 +406,17 @@ class Balancer:
             if k is None or k[0] != "speed" or self.slowdown.get(k[1], 1.0) >= self.assumed.get(k[1], 1.0):
                 return False
         return True
+
+    def _new_condition(self, keys: list, t: float) -> bool:
+        """A trigger is a phone's speed or link that no action of the last ``min_interval_s`` answered
+        (another phone slowing down, say): it may be evaluated within ``min_interval_s``, which keeps
+        the policy from answering only the same condition again before its answer has been seen to work."""
+        def answered(k):
+            return t - self._answered.get(k, -math.inf) < self.cfg.min_interval_s
+        return any(k is not None and k[0] != "presence" and not answered(k) for k in keys)
+
+    def _answer(self, keys, t: float) -> None:
+        self._answered.update({k: t for k in keys if k is not None})
 
     def _unchanged(self, state: tuple) -> bool:
         """``state`` is the rejected evaluation's, up to observations within ``threshold`` of it."""
@@ -507,12 +544,14 @@ class Balancer:
         if not trig:
             return None
         young = all(x.startswith("joining ") for x, _ in trig)  # only phones that just appeared: stage only
+        keys = [k for _, k in trig]
         early = t - max(self.last_action, self.last_eval) < self.cfg.min_interval_s
-        if early and not young and not self._recovery(trig):
+        recovery = early and self._recovery(trig)
+        fresh = early and not recovery and self._new_condition(keys, t)
+        if early and not (young or recovery or fresh):
             return None
         self.revisit = None
         state = self._state(snap, cs)
-        keys = [k for _, k in trig]
         cond = self.episodes.condition_remaining([k for k in keys if k is not None], t)
         grown = math.isfinite(self._rejected_cond) and cond >= 2 * self._rejected_cond
         if self._unchanged(state) and not grown:
@@ -535,9 +574,10 @@ class Balancer:
         if young:  # a phone that just appeared: only streaming weights to it in the background
             cands = [c for c in cands if c.kind == "stage"]
             text += " (stage only: joined under join_after_s ago)"
-        elif early:  # a recovery within min_interval_s: only changes that move no weights (switching back)
+        elif early:  # a recovery (switching back) or a new condition within min_interval_s: no weights move
             cands = [c for c in cands if c.kind != "stage" and not any(m.what == "weights" for m in c.moves)]
-            text += " (recovery: weights present only)"
+            text += " (recovery: weights present only)" if recovery else \
+                " (a new condition within min_interval_s: weights present only)"
         n, h_s, basis = self.horizon(t, cs, keys, v_old, expected=True)
         self._nominal = self._nominal_problem(snap, keys)
         pick = self._choose(cands, t, text, v_old, n, h_s, basis)
@@ -547,8 +587,11 @@ class Balancer:
                 self._rejected, self._rejected_cond = state, cond
             return None
         self.last_action = t
+        self._answer(keys, t)
         if pick.kind == "stage":
             self.pending = Pending(pick.plan, text, keys, t, pick.background_s)
+        elif pick.kind == "precopy":  # the switch follows when the copy is there (_staged_switch)
+            self.pending = Pending(pick.plan, text, keys, t, pick.background_s, precopy=True, kind=pick.then)
         else:
             self.adopt(snap, pick.plan)
         return pick
@@ -559,12 +602,20 @@ class Balancer:
         unless the plan in force is broken, each re-plan that moves weights also staged."""
         sess = self.cfg.session_ms_per_module / 1e3
         cands = []
+        v_old = per_token_s(pb, cs.plan)
+
+        def add(c: Decision) -> None:
+            cands.append(c)
+            for twin in (() if gone else (staged(pb, c), precopied(pb, c, v_old, cs.cached_tokens))):
+                if twin is not None:
+                    cands.append(twin)
+
         if not gone:
             sh = best_shift(pb, cs.plan, cs.present)
             if sh is not None:
                 c = switch_cost(pb, cs.plan, sh[0], cs.present, alive, cs.cached_tokens, drain, sess)
                 c.kind, c.new_value_s = "shift", sh[1]
-                cands.append(c)
+                add(c)
         res = self._allocate(pb, self.cfg.strategy) if alive else None
         # re-plans: the allocator's plan; the current plan's neighbours (drop, swap or replace a phone,
         # move a boundary; or a device-order move with re-balanced cuts), which keep most weights where
@@ -581,10 +632,7 @@ class Balancer:
             seen.add(p.stages)
             c = switch_cost(pb, cs.plan, p, cs.present, alive, 0 if gone else cs.cached_tokens, drain, sess)
             c.kind, c.new_value_s = kind, per_token_s(pb, p)
-            cands.append(c)
-            st = None if gone else staged(pb, c)
-            if st is not None:
-                cands.append(st)
+            add(c)
         return cands
 
     def _choose(self, cands: list[Decision], t: float, text: str, v_old: float, n: float, h_s: float,
@@ -602,7 +650,7 @@ class Balancer:
             c.horizon_tokens, c.horizon_s, c.horizon_basis = n, h_s, basis
             c.gain = (v_old - c.new_value_s) / v_old if v_old > 0 and np.isfinite(v_old) else 1.0
             tokens = n
-            if c.kind == "stage" and np.isfinite(v_old) and v_old > 0:  # the gain starts once the weights are there
+            if c.background_s and np.isfinite(v_old) and v_old > 0:  # the gain starts once the weights (cache) are there
                 tokens = expected_useful(m, w_s, c.background_s) / v_old
             c.gain_s = tokens * (v_old - c.new_value_s) if np.isfinite(v_old) else float("inf")
             after = 0.0
@@ -618,8 +666,8 @@ class Balancer:
                              f"(cost {c.cost_s:.1f} s" + (f" + switching back {c.return_s:.1f} s)" if c.return_s else ")"))
         ok = [c for c in cands if not c.verdict]
         pick = None
-        shift = next((c for c in ok if c.kind == "shift"), None)
-        others = [c for c in ok if c.kind != "shift"]
+        shift = max((c for c in ok if "shift" in (c.kind, c.then)), key=lambda c: c.net_s, default=None)
+        others = [c for c in ok if "shift" not in (c.kind, c.then)]
         best_other = max(others, key=lambda c: c.net_s, default=None)
         if shift and (best_other is None or shift.new_value_s <= best_other.new_value_s * (1 + cfg.min_gain)):
             pick = shift
@@ -628,7 +676,7 @@ class Balancer:
         for c in ok:
             if c is pick:
                 c.verdict = "chosen"
-            elif pick.kind == "shift" and pick is shift:
+            elif pick is shift and "shift" not in (c.kind, c.then):
                 c.verdict = "pays back, but the shift is within min_gain of it and moves no weights"
             else:
                 c.verdict = f"pays back, but nets {c.net_s:.1f} s < {pick.net_s:.1f} s ({pick.kind})"
@@ -655,7 +703,7 @@ class Balancer:
         pb = self.problem(snap)
         alive = {d for d, a in snap.alive.items() if a}
         sess = self.cfg.session_ms_per_module / 1e3
-        if not missing and not p.precopy:
+        if not missing and not p.precopy:  # a staged plan's weights are there
             full = switch_cost(pb, cs.plan, p.plan, cs.present, alive, cs.cached_tokens, 0.0, sess)
             kv = [mv for mv in full.moves if mv.what == "kv"]
             if kv:
@@ -676,7 +724,7 @@ class Balancer:
         self._plan_in_force = cs.plan
         delta = max(cs.cached_tokens - (cs.kv_copied or 0), 0)
         c = switch_cost(pb, cs.plan, p.plan, cs.present, alive, delta, pb.evaluate(cs.plan).ring_s, sess)
-        c.kind, c.new_value_s = "replan", per_token_s(pb, p.plan)
+        c.kind, c.new_value_s = p.kind, per_token_s(pb, p.plan)
         n, h_s, basis = self.horizon(t, cs, p.keys, v_old, expected=True)
         self._nominal = self._nominal_problem(snap, p.keys)
         text = f"staged ({p.trigger})"
@@ -688,6 +736,7 @@ class Balancer:
         if pick is None:
             return None
         self.last_action = t
+        self._answer(p.keys, t)
         self.adopt(snap, pick.plan)
         return pick
 
@@ -698,6 +747,7 @@ class Balancer:
         pb = self.problem(snap)
         trig = "left " + ", ".join(self.names[d] for d in gone)
         self.last_action = t
+        self._answer([("presence", d) for d in gone], t)
         cands = self._candidates(pb, cs, alive, 0.0, set(gone)) if alive else []
         cands = [c for c in cands if np.isfinite(c.new_value_s)]
         if not cands:

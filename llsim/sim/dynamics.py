@@ -121,6 +121,7 @@ def _coordinator(sim):
             continue
         if dec.kind == "precopy":
             precopy = [dict(sim.req_cached), False]
+            stream = stream or [True]  # a switch whose weights are present: only its KV cache is copied first
             sim.mark(f"KV pre-copy: {dec.trigger}", None, background_s=dec.background_s)
             ends = [env.process(_precopy(sim, dec.moves, precopy, stream))]
             continue
