@@ -24,8 +24,8 @@ Policy:
    evaluation, except a recovery (a phone faster again than the plan assumed) or a new condition (a
    trigger no action of the last ``min_interval_s`` answered), each answered by changes that move
    no weights.
-3. **Candidates.** The allocation problem is re-priced with the observed slowdowns and link
-   rates (:func:`llsim.alloc.adjust.adjusted_problem`): the best **boundary shift** within the
+3. **Candidates.** The allocation problem is re-priced with the observed slowdowns (the recent
+   ratios: :meth:`Balancer.priced`) and link rates (:func:`llsim.alloc.adjust.adjusted_problem`): the best **boundary shift** within the
    replicas (same phones and order; each phone only takes modules whose weights it holds); the
    allocator's **re-plan**, the current plan's neighbours and the plans built around standby
    copies; and, for each re-plan that moves weights, the same plan **staged**: its weights
@@ -388,7 +388,7 @@ class Balancer:
     def _nominal_problem(self, snap: Snapshot, keys: list) -> AllocProblem:
         """The problem as it will be when the condition that triggered ends: each triggering phone's
         slowdown back to what the plan in force was made for."""
-        slow = dict(self.slowdown)
+        slow = self.priced(snap)
         for k in keys:
             if k is not None and k[0] == "speed":
                 slow[k[1]] = self.assumed.get(k[1], 1.0)
@@ -441,9 +441,16 @@ class Balancer:
                 out[d] = nom / r  # per-byte airtime is inversely proportional to the PHY rate
         return out
 
+    def priced(self, snap: Snapshot) -> dict[int, float]:
+        """The slowdowns candidates are priced with: the recent ratio (time constant smoothing_s / 6)
+        of each trusted phone, the last one seen of the others. The smoothed ratio decides *when* to
+        act (with the hysteresis of the triggers); the recent one is the condition the new plan will
+        meet, where the smoothed one still lags a burst's start or end by ~smoothing_s."""
+        return {**self.slowdown, **snap.recent}
+
     def problem(self, snap: Snapshot) -> AllocProblem:
         alive = {d for d, a in snap.alive.items() if a}
-        return adjusted_problem(self.pb, self.slowdown, self._link_scale(snap), alive)
+        return adjusted_problem(self.pb, self.priced(snap), self._link_scale(snap), alive)
 
     def observe(self, snap: Snapshot) -> None:
         """Feed the episode history (what the payback horizon is learned from)."""
