@@ -25,15 +25,15 @@ Policy:
    trigger no action of the last ``min_interval_s`` answered), each answered by changes that move
    no weights.
 3. **Candidates.** The allocation problem is re-priced with the observed slowdowns (the recent
-   ratios: :meth:`Balancer.priced`) and link rates (:func:`llsim.alloc.adjust.adjusted_problem`): the best **boundary shift** within the
-   replicas (same phones and order; each phone only takes modules whose weights it holds); the
-   allocator's **re-plan**, the current plan's neighbours and the plans built around standby
-   copies; and, for each re-plan that moves weights, the same plan **staged**: its weights
-   streamed in the background while the current plan keeps running, the switch made once they
-   are all there (its cost is the stall only; its gain starts after the streaming); and, for each
-   shift or re-plan whose weights are present but that moves KV cache, the same switch
-   **pre-copied**: the cache copied in the background first, only what was generated meanwhile
-   moved in the stall.
+   ratios: :meth:`Balancer.priced`) and link rates (:func:`llsim.alloc.adjust.adjusted_problem`):
+   the best **boundary shift** within the replicas (same phones and order; each phone only takes
+   modules whose weights it holds); the allocator's **re-plan**, the current plan's neighbours and
+   the plans built around standby copies; and, for each re-plan that moves weights, the same plan
+   **staged**: its weights streamed in the background while the current plan keeps running, the
+   switch made once they are all there (its cost is the stall only; its gain starts after the
+   streaming); and, for each shift or re-plan whose weights are present but that moves KV cache,
+   the same switch **pre-copied**: the cache copied in the background first, only what was
+   generated meanwhile moved in the stall.
 4. **Gain vs cost over the work that remains.** A candidate is taken only if it promises
    ``min_gain`` relative speed-up and its time saved over the horizon exceeds
    ``gain_cost_margin`` x its cost (pipeline drain, weights and KV cache moved, sessions opened).
@@ -657,7 +657,7 @@ class Balancer:
             c.horizon_tokens, c.horizon_s, c.horizon_basis = n, h_s, basis
             c.gain = (v_old - c.new_value_s) / v_old if v_old > 0 and np.isfinite(v_old) else 1.0
             tokens = n
-            if c.background_s and np.isfinite(v_old) and v_old > 0:  # the gain starts once the weights (cache) are there
+            if c.background_s and np.isfinite(v_old) and v_old > 0:  # the gain starts once weights/cache are there
                 tokens = expected_useful(m, w_s, c.background_s) / v_old
             c.gain_s = tokens * (v_old - c.new_value_s) if np.isfinite(v_old) else float("inf")
             after = 0.0
