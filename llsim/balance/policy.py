@@ -694,9 +694,10 @@ class Balancer:
                          "taken": pick.kind if pick else "none", "candidates": cands})
 
     def _staged_switch(self, snap: Snapshot, cs: ClusterState) -> Decision | None:
-        """While a plan is staged: nothing until its weights are all present; then, if in-flight
+        """While a plan is staged: nothing until its weights are all present, except that, if in-flight
         requests hold KV cache that the switch would move, a ``precopy`` of it in the background (live
-        migration: the stall then moves only what was generated since); then the switch, if it still
+        migration: the stall then moves only what was generated since) once the streaming's predicted
+        remainder is no longer than the copy (so both end together); then the switch, if it still
         pays (re-priced with what is observed now)."""
         p, t = self.pending, snap.t
         if any(not snap.alive.get(s.device, False) for s in p.plan.stages):  # a phone of it left: drop it
@@ -705,14 +706,16 @@ class Balancer:
         missing = sum(1 for s in p.plan.stages for m in range(s.start_module, s.end_module + 1)
                       if m not in cs.present.get(s.device, ()))
         late = t - p.t > 3 * p.background_s + 4 * self.cfg.min_interval_s
-        if missing and not late:
-            return None
+        if missing and p.precopy and not late:
+            return None  # the weights still streaming, the KV pre-copy under way or done
         pb = self.problem(snap)
         alive = {d for d, a in snap.alive.items() if a}
         sess = self.cfg.session_ms_per_module / 1e3
-        if not missing and not p.precopy:  # a staged plan's weights are there
+        if not p.precopy and not late:
             full = switch_cost(pb, cs.plan, p.plan, cs.present, alive, cs.cached_tokens, 0.0, sess)
             kv = [mv for mv in full.moves if mv.what == "kv"]
+            if missing and (not kv or p.t + p.background_s - t > moves_time(pb, kv)):
+                return None  # the weights are still streaming (and the copy would end first)
             if kv:
                 p.precopy = True
                 self.evaluations += 1
