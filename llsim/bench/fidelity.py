@@ -100,8 +100,14 @@ def main(argv: list[str] | None = None) -> int:
     from llsim.results.writer import write_csv
     from llsim.scenario import load_scenario
 
-    argv = list(sys.argv[1:] if argv is None else argv)
-    shipped = "--shipped-profile" in argv
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m llsim.bench.fidelity")
+    ap.add_argument("--shipped-profile", action="store_true",
+                    help="predict with the committed device_profiles/host.yaml instead of profiling now")
+    ap.add_argument("--repeats", type=int, default=REPEATS, help="real runs per scenario (the median one is kept)")
+    a = ap.parse_args(sys.argv[1:] if argv is None else argv)
+    shipped = a.shipped_profile
     con = Console()
     tmp = Path(tempfile.mkdtemp(prefix="llsim-fidelity-"))
     profile = "host"
@@ -114,10 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         profile = str(prof_path)
     ref0 = reference_ms()
     reports, rows = [], []
-    rounds = REPEATS
-    for a in argv:
-        if a.startswith("--repeats="):
-            rounds = max(1, int(a.split("=", 1)[1]))
+    rounds = max(1, a.repeats)
     scs = []
     for f in scenarios():
         raw = load_scenario(f)
