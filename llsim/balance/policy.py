@@ -577,7 +577,7 @@ class Balancer:
         self._plan_in_force = cs.plan
         drain = pb.evaluate(cs.plan).ring_s
         text = "; ".join(x for x, _ in trig)
-        cands = self._candidates(pb, cs, alive, drain)
+        cands = self._candidates(pb, cs, alive, drain, v_old=v_old)
         if young:  # a phone that just appeared: only streaming weights to it in the background
             cands = [c for c in cands if c.kind == "stage"]
             text += " (stage only: joined under join_after_s ago)"
@@ -604,14 +604,13 @@ class Balancer:
         return pick
 
     def _candidates(self, pb: AllocProblem, cs: ClusterState, alive: set[int], drain: float,
-                    gone: set[int] = frozenset()) -> list[Decision]:
+                    gone: set[int] = frozenset(), v_old: float = math.inf) -> list[Decision]:
         """Every candidate priced: the shift, the re-plans (allocator, neighbours, standby copies) and,
         unless the plan in force is broken, each re-plan that moves weights also staged."""
         sess = self.cfg.session_ms_per_module / 1e3
         cands = []
-        v_old = per_token_s(pb, cs.plan)
 
-        def add(c: Decision) -> None:
+        def add(c: Decision) -> None:  # with its staged and pre-copied twins (v_old: the plan in force's speed)
             cands.append(c)
             for twin in (() if gone else (staged(pb, c), precopied(pb, c, v_old, cs.cached_tokens))):
                 if twin is not None:
@@ -714,13 +713,14 @@ class Balancer:
         if not p.precopy and not late:
             full = switch_cost(pb, cs.plan, p.plan, cs.present, alive, cs.cached_tokens, 0.0, sess)
             kv = [mv for mv in full.moves if mv.what == "kv"]
-            if missing and (not kv or p.t + p.background_s - t > moves_time(pb, kv)):
+            t_kv = moves_time(pb, kv)
+            if missing and (not kv or p.t + p.background_s - t > t_kv):
                 return None  # the weights are still streaming (and the copy would end first)
             if kv:
                 p.precopy = True
                 self.evaluations += 1
                 text = f"staged ({p.trigger})"
-                dec = Decision(t, text, "precopy", p.plan, moves=kv, background_s=moves_time(pb, kv),
+                dec = Decision(t, text, "precopy", p.plan, moves=kv, background_s=t_kv,
                                verdict="chosen", evaluation=self.evaluations,
                                reason="the KV cache copied in the background before the switch")
                 self._record(t, text, dec, [dec])
