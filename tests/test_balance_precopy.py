@@ -4,7 +4,7 @@ simulator), then end to end."""
 from __future__ import annotations
 
 import pytest
-from test_balance_standby import _balancer, _feed, _setup
+from test_balance_standby import _arrived, _balancer, _feed, _setup
 
 from llsim.balance.policy import ClusterState, moves_time, per_token_s, switch_cost
 from llsim.judge.run import simulate
@@ -45,10 +45,7 @@ def test_staged_switch_precopies_the_kv_cache_and_the_stall_moves_only_the_rest(
             if dec is not None:
                 seen.append((t, dec))
                 if dec.kind == "stage":  # the weights arrive at once
-                    pr = dict(pr)
-                    for mv in dec.moves:
-                        if mv.what == "weights":
-                            pr[mv.dst] = pr[mv.dst] | {mv.module}
+                    pr = _arrived(pr, dec.moves)
                 elif dec.kind == "precopy":
                     assert bal.decide(mon.snapshot(t + 0.5), cs_at(t + 0.5, p, pr)) is None  # waits for it
                     state["copy"] = copied
@@ -87,10 +84,7 @@ def test_the_precopy_starts_while_the_weights_stream_so_both_end_together():
                 mon.stage_time(d, t, 0.05, 0.05)
         if stage is not None and not state["weights"] and t >= stage.t + stage.background_s:
             state["weights"] = True  # the streaming ends as predicted
-            pr = dict(pr)
-            for mv in stage.moves:
-                if mv.what == "weights":
-                    pr[mv.dst] = pr[mv.dst] | {mv.module}
+            pr = _arrived(pr, stage.moves)
         if abs(t * 2 - round(t * 2)) < 1e-9:
             dec = bal.decide(mon.snapshot(t), ClusterState(t, plan, pr, 2000, cached, state["copy"]))
             if dec is not None:
@@ -180,11 +174,7 @@ def test_recovery_within_min_interval_is_answered_with_weights_present_only():
 
     def apply(dec, p, pr):  # a staging's weights arrive at once
         if dec.kind == "stage":
-            pr = dict(pr)
-            for mv in dec.moves:
-                if mv.what == "weights":
-                    pr[mv.dst] = pr.get(mv.dst, frozenset()) | {mv.module}
-            return p, pr
+            return p, _arrived(pr, dec.moves)
         return dec.plan, pr
 
     bal, mon = _balancer(pb, min_interval_s=60.0)

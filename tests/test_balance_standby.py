@@ -90,6 +90,15 @@ def _balancer(pb, **kw):
     return bal, Monitor(pb.n_devices, cfg.smoothing_s, cfg.heartbeat_s, cfg.heartbeat_misses, cfg.min_samples)
 
 
+def _arrived(present, moves):
+    """``present`` with the weights ``moves`` carry on their receivers (a staging that has ended)."""
+    out = dict(present)
+    for mv in moves:
+        if mv.what == "weights":
+            out[mv.dst] = out.get(mv.dst, frozenset()) | {mv.module}
+    return out
+
+
 def _feed(bal, mon, plan, present, speed, T, remaining=5000, alive=lambda d, t: True, t0=0.0, on_decision=None):
     """speed(t) -> {device: observed/expected}; 20 reports a second per phone, a decision a second."""
     out, t = [], t0
@@ -173,11 +182,7 @@ def test_a_joining_phone_is_staged_in_the_background_then_switched_to():
     def apply(dec, p, pr):
         seen.append(dec)
         if dec.kind == "stage":  # the coordinator streams them: here they arrive at once
-            pr = dict(pr)
-            for mv in dec.moves:
-                if mv.what == "weights":
-                    pr[mv.dst] = pr[mv.dst] | {mv.module}
-            return p, pr
+            return p, _arrived(pr, dec.moves)
         return dec.plan, pr
 
     _feed(bal, mon, plan, present, lambda t: {d: 1.0 for d in range(len(devs)) if d != joiner or t >= 10}, 40,
