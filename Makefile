@@ -26,8 +26,13 @@ $(RAY_STAMP): $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python -m llsim.demo
 
+# The suite on TEST_WORKERS processes (pytest-xdist; most tests use one core, many wait on worker
+# processes), then the tests marked serial alone: they compare timings measured at different
+# moments, which other tests running beside them would skew.
+TEST_WORKERS ?= 2
 test: $(RAY_STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal -m "not serial"
+	$(BIN)/python -m pytest -m serial
 
 bench: $(STAMP)
 	$(BIN)/python -m llsim.bench

@@ -396,6 +396,7 @@ def test_worker_bench_times_a_segment_and_pulls_back_onnxruntimes_node_profile(t
 
 
 @pytest.mark.slow
+@pytest.mark.serial  # compares a profile and a held-out measurement taken minutes apart
 def test_profile_adb_on_a_stand_in_predicts_held_out_segments_as_well_as_profile_host(phones, client, tmp_path,  # noqa: F811
                                                                                        capsys):
     """`llsim profile adb` on a stand-in (whose worker runs on this host) and `llsim profile host`, the
