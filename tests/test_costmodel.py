@@ -308,17 +308,21 @@ def test_time_runs_is_the_median_of_all_runs(monkeypatch):
     assert e.time_runs(b"", {}, 1, runs=3, warmup=2, rounds=2) == 3.5  # median of 5, 1, 2, 9, 3, 4
 
 
-def test_cache_size_skips_sysfs_entries_without_a_size(tmp_path, monkeypatch):
+@pytest.mark.parametrize("where", ["profiler", "worker"])
+def test_cache_size_skips_sysfs_entries_without_a_size(tmp_path, monkeypatch, where):
     """sysfs lists index0..N and a plain file (uevent); an entry without a size must not end the scan
-    (it did: the eviction buffer then fell back to 32 MiB whatever the cache)."""
-    from llsim.device import executor as ex
+    (it did: the eviction buffer then fell back to 32 MiB whatever the cache). The same for the
+    worker's own copy (it evicts between a phone's timed runs for `llsim profile adb`)."""
+    from llsim.device import executor
+    from llsim.hil import worker
 
+    mod, scan = (executor, executor._cache_bytes) if where == "profiler" else (worker, worker.cache_bytes)
     (tmp_path / "uevent").write_text("")
     for i, size in enumerate(["48K", "1280K", "65536K"]):
         (tmp_path / f"index{i}").mkdir()
         (tmp_path / f"index{i}" / "size").write_text(size + "\n")
     (tmp_path / "index9").mkdir()  # no size file
-    monkeypatch.setattr(ex, "CACHE_SYSFS", str(tmp_path))
-    assert ex._cache_bytes() == 64 << 20
-    monkeypatch.setattr(ex, "CACHE_SYSFS", str(tmp_path / "missing"))
-    assert ex._cache_bytes() == 32 << 20
+    monkeypatch.setattr(mod, "CACHE_SYSFS", str(tmp_path))
+    assert scan() == 64 << 20
+    monkeypatch.setattr(mod, "CACHE_SYSFS", str(tmp_path / "missing"))
+    assert scan() == 32 << 20

@@ -471,18 +471,25 @@ class Job:
 _EVICT: list = []
 
 
+CACHE_SYSFS = "/sys/devices/system/cpu/cpu0/cache"
+
+
 def cache_bytes() -> int:
-    """This device's largest CPU cache (sysfs; 32 MiB where unreadable)."""
+    """This device's largest CPU cache (sysfs; 32 MiB where unreadable). The twin of
+    llsim.device.executor._cache_bytes (this file imports nothing of llsim: it runs alone on a phone)."""
     best = 0
-    base = "/sys/devices/system/cpu/cpu0/cache"
     try:
-        for d in os.listdir(base):
-            with open(os.path.join(base, d, "size")) as f:
+        entries = os.listdir(CACHE_SYSFS)
+    except OSError:
+        entries = []
+    for d in entries:  # index0..N, and files such as uevent that have no size: skipped, not fatal
+        try:
+            with open(os.path.join(CACHE_SYSFS, d, "size")) as f:
                 txt = f.read().strip()
             mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(txt[-1:], 1)
             best = max(best, int(txt.rstrip("KMG")) * mult)
-    except (OSError, ValueError):
-        pass
+        except (OSError, ValueError):
+            continue
     return best or (32 << 20)
 
 
