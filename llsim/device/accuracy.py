@@ -10,7 +10,9 @@ profiles (a fit made minutes ago on this host, and the committed one made on ano
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -27,6 +29,10 @@ HOLDOUT = [
     ModelConfig("gpt2-512x4", "gpt2", 512, 4, 8, 6000, 2048, max_positions=1024),  # the fit family, other widths
 ]
 HOLDOUT_SEQS = (8, 48, 160)
+#: exporter-made graphs none of which the fit sees (torch.onnx dynamo and TorchScript exports of Hugging
+#: Face BLOOM, GPT-2, Llama, Qwen2, OPT; some quantized by onnxruntime), committed as weight stubs
+FOREIGN_DIR = Path(__file__).resolve().parents[2] / "tests" / "data" / "foreign"
+FOREIGN_SEQS = (16, 64, 128)
 
 
 @dataclass
@@ -37,6 +43,7 @@ class Measured:
     segment: str
     modules: list[Module]
     measured_ms: float
+    meta: dict = field(default_factory=dict)  # foreign graphs: family, hidden, exporter, quantization
 
 
 @dataclass
@@ -47,6 +54,7 @@ class AccuracyRow:
     segment: str
     predicted_ms: float
     measured_ms: float
+    meta: dict = field(default_factory=dict)
 
     @property
     def ape(self) -> float:
@@ -90,10 +98,58 @@ def measure_holdout(threads: list[int], executor: Executor | None = None, models
     return [m for m, _, _ in jobs]
 
 
+def foreign_manifest(directory: Path = FOREIGN_DIR) -> dict:
+    """name -> family, hidden, exporter, quantization, file, ... of the committed foreign graphs."""
+    path = directory / "manifest.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: the foreign graphs' manifest is missing (a source checkout of llsim has it)")
+    return json.loads(path.read_text())["graphs"]
+
+
+def measure_foreign(threads: list[int], executor: Executor | None = None, names: list[str] | None = None,
+                    seqs=FOREIGN_SEQS, runs: int = segment_runs(RUNS), rounds: int = SEGMENT_ROUNDS,
+                    directory: Path = FOREIGN_DIR, log=None) -> list[Measured]:
+    """The exporter-made graphs of ``tests/data/foreign`` (weights restored by
+    :func:`llsim.model.stub.load_stub`): each at each sequence length as the whole model and as its two
+    halves, timed per thread count with the estimator of :func:`measure_holdout` (and the profiler's)."""
+    from llsim.model.cuts import analyse_cuts, model_graph_from_onnx
+    from llsim.model.onnx_graph import analyse, random_inputs
+    from llsim.model.segment import segment_feeds, segment_protos
+    from llsim.model.stub import load_stub
+
+    executor = executor or LocalExecutor()
+    man = foreign_manifest(directory)
+    jobs = []
+    for name in names or sorted(man):
+        info = man[name]
+        proto = load_stub(directory / info["file"])
+        meta = {k: info[k] for k in ("family", "hidden", "exporter", "quantization")}
+        for seq in seqs:
+            om = analyse(proto, 1, seq)
+            ca = analyse_cuts(om)
+            g = model_graph_from_onnx(om, ca)
+            n = g.n_modules
+            bounds = [0, n // 2, n]
+            segs = segment_protos(om, ca, g, bounds, proto)
+            full = random_inputs(proto, om.dims, seed=0)
+            parts = [("whole", g.modules, proto.SerializeToString(), full)]
+            parts += [(f"modules {bounds[j]}-{bounds[j + 1] - 1}", g.modules[bounds[j]:bounds[j + 1]],
+                       sp.SerializeToString(), f) for j, ((sp, _, _), f) in enumerate(zip(segs, segment_feeds(proto, segs, full)))]
+            for t in threads:
+                jobs += [(Measured(name, seq, t, label, mods, 0.0, meta), model, f) for label, mods, model, f in parts]
+    secs = interleaved(lambda j, first: executor.time_runs(j[1], j[2], j[0].threads, runs, 3 if first else 1),
+                       jobs, rounds, combine="median")
+    for (m, _, _), sec in zip(jobs, secs):
+        m.measured_ms = sec * 1e3
+    if log:
+        log(f"  {len(jobs)} foreign graphs and segments timed in {rounds} interleaved rounds")
+    return [m for m, _, _ in jobs]
+
+
 def predict(measured: list[Measured], profile: DeviceProfile) -> list[AccuracyRow]:
     cm = CostModel(profile)
     return [AccuracyRow(m.model, m.seq_len, m.threads, m.segment, cm.segment_seconds(m.modules, m.threads) * 1e3,
-                        m.measured_ms) for m in measured]
+                        m.measured_ms, m.meta) for m in measured]
 
 
 def summary(rows: list[AccuracyRow]) -> dict:
