@@ -1,3 +1,4 @@
+import signal
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,15 @@ def run_cli(argv, capsys):
 
 
 SLOW_LIST = Path(__file__).with_name("slow_tests.txt")
+
+
+def pytest_configure(config):
+    """A test run started in the background by a non-interactive shell (`cmd &`, as some CI
+    runners do) inherits SIGINT ignored, and so would every process the tests start: the tests that
+    press Ctrl-C on an llsim process would then time out. Ctrl-C is restored for them as a terminal
+    gives it (an ignored signal survives exec; a handler does not, the children start with the default)."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_collection_modifyitems(config, items):
