@@ -88,13 +88,18 @@ def measure_holdout(threads: list[int], executor: Executor | None = None, models
                 for j, ((sp, _, _), f) in enumerate(zip(segs, feeds)):
                     jobs.append((Measured(cfg.name, seq, t, f"modules {bounds[j]}-{bounds[j + 1] - 1}",
                                           g.modules[bounds[j]:bounds[j + 1]], 0.0), sp.SerializeToString(), f))
-    # interleaved rounds: a slow spell of the host spoils one round, not one model's rows
+    return _time(jobs, executor, runs, rounds, log, "segments")
+
+
+def _time(jobs: list, executor: Executor, runs: int, rounds: int, log, what: str) -> list[Measured]:
+    """Time (Measured, model bytes, feeds) jobs with the profiler's segment estimator: the median over
+    interleaved rounds (a slow spell of the host spoils one round, not one model's rows)."""
     secs = interleaved(lambda j, first: executor.time_runs(j[1], j[2], j[0].threads, runs, 3 if first else 1),
                        jobs, rounds, combine="median")
     for (m, _, _), sec in zip(jobs, secs):
         m.measured_ms = sec * 1e3
     if log:
-        log(f"  {len(jobs)} segments timed in {rounds} interleaved rounds")
+        log(f"  {len(jobs)} {what} timed in {rounds} interleaved rounds")
     return [m for m, _, _ in jobs]
 
 
@@ -137,13 +142,7 @@ def measure_foreign(threads: list[int], executor: Executor | None = None, names:
                        sp.SerializeToString(), f) for j, ((sp, _, _), f) in enumerate(zip(segs, segment_feeds(proto, segs, full)))]
             for t in threads:
                 jobs += [(Measured(name, seq, t, label, mods, 0.0, meta), model, f) for label, mods, model, f in parts]
-    secs = interleaved(lambda j, first: executor.time_runs(j[1], j[2], j[0].threads, runs, 3 if first else 1),
-                       jobs, rounds, combine="median")
-    for (m, _, _), sec in zip(jobs, secs):
-        m.measured_ms = sec * 1e3
-    if log:
-        log(f"  {len(jobs)} foreign graphs and segments timed in {rounds} interleaved rounds")
-    return [m for m, _, _ in jobs]
+    return _time(jobs, executor, runs, rounds, log, "foreign graphs and segments")
 
 
 def predict(measured: list[Measured], profile: DeviceProfile) -> list[AccuracyRow]:
