@@ -138,8 +138,9 @@ def measure_foreign(threads: list[int], executor: Executor | None = None, names:
             segs = segment_protos(om, ca, g, bounds, proto)
             full = random_inputs(proto, om.dims, seed=0)
             parts = [("whole", g.modules, proto.SerializeToString(), full)]
-            parts += [(f"modules {bounds[j]}-{bounds[j + 1] - 1}", g.modules[bounds[j]:bounds[j + 1]],
-                       sp.SerializeToString(), f) for j, ((sp, _, _), f) in enumerate(zip(segs, segment_feeds(proto, segs, full)))]
+            for j, ((sp, _, _), f) in enumerate(zip(segs, segment_feeds(proto, segs, full))):
+                parts.append((f"modules {bounds[j]}-{bounds[j + 1] - 1}", g.modules[bounds[j]:bounds[j + 1]],
+                              sp.SerializeToString(), f))
             for t in threads:
                 jobs += [(Measured(name, seq, t, label, mods, 0.0, meta), model, f) for label, mods, model, f in parts]
     return _time(jobs, executor, runs, rounds, log, "foreign graphs and segments")
