@@ -68,27 +68,36 @@ def measure_holdout(threads: list[int], executor: Executor | None = None, models
     with the protocol the profiler's segment timings use (the median over interleaved rounds of
     ``time_runs``): the typical latency, as a deployment sees it, on both sides."""
     from llsim.model.builder import build_model
-    from llsim.model.cuts import analyse_cuts, model_graph_from_onnx
-    from llsim.model.onnx_graph import analyse, random_inputs
-    from llsim.model.segment import segment_feeds, segment_protos
 
     executor = executor or LocalExecutor()
     jobs = []
     for cfg in models:
         proto = build_model(cfg, seed=1)
         for seq in seqs:
-            om = analyse(proto, 1, seq)
-            ca = analyse_cuts(om)
-            g = model_graph_from_onnx(om, ca)
-            n = g.n_modules
-            bounds = [0, 2, n // 2 + 1, n]
-            segs = segment_protos(om, ca, g, bounds, proto)
-            feeds = segment_feeds(proto, segs, random_inputs(proto, om.dims, seed=0))
+            parts = _parts(proto, seq, lambda n: [0, 2, n // 2 + 1, n])
             for t in threads:
-                for j, ((sp, _, _), f) in enumerate(zip(segs, feeds)):
-                    jobs.append((Measured(cfg.name, seq, t, f"modules {bounds[j]}-{bounds[j + 1] - 1}",
-                                          g.modules[bounds[j]:bounds[j + 1]], 0.0), sp.SerializeToString(), f))
+                jobs += [(Measured(cfg.name, seq, t, label, mods, 0.0), model, f) for label, mods, model, f in parts]
     return _time(jobs, executor, runs, rounds, log, "segments")
+
+
+def _parts(proto, seq: int, cut, whole: bool = False) -> list[tuple]:
+    """``proto`` analysed at ``seq`` and cut at ``cut(n_modules)``: (label, modules, model bytes, feeds)
+    of each segment (random inputs, seed 0), after the whole model's own if ``whole``."""
+    from llsim.model.cuts import analyse_cuts, model_graph_from_onnx
+    from llsim.model.onnx_graph import analyse, random_inputs
+    from llsim.model.segment import segment_feeds, segment_protos
+
+    om = analyse(proto, 1, seq)
+    ca = analyse_cuts(om)
+    g = model_graph_from_onnx(om, ca)
+    bounds = cut(g.n_modules)
+    segs = segment_protos(om, ca, g, bounds, proto)
+    full = random_inputs(proto, om.dims, seed=0)
+    parts = [("whole", g.modules, proto.SerializeToString(), full)] if whole else []
+    for j, ((sp, _, _), f) in enumerate(zip(segs, segment_feeds(proto, segs, full))):
+        parts.append((f"modules {bounds[j]}-{bounds[j + 1] - 1}", g.modules[bounds[j]:bounds[j + 1]],
+                      sp.SerializeToString(), f))
+    return parts
 
 
 def _time(jobs: list, executor: Executor, runs: int, rounds: int, log, what: str) -> list[Measured]:
@@ -117,9 +126,6 @@ def measure_foreign(threads: list[int], executor: Executor | None = None, names:
     """The exporter-made graphs of ``tests/data/foreign`` (weights restored by
     :func:`llsim.model.stub.load_stub`): each at each sequence length as the whole model and as its two
     halves, timed per thread count with the estimator of :func:`measure_holdout` (and the profiler's)."""
-    from llsim.model.cuts import analyse_cuts, model_graph_from_onnx
-    from llsim.model.onnx_graph import analyse, random_inputs
-    from llsim.model.segment import segment_feeds, segment_protos
     from llsim.model.stub import load_stub
 
     executor = executor or LocalExecutor()
@@ -130,17 +136,7 @@ def measure_foreign(threads: list[int], executor: Executor | None = None, names:
         proto = load_stub(directory / info["file"])
         meta = {k: info[k] for k in ("family", "hidden", "exporter", "quantization")}
         for seq in seqs:
-            om = analyse(proto, 1, seq)
-            ca = analyse_cuts(om)
-            g = model_graph_from_onnx(om, ca)
-            n = g.n_modules
-            bounds = [0, n // 2, n]
-            segs = segment_protos(om, ca, g, bounds, proto)
-            full = random_inputs(proto, om.dims, seed=0)
-            parts = [("whole", g.modules, proto.SerializeToString(), full)]
-            for j, ((sp, _, _), f) in enumerate(zip(segs, segment_feeds(proto, segs, full))):
-                parts.append((f"modules {bounds[j]}-{bounds[j + 1] - 1}", g.modules[bounds[j]:bounds[j + 1]],
-                              sp.SerializeToString(), f))
+            parts = _parts(proto, seq, lambda n: [0, n // 2, n], whole=True)
             for t in threads:
                 jobs += [(Measured(name, seq, t, label, mods, 0.0, meta), model, f) for label, mods, model, f in parts]
     return _time(jobs, executor, runs, rounds, log, "foreign graphs and segments")
