@@ -119,14 +119,14 @@ def test_candidates_are_priced_at_the_condition_now_not_the_lagging_smoothed_rat
     force's predicted time per token is that of the true x3, far closer than the smoothed ratio's."""
     sc, pb, plan, present = setup
     slow = plan.stages[0].device
+    def speed(t):
+        return {x: (3.0 if (x == slow and t >= 10) else 1.0) for x in plan.devices}
+
     bal, mon = _balancer(pb)
-    decs = _feed(bal, mon, plan, present, Seq(lambda t: {d: (3.0 if (d == slow and t >= 10) else 1.0)
-                                                          for d in plan.devices}, 30))
-    d = decs[0]
+    d = _feed(bal, mon, plan, present, Seq(speed, 30))[0]
     # the monitor as it was at the decision: the same feed, stopped there
     bal2, mon2 = _balancer(pb)
-    _feed(bal2, mon2, plan, present, Seq(lambda t: {x: (3.0 if (x == slow and t >= 10) else 1.0)
-                                                     for x in plan.devices}, d.t - 0.01))
+    _feed(bal2, mon2, plan, present, Seq(speed, d.t - 0.01))
     snap = mon2.snapshot(d.t)
     smoothed = snap.slowdown[slow]
     assert 1.2 < smoothed < 2.9  # it lags (armed, but not there yet)
